@@ -1,0 +1,73 @@
+"""Grouped-query self-attention with an optional functional KV cache.
+
+Axis letters: B batch, T new positions, S key slots, D hidden, N query heads,
+K kv heads, H head dim.
+
+Without a cache, attention runs causally over the T inputs and the new keys/values are
+returned (so a caller can start a cache from a prefill). With a cache
+{"k": [B, S, K, H], "v": [B, S, K, H]}, the new keys/values are written at slots
+[cache_index, cache_index + T) and the queries attend to every valid slot at or before
+their own (causal in slot order).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from laser_jax.model.config import ModelConfig
+from laser_jax.model.layers import Proj, RMSNorm, apply_rope, dtype_of, rope_inv_freq
+
+
+def causal_mask(kv_mask_BS, q_slot_BT, k_slot_S):
+    """[B, T, S] bool: key slot valid and not after the query's slot."""
+    return (kv_mask_BS[:, None, :] > 0) & (k_slot_S[None, None, :] <= q_slot_BT[:, :, None])
+
+
+class Attention(nn.Module):
+    """Qwen3 / Qwen2 / Llama attention: GQA, RoPE, optional q/k biases and q/k RMSNorm."""
+
+    cfg: ModelConfig
+
+    def _proj(self, name, features, axes, bias):
+        return Proj(features, axes, self.cfg, use_bias=bias,
+                    lora=bool(self.cfg.lora_rank) and name in self.cfg.lora_targets, name=name)
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache: Optional[dict], cache_index):
+        cfg = self.cfg
+        B, T, _ = x_BTD.shape
+        N, K, H = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        q_BTNH = self._proj("q_proj", N * H, ("embed", "q_heads"), bias)(x_BTD).reshape(B, T, N, H)
+        k_BTKH = self._proj("k_proj", K * H, ("embed", "kv_heads"), bias)(x_BTD).reshape(B, T, K, H)
+        v_BTKH = self._proj("v_proj", K * H, ("embed", "kv_heads"), bias)(x_BTD).reshape(B, T, K, H)
+        if cfg.qk_norm:
+            q_BTNH = RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.param_dtype), "head_dim", name="q_norm")(q_BTNH)
+            k_BTKH = RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.param_dtype), "head_dim", name="k_norm")(k_BTKH)
+        inv_freq = rope_inv_freq(H, cfg.rope_theta, cfg.rope_scaling)
+        q_BTNH = checkpoint_name(apply_rope(q_BTNH, positions_BT, inv_freq), "query")
+        k_BTKH = checkpoint_name(apply_rope(k_BTKH, positions_BT, inv_freq), "key")
+        v_BTKH = checkpoint_name(v_BTKH, "value")
+
+        if cache is None:
+            k_BSKH, v_BSKH = k_BTKH, v_BTKH
+            q_slot_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
+            new_cache = {"k": k_BTKH, "v": v_BTKH}
+        else:
+            start = (0, cache_index, 0, 0)
+            k_BSKH = jax.lax.dynamic_update_slice(cache["k"], k_BTKH.astype(cache["k"].dtype), start)
+            v_BSKH = jax.lax.dynamic_update_slice(cache["v"], v_BTKH.astype(cache["v"].dtype), start)
+            q_slot_BT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
+            new_cache = {"k": k_BSKH, "v": v_BSKH}
+        mask_BTS = causal_mask(kv_mask_BS, q_slot_BT, jnp.arange(k_BSKH.shape[1]))
+        out_BTNH = jax.nn.dot_product_attention(
+            q_BTNH, k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype),
+            mask=mask_BTS[:, None], scale=H ** -0.5, implementation=cfg.attention_impl)
+        out_BTNH = checkpoint_name(out_BTNH, "attention")
+        out_BTD = self._proj("o_proj", cfg.hidden_size, ("q_heads", "embed"), False)(
+            out_BTNH.reshape(B, T, N * H))
+        return out_BTD, new_cache
