@@ -53,8 +53,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         own, command = argv, []
     parser = argparse.ArgumentParser(
         prog="launch/local.py",
-        description=__doc__.split("\n\n")[0],
-        epilog="Arguments after `--` go to the program (see the module docstring).",
+        usage="%(prog)s -n N [options] [-- ARGS ...]",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-n", "--num_processes", type=int, required=True,
                         help="number of processes to start")
