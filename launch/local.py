@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run N processes of a JAX program on this machine, as if they were the hosts of a cluster.
+r"""Run N processes of a JAX program on this machine, as if they were the hosts of a cluster.
 
 For testing multi-host code paths (jax.distributed, per-process data sharding, checkpointing
 from several processes) on one CPU machine:
