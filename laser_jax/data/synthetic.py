@@ -1,0 +1,309 @@
+"""Generate the embedded default task: multi-step arithmetic retrieval on a number wheel.
+
+    python -m laser_jax.data.synthetic --out=DIR --seed=S [--modulus=17 --n_train=4000 ...]
+
+A query gives a start number and 2-4 operations modulo N ("Start with 7. Add 3, then
+double it, then subtract 4."); the relevant passages describe the END number, which no
+single token of the query names. The gold reasoning writes one step per "\\n\\n" segment
+("7 plus 3 is 10\\n\\n10 doubled is 3\\n\\n3 minus 4 is 16"), every intermediate state is
+itself described by passages of the corpus (so LaSER's trajectory loss, which scores the
+explicit view's state at each segment end against the documents, supervises real
+intermediate states), and hard negatives are near misses: the end reached when exactly one
+operation is replaced by a plausible mistake. Evaluation chains (start, operations) never
+occur in training.
+
+Layout of DIR (byte-identical for the same seed and options):
+  train.jsonl            ReasonEmb records: query, prompt, reasoning_query,
+                         positive_passages, negative_passages (hard negatives first)
+  train_chains.jsonl     per train line: start, ops, states, near misses (for checks)
+  corpus.jsonl           id, number, content of every passage
+  eval/domains.json      {domain: instruction}; domains "steps2", "steps3", ... by length
+  eval/<domain>/queries.jsonl    id, query, gold_ids, excluded_ids (BRIGHT)
+  eval/<domain>/documents.jsonl  id, content (BRIGHT; the whole corpus)
+  eval/<domain>/reasoning.jsonl  id, reasoning (gold chain of thought)
+  eval/<domain>/chains.jsonl     id, start, ops, states
+  tokenizer/             Qwen-style byte-level BPE trained on the generated text (HF format)
+  meta.json              generator version, seed, options, counts, token lengths, hash
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+
+from laser_jax.data import bpe
+from laser_jax.data.synthetic_chains import Chain, near_misses, op_vocabulary, sample_chains, states
+from laser_jax.data.synthetic_docs import build_corpus
+from laser_jax.data.synthetic_text import SEGMENT_SEP, instruction, render_query, render_reasoning
+
+VERSION = 1
+QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"  # spec section 5
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticOptions:
+    """Knobs of the generator; defaults are the embedded default task."""
+    modulus: int = 17            # numbers 0..modulus-1; a prime makes every operation a bijection
+    min_steps: int = 2           # shortest chain (operations per query)
+    max_steps: int = 4           # longest chain; one eval domain per length
+    max_operand: int = 5         # add / subtract 1..max_operand
+    multiply: bool = True        # also "double it" and "triple it"
+    n_train: int = 4000          # training queries, lengths uniform over min..max
+    n_eval_per_domain: int = 100  # evaluation queries per chain length
+    docs_per_number: int = 3     # passages per number (all are positives of that number)
+    n_random_negatives: int = 2  # random other numbers after the hard negatives
+    paraphrase: bool = True      # vary the wording of queries
+    vocab_size: int = 768        # tokenizer vocabulary (incl. 256 bytes and special tokens)
+
+    def __post_init__(self):
+        if not 2 <= self.modulus <= 999:
+            raise ValueError("modulus must be in 2..999")
+        if not 1 <= self.min_steps <= self.max_steps:
+            raise ValueError("need 1 <= min_steps <= max_steps")
+        if self.max_operand < 1 or self.docs_per_number < 1:
+            raise ValueError("max_operand and docs_per_number must be >= 1")
+
+
+def _dump(path: str, rows) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
+
+
+def _chain_row(chain: Chain, modulus: int) -> dict:
+    return {"start": chain.start, "ops": [[op.kind, op.k] for op in chain.ops],
+            "states": states(chain, modulus)}
+
+
+def _split_lengths(total: int, lengths: list[int]) -> dict[int, int]:
+    base, extra = divmod(total, len(lengths))
+    return {n: base + (i < extra) for i, n in enumerate(lengths)}
+
+
+def _build(opts: SyntheticOptions, seed: int) -> dict:
+    """All records in memory (no I/O)."""
+    n_mod = opts.modulus
+    vocab = op_vocabulary(opts.max_operand, opts.multiply)
+    lengths = list(range(opts.min_steps, opts.max_steps + 1))
+    corpus = build_corpus(n_mod, opts.docs_per_number, random.Random(f"{seed}/docs"))
+    by_number = [[d for d in corpus if d.number == n] for n in range(n_mod)]
+    instr = instruction(n_mod)
+
+    rng_eval = random.Random(f"{seed}/eval")
+    eval_chains = {n: sample_chains(rng_eval, opts.n_eval_per_domain, n, n_mod, vocab) for n in lengths}
+    rng_train = random.Random(f"{seed}/train")
+    train_chains = []
+    for n, count in _split_lengths(opts.n_train, lengths).items():
+        train_chains += sample_chains(rng_train, count, n, n_mod, vocab, exclude=set(eval_chains[n]))
+    rng_train.shuffle(train_chains)
+
+    train, train_meta = [], []
+    for chain in train_chains:
+        end = states(chain, n_mod)[-1]
+        misses = near_misses(chain, n_mod, vocab, rng_train)
+        hard = {m.end for m in misses}
+        others = [x for x in range(n_mod) if x != end and x not in hard]
+        randoms = rng_train.sample(others, min(opts.n_random_negatives, len(others)))
+        positives = [d.content for d in by_number[end]]
+        rng_train.shuffle(positives)
+        train.append({
+            "query": render_query(chain, rng_train, opts.paraphrase),
+            "prompt": instr,
+            "reasoning_query": render_reasoning(chain, n_mod),
+            "positive_passages": positives,
+            "negative_passages": [rng_train.choice(by_number[x]).content
+                                  for x in [m.end for m in misses] + randoms],
+        })
+        row = _chain_row(chain, n_mod)
+        row["near_misses"] = [{"step": m.step, "op": [m.op.kind, m.op.k], "end": m.end} for m in misses]
+        row["random_negatives"] = randoms
+        train_meta.append(row)
+
+    domains = {}
+    for n in lengths:
+        queries, reasoning, chains = [], [], []
+        for i, chain in enumerate(eval_chains[n]):
+            qid = f"steps{n}-{i:04d}"
+            end = states(chain, n_mod)[-1]
+            queries.append({"id": qid, "query": render_query(chain, rng_eval, opts.paraphrase),
+                            "gold_ids": [d.id for d in by_number[end]], "excluded_ids": []})
+            reasoning.append({"id": qid, "reasoning": render_reasoning(chain, n_mod)})
+            chains.append({"id": qid, **_chain_row(chain, n_mod)})
+        domains[f"steps{n}"] = {"queries": queries, "reasoning": reasoning, "chains": chains}
+    return {"instruction": instr, "corpus": corpus, "train": train, "train_meta": train_meta,
+            "domains": domains}
+
+
+def _texts(data: dict) -> dict[str, list[str]]:
+    """Formatted query, explicit and document texts (unwrapped) of train and eval."""
+    fmt = lambda q: QUERY_TEMPLATE.format(instruction=data["instruction"], query=q)  # noqa: E731
+    pairs = [(r["query"], r["reasoning_query"]) for r in data["train"]]
+    for dom in data["domains"].values():
+        pairs += [(q["query"], r["reasoning"]) for q, r in zip(dom["queries"], dom["reasoning"])]
+    return {"query": [fmt(q) for q, _ in pairs], "explicit": [fmt(q) + r for q, r in pairs],
+            "document": [d.content for d in data["corpus"]]}
+
+
+def _token_lengths(tokenizer_dir: str, texts: dict[str, list[str]]) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    out = {}
+    for name, items in texts.items():
+        lens = [len(ids) for ids in tok(items, add_special_tokens=False)["input_ids"]]
+        out[name] = {"max": max(lens), "mean": round(sum(lens) / len(lens), 2)}
+    ids = tok.encode(SEGMENT_SEP, add_special_tokens=False)
+    out["split_token_ids"] = ids
+    return out
+
+
+def content_hash(out_dir: str) -> str:
+    """sha256 over every file of a generated directory except meta.json (path + bytes)."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(out_dir):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, out_dir).replace(os.sep, "/")
+            if rel == "meta.json":
+                continue
+            h.update(rel.encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
+def paths(out_dir: str, domains) -> dict:
+    """Paths of a generated directory: train, corpus, eval, domains, tokenizer, meta, eval/<d>."""
+    out = {"train": "train.jsonl", "train_chains": "train_chains.jsonl", "corpus": "corpus.jsonl",
+           "eval": "eval", "domains": "eval/domains.json", "tokenizer": "tokenizer",
+           "meta": "meta.json"}
+    out = {k: os.path.join(out_dir, v) for k, v in out.items()}
+    out.update({f"eval/{d}": os.path.join(out_dir, "eval", d) for d in domains})
+    return out
+
+
+def _write(data: dict, opts: SyntheticOptions, seed: int, out_dir: str) -> None:
+    _dump(os.path.join(out_dir, "train.jsonl"), data["train"])
+    _dump(os.path.join(out_dir, "train_chains.jsonl"), data["train_meta"])
+    _dump(os.path.join(out_dir, "corpus.jsonl"),
+          ({"id": d.id, "number": d.number, "content": d.content} for d in data["corpus"]))
+    eval_dir = os.path.join(out_dir, "eval")
+    for name, dom in data["domains"].items():
+        ddir = os.path.join(eval_dir, name)
+        os.makedirs(ddir)
+        _dump(os.path.join(ddir, "queries.jsonl"), dom["queries"])
+        _dump(os.path.join(ddir, "documents.jsonl"),
+              ({"id": d.id, "content": d.content} for d in data["corpus"]))
+        _dump(os.path.join(ddir, "reasoning.jsonl"), dom["reasoning"])
+        _dump(os.path.join(ddir, "chains.jsonl"), dom["chains"])
+    with open(os.path.join(eval_dir, "domains.json"), "w", encoding="utf-8") as f:
+        json.dump({name: data["instruction"] for name in data["domains"]}, f, indent=1)
+        f.write("\n")
+    texts = _texts(data)
+    tok_dir = os.path.join(out_dir, "tokenizer")
+    bpe.save_tokenizer(texts["explicit"] + texts["document"], tok_dir, opts.vocab_size)
+    meta = {
+        "generator": "laser_jax.data.synthetic", "version": VERSION, "seed": seed,
+        "options": dataclasses.asdict(opts),
+        "counts": {"train": len(data["train"]), "documents": len(data["corpus"]),
+                   **{f"eval/{k}": len(v["queries"]) for k, v in data["domains"].items()}},
+        "domains": sorted(data["domains"]),
+        "query_template": QUERY_TEMPLATE,
+        "token_lengths": _token_lengths(tok_dir, texts),
+        "content_sha256": content_hash(out_dir),
+    }
+    with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+
+
+def generate(out_dir: str, seed: int = 0, **options) -> dict:
+    """Generate the task into `out_dir` (replacing an earlier generation there).
+
+    Args:
+      out_dir: target directory; must be missing, empty, or an earlier output (has meta.json).
+      seed: integer seed; same seed and options give byte-identical files.
+      **options: fields of SyntheticOptions.
+
+    Returns:
+      dict of paths (see `paths`).
+    """
+    opts = SyntheticOptions(**options)
+    seed = int(seed)
+    data = _build(opts, seed)
+    out_dir = os.path.abspath(out_dir)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+    try:
+        _write(data, opts, seed, tmp)
+        _replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return paths(out_dir, data["domains"])
+
+
+def _replace_dir(src: str, dst: str) -> None:
+    if os.path.isdir(dst):
+        if os.path.exists(os.path.join(dst, "meta.json")):
+            shutil.rmtree(dst)
+        elif not os.listdir(dst):
+            os.rmdir(dst)
+        else:
+            raise FileExistsError(f"{dst} exists, is not empty and holds no meta.json; "
+                                  "refusing to overwrite it")
+    try:
+        os.rename(src, dst)
+    except OSError:  # a concurrent generation got there first; its output is as good
+        if not os.path.exists(os.path.join(dst, "meta.json")):
+            raise
+
+
+def read_meta(out_dir: str) -> dict | None:
+    try:
+        with open(os.path.join(out_dir, "meta.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(out_dir: str, seed: int = 0, **options) -> bool:
+    """True if `out_dir` holds an intact generation for this seed, options and version."""
+    meta = read_meta(out_dir)
+    want = dataclasses.asdict(SyntheticOptions(**options))
+    return (meta is not None and meta.get("version") == VERSION and meta.get("seed") == int(seed)
+            and meta.get("options") == want and meta.get("content_sha256") == content_hash(out_dir))
+
+
+def ensure_generated(out_dir: str, seed: int = 0, **options) -> dict:
+    """Paths of the task in `out_dir`, generating it first if missing, stale or damaged."""
+    if is_current(out_dir, seed, **options):
+        return paths(os.path.abspath(out_dir), read_meta(out_dir)["domains"])
+    return generate(out_dir, seed, **options)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=0)
+    for field in dataclasses.fields(SyntheticOptions):
+        kind = (lambda s: s.lower() in ("1", "true", "yes")) if field.type in (bool, "bool") else int
+        parser.add_argument(f"--{field.name}", type=kind, default=field.default)
+    args = vars(parser.parse_args(argv))
+    out, seed = args.pop("out"), args.pop("seed")
+    result = generate(out, seed, **args)
+    meta = read_meta(out)
+    print(json.dumps({"paths": result, "counts": meta["counts"],
+                      "token_lengths": meta["token_lengths"]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

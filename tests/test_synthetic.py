@@ -1,0 +1,258 @@
+"""The synthetic multi-step retrieval task: formats, determinism, hold-out, segment alignment."""
+import filecmp
+import json
+import os
+
+import pytest
+
+from laser_jax.data import synthetic
+from laser_jax.data.synthetic_chains import Chain, Op, apply_op, end_state, states
+from laser_jax.data.synthetic_docs import number_word
+from laser_jax.data.synthetic_text import SEGMENT_SEP, parse_query, reasoning_steps
+
+SMALL = dict(n_train=600, n_eval_per_domain=40)
+THINK_SUFFIX = "<think>\n\n</think>\n\n"
+
+
+def _jsonl(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def _files(root):
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return str(root), synthetic.generate(str(root / "a"), seed=3, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def data(gen):
+    _, p = gen
+    meta = json.load(open(p["meta"]))
+    corpus = _jsonl(p["corpus"])
+    domains = json.load(open(p["domains"]))
+    return {
+        "paths": p, "meta": meta, "modulus": meta["options"]["modulus"],
+        "train": _jsonl(p["train"]), "train_chains": _jsonl(p["train_chains"]),
+        "corpus": corpus, "number_of": {d["content"]: d["number"] for d in corpus},
+        "domains": domains,
+        "eval": {d: {f: _jsonl(os.path.join(p["eval"], d, f + ".jsonl"))
+                     for f in ("queries", "documents", "reasoning", "chains")} for d in domains},
+    }
+
+
+@pytest.fixture(scope="module")
+def tok(data):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(data["paths"]["tokenizer"])
+
+
+def _chain(row):
+    return Chain(row["start"], tuple(Op(k, v) for k, v in row["ops"]))
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds(gen):
+    root, p = gen
+    again = synthetic.generate(os.path.join(root, "b"), seed=3, **SMALL)["meta"]
+    a, b = os.path.dirname(p["meta"]), os.path.dirname(again)
+    assert _files(a) == _files(b)
+    match, mismatch, errors = filecmp.cmpfiles(a, b, _files(a), shallow=False)
+    assert not mismatch and not errors
+    other = synthetic.generate(os.path.join(root, "c"), seed=4, **SMALL)
+    assert open(other["train"], "rb").read() != open(p["train"], "rb").read()
+    assert json.load(open(other["meta"]))["content_sha256"] != json.load(open(p["meta"]))["content_sha256"]
+
+
+def test_train_records_are_reasonemb(data):
+    assert len(data["train"]) == SMALL["n_train"] == len(data["train_chains"])
+    for r in data["train"]:
+        assert set(r) == {"query", "prompt", "reasoning_query", "positive_passages", "negative_passages"}
+        assert all(isinstance(r[k], str) and r[k] for k in ("query", "prompt", "reasoning_query"))
+        assert len(r["positive_passages"]) >= 1 and len(r["negative_passages"]) >= 1
+        assert all(isinstance(x, str) for x in r["positive_passages"] + r["negative_passages"])
+
+
+def test_eval_is_bright_format(data):
+    doc_ids = {d["id"] for d in data["corpus"]}
+    assert set(data["domains"]) == set(data["meta"]["domains"]) == {"steps2", "steps3", "steps4"}
+    for name, dom in data["eval"].items():
+        assert isinstance(data["domains"][name], str) and data["domains"][name]
+        assert len(dom["queries"]) == SMALL["n_eval_per_domain"]
+        assert {d["id"] for d in dom["documents"]} == doc_ids
+        assert all(set(d) == {"id", "content"} for d in dom["documents"])
+        for q, r, c in zip(dom["queries"], dom["reasoning"], dom["chains"]):
+            assert set(q) == {"id", "query", "gold_ids", "excluded_ids"}
+            assert q["id"] == r["id"] == c["id"]
+            assert q["gold_ids"] and set(q["gold_ids"]) <= doc_ids and q["excluded_ids"] == []
+            assert len(_chain(c).ops) == int(name[len("steps"):])
+        assert len({q["id"] for q in dom["queries"]}) == len(dom["queries"])
+
+
+def test_eval_chains_never_appear_in_training(data):
+    """Checked from the query texts alone, not only from the sidecar files."""
+    train = {parse_query(r["query"]) for r in data["train"]}
+    assert train == {_chain(c) for c in data["train_chains"]}
+    for dom in data["eval"].values():
+        held = [parse_query(q["query"]) for q in dom["queries"]]
+        assert held == [_chain(c) for c in dom["chains"]]
+        assert not train & set(held)
+
+
+def test_texts_agree_with_the_chains(data):
+    n_mod, number_of = data["modulus"], data["number_of"]
+    for r, c in zip(data["train"], data["train_chains"]):
+        chain = parse_query(r["query"])
+        assert c["states"] == states(chain, n_mod)
+        assert r["reasoning_query"].split(SEGMENT_SEP) == reasoning_steps(chain, n_mod)
+        assert {number_of[p] for p in r["positive_passages"]} == {c["states"][-1]}
+    docs = {d["id"]: d["number"] for d in data["corpus"]}
+    for dom in data["eval"].values():
+        for q, r in zip(dom["queries"], dom["reasoning"]):
+            chain = parse_query(q["query"])
+            assert {docs[g] for g in q["gold_ids"]} == {end_state(chain, n_mod)}
+            assert sorted(q["gold_ids"]) == sorted(i for i, n in docs.items() if n == end_state(chain, n_mod))
+            assert r["reasoning"].split(SEGMENT_SEP) == reasoning_steps(chain, n_mod)
+
+
+def test_one_segment_per_step_and_intermediate_states_are_documents(data):
+    n_mod = data["modulus"]
+    covered = {d["number"] for d in data["corpus"]}
+    assert covered == set(range(n_mod))
+    for r in data["train"]:
+        chain = parse_query(r["query"])
+        segs = r["reasoning_query"].split(SEGMENT_SEP)
+        assert len(segs) == len(chain.ops)
+        for seg, x in zip(segs, states(chain, n_mod)):
+            assert seg.endswith(f" is {x}")  # a segment ends on the state it reaches
+
+
+def test_hard_negatives_are_one_wrong_step_away(data):
+    n_mod, number_of = data["modulus"], data["number_of"]
+    for r, c in zip(data["train"], data["train_chains"]):
+        chain = parse_query(r["query"])
+        end = end_state(chain, n_mod)
+        negs = [number_of[p] for p in r["negative_passages"]]
+        misses = c["near_misses"]
+        assert misses, "every chain gets at least one near miss"
+        assert negs == [m["end"] for m in misses] + c["random_negatives"]
+        assert end not in negs and len(set(negs)) == len(negs)
+        for m in misses:
+            wrong = list(chain.ops)
+            assert Op(*m["op"]) != wrong[m["step"]]
+            wrong[m["step"]] = Op(*m["op"])
+            diff = [i for i, (a, b) in enumerate(zip(chain.ops, wrong)) if a != b]
+            assert diff == [m["step"]]
+            assert end_state(Chain(chain.start, tuple(wrong)), n_mod) == m["end"]
+
+
+def test_documents_name_their_number_and_are_distinct(data):
+    contents = [d["content"] for d in data["corpus"]]
+    assert len(set(contents)) == len(contents)
+    for d in data["corpus"]:
+        n = d["number"]
+        head = d["content"].split(" ")[:3]
+        assert str(n) in head or number_word(n).capitalize() in head
+
+
+def test_segment_ends_are_visible_to_the_split_token_rule(data, tok):
+    """LaSER's rule: split id = last id of "\\n\\n"; segment ends = split ids in the
+    reasoning region + its last token. Each must close exactly one reasoning step."""
+    split_ids = tok.encode("\n\n", add_special_tokens=False)
+    assert split_ids == data["meta"]["token_lengths"]["split_token_ids"]
+    assert len(split_ids) == 1, "'\\n\\n' should be a single token"
+    split = split_ids[-1]
+    template = data["meta"]["query_template"]
+    for r in data["train"][:200]:
+        q = template.format(instruction=r["prompt"], query=r["query"])
+        steps = r["reasoning_query"].split(SEGMENT_SEP)
+        for query_text in (q, tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
+                                                      add_generation_prompt=True) + THINK_SUFFIX):
+            q_ids = tok.encode(query_text, add_special_tokens=False)
+            e_ids = tok.encode(query_text + r["reasoning_query"], add_special_tokens=False)
+            assert e_ids[:len(q_ids)] == q_ids, "the query's tokens must prefix the explicit text's"
+            region = e_ids[len(q_ids):]
+            ends = [i for i, t in enumerate(region) if t == split]
+            assert len(ends) == len(steps) - 1
+            ends.append(len(region) - 1)
+            for i, pos in enumerate(ends):
+                closed = SEGMENT_SEP.join(steps[:i + 1]) + (SEGMENT_SEP if i < len(steps) - 1 else "")
+                assert tok.decode(region[:pos + 1]) == closed
+
+
+def test_punctuation_newline_merge_is_avoided(tok):
+    """Steps end on a digit: "5\\n\\n" keeps "\\n\\n" apart (and this tokenizer, never shown
+    ".\\n\\n", keeps it apart too); Qwen's own vocabulary would merge ".\\n\\n"."""
+    split = tok.encode("\n\n", add_special_tokens=False)[-1]
+    assert tok.encode("3 is 5\n\n5 plus", add_special_tokens=False).count(split) == 1
+    assert tok.encode(".\n\n", add_special_tokens=False)[-1] == split
+
+
+def test_token_lengths_are_short(data, tok):
+    lengths = data["meta"]["token_lengths"]
+    assert lengths["query"]["max"] <= 64
+    assert lengths["document"]["max"] <= 40
+    assert lengths["explicit"]["max"] <= 110
+    r = data["train"][0]
+    measured = len(tok.encode(data["meta"]["query_template"].format(instruction=r["prompt"], query=r["query"]),
+                              add_special_tokens=False))
+    assert measured <= lengths["query"]["max"]
+
+
+def test_ensure_generated_reuses_and_regenerates(tmp_path):
+    out = str(tmp_path / "task")
+    opts = dict(n_train=60, n_eval_per_domain=5, vocab_size=400)
+    p = synthetic.ensure_generated(out, seed=1, **opts)
+    stamp = os.stat(p["train"]).st_mtime_ns
+    assert synthetic.ensure_generated(out, seed=1, **opts) == p
+    assert os.stat(p["train"]).st_mtime_ns == stamp
+    p2 = synthetic.ensure_generated(out, seed=1, **{**opts, "n_train": 70})
+    assert len(_jsonl(p2["train"])) == 70
+    with open(p2["train"], "a") as f:
+        f.write("\n")
+    assert not synthetic.is_current(out, seed=1, **{**opts, "n_train": 70})
+    synthetic.ensure_generated(out, seed=1, **{**opts, "n_train": 70})
+    assert synthetic.is_current(out, seed=1, **{**opts, "n_train": 70})
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        synthetic.generate(str(foreign), seed=0, **opts)
+
+
+def test_command_line(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert synthetic.main([f"--out={out}", "--seed=5", "--n_train=30", "--n_eval_per_domain=4",
+                           "--min_steps=3", "--max_steps=3", "--paraphrase=false"]) == 0
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["seed"] == 5 and meta["options"]["paraphrase"] is False
+    assert meta["counts"] == {"train": 30, "documents": 51, "eval/steps3": 4}
+    assert json.loads(capsys.readouterr().out)["counts"] == meta["counts"]
+
+
+def test_chain_arithmetic():
+    assert apply_op(16, Op("add", 3), 17) == 2
+    assert apply_op(1, Op("sub", 4), 17) == 14
+    assert apply_op(10, Op("mul", 2), 17) == 3
+    chain = Chain(7, (Op("add", 3), Op("mul", 2), Op("sub", 4)))
+    assert states(chain, 17) == [10, 3, 16]
+    assert reasoning_steps(chain, 17) == ["7 plus 3 is 10", "10 doubled is 3", "3 minus 4 is 16"]
+
+
+def test_same_bytes_from_a_fresh_process(gen, tmp_path):
+    """Tokenizer training hashes in Rust; a new process must still write the same files."""
+    import subprocess
+    import sys
+
+    _, p = gen
+    out = str(tmp_path / "fresh")
+    args = [f"--{k}={v}" for k, v in SMALL.items()]
+    subprocess.run([sys.executable, "-m", "laser_jax.data.synthetic", f"--out={out}", "--seed=3", *args],
+                   check=True, capture_output=True)
+    a = os.path.dirname(p["meta"])
+    assert _files(a) == _files(out)
+    assert not filecmp.cmpfiles(a, out, _files(a), shallow=False)[1]
