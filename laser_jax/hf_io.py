@@ -26,7 +26,7 @@ from safetensors.numpy import save_file
 
 from laser_jax.model import lora as lora_lib
 from laser_jax.model.config import ModelConfig, from_hf_config, to_hf_config
-from laser_jax.model.decoder import abstract_variables
+from laser_jax.model.decoder import abstract_variables  # noqa: F401 (re-exported)
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
