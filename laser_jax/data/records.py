@@ -158,13 +158,14 @@ def open_records(path: str, group_size: int = 1, skip_bad_records: bool = False,
 
     Args:
       path: a JSONL file or glob (files concatenated in sorted order); a Hugging Face
-        `save_to_disk` directory (a DatasetDict directory needs `split`); or a path/glob
+        `save_to_disk` directory (a DatasetDict directory needs `split`); a prepared TFDS
+        dataset directory (holding features.json, see `tfds_reasonemb`); or a path/glob
         ending in `.array_record` (records stored as JSON bytes).
       group_size: documents per query G (G > 1 requires negatives).
       skip_bad_records: skip invalid records (reported in `source.summary`) instead of
         raising.
       require_reasoning: a record without reasoning is an error (see `parse_record`).
-      split: the split of a DatasetDict directory.
+      split: the split of a DatasetDict or TFDS directory.
       validate: check every record when opening (always done for JSONL); if False,
         a bad record raises `DataError` when it is read.
 
@@ -181,6 +182,9 @@ def open_records(path: str, group_size: int = 1, skip_bad_records: bool = False,
 
     if os.path.isdir(path) and is_hf_disk_dir(path):
         reader = HFDiskReader(path, split=split)
+    elif os.path.isfile(os.path.join(path, "features.json")):
+        from laser_jax.data.tfds_reasonemb import TfdsReader  # imports tensorflow_datasets
+        reader = TfdsReader(path, split=split)
     elif path.endswith(".array_record"):
         reader = ArrayRecordReader(path)
     else:
