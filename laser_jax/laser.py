@@ -1,0 +1,118 @@
+"""LaSER's two views of one backbone (spec sections 2 and 3), as pure functions.
+
+Axis letters: B batch, T text length, S cache length (T + J - 1), D hidden, V vocab,
+J latent steps (the spec's K).
+
+- `latent_view`: one prefill over the left-padded text, then `jax.lax.scan` over the J-1
+  soft-token steps carrying the KV cache. Each step turns the last state into logits
+  (one position only), a full-vocabulary softmax, and the expected input embedding,
+  which is fed back as one cached position.
+- `explicit_view`: one pass over query + reasoning with an appended EOS embedding; the
+  EOS state and the states at the (pre-computed, downsampled) segment ends.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from laser_jax.model.decoder import Decoder, positions_from_mask
+
+
+def l2_normalize(x, axis=-1, eps=1e-12):
+    """x / max(||x||, eps) in float32 (as torch.nn.functional.normalize)."""
+    x = x.astype(jnp.float32)
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def _rngs(rng, step):
+    return None if rng is None else {"dropout": jax.random.fold_in(rng, step)}
+
+
+def soft_token(model: Decoder, variables, h_BD):
+    """Expected input embedding under the LM head's distribution: softmax(W_lm h) @ E.
+
+    Logits are computed for this one position only, the softmax in float32.
+    Returns [B, D] in the compute dtype.
+    """
+    logits_BV = model.apply(variables, h_BD[:, None], method=Decoder.logits)[:, 0]
+    p_BV = jax.nn.softmax(logits_BV.astype(jnp.float32), axis=-1)
+    table_VD = model.apply(variables, method=Decoder.embedding_table)
+    return jnp.einsum("bv,vd->bd", p_BV.astype(table_VD.dtype), table_VD,
+                      preferred_element_type=jnp.float32).astype(table_VD.dtype)
+
+
+def latent_view(model: Decoder, variables, ids_BT, mask_BT, num_steps: int,
+                rng: Optional[jax.Array] = None) -> Tuple[jax.Array, jax.Array]:
+    """Latent ("thinking") view of a left-padded batch (queries or documents).
+
+    Args:
+      model: the Decoder.
+      variables: its variables ({"params": ..., optionally "lora": ...}).
+      ids_BT, mask_BT: int token ids and mask (1 = real token), LEFT padded.
+      num_steps: J >= 1; J = 1 is plain last-token pooling. May differ from training.
+      rng: optional dropout key (LoRA dropout); None = deterministic.
+
+    Returns:
+      (embedding [B, D] float32, L2-normalised mean of the J states;
+       states [B, J, D] unnormalised, in the compute dtype).
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_thinking_steps must be >= 1, got {num_steps}")
+    B, T = ids_BT.shape
+    extra = num_steps - 1
+    positions_BT = positions_from_mask(mask_BT)
+    out = model.apply(variables, ids_BT, positions_BT=positions_BT, kv_mask_BS=mask_BT,
+                      rngs=_rngs(rng, 0))
+    h1_BD = out.hidden[:, -1]
+    if extra == 0:
+        states_BJD = h1_BD[:, None]
+    else:
+        # The prefill's keys/values [L, B, T, K, H] become a cache with room for the soft
+        # tokens; causality in slot order hides the slots not yet written.
+        cache = jax.tree_util.tree_map(
+            lambda kv: jnp.pad(kv, ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0))), out.cache)
+        kv_mask_BS = jnp.concatenate([mask_BT, jnp.ones((B, extra), mask_BT.dtype)], axis=1)
+        last_pos_B1 = positions_BT[:, -1:]
+
+        def step(carry, j):
+            cache, h_BD = carry
+            x_B1D = soft_token(model, variables, h_BD)[:, None]
+            o = model.apply(variables, x_BTD=x_B1D, positions_BT=last_pos_B1 + 1 + j,
+                            kv_mask_BS=kv_mask_BS, cache=cache, cache_index=T + j,
+                            rngs=_rngs(rng, 1 + j))
+            h_BD = o.hidden[:, 0]
+            return (o.cache, h_BD), h_BD
+
+        _, hs_JBD = jax.lax.scan(step, (cache, h1_BD), jnp.arange(extra))
+        states_BJD = jnp.concatenate([h1_BD[:, None], hs_JBD.transpose(1, 0, 2)], axis=1)
+    embedding_BD = l2_normalize(jnp.mean(states_BJD.astype(jnp.float32), axis=1))
+    return embedding_BD, states_BJD
+
+
+def explicit_view(model: Decoder, variables, ids_BT, mask_BT, seg_BJ, eos_id: int,
+                  rng: Optional[jax.Array] = None) -> Tuple[jax.Array, jax.Array]:
+    """Explicit view: [query ; reasoning ; EOS embedding] in one pass.
+
+    Args:
+      ids_BT, mask_BT: query text + reasoning, LEFT padded (no EOS appended).
+      seg_BJ: int indices into the length T+1 hidden sequence (T = the appended EOS) of
+        the J aligned states, computed by the data pipeline (`laser_jax.data.segments`).
+      eos_id: token whose input embedding is appended.
+      rng: optional dropout key.
+
+    Returns:
+      (v_star [B, D] float32 L2-normalised EOS state; aligned states [B, J, D]
+       unnormalised, in the compute dtype).
+    """
+    B, _ = ids_BT.shape
+    x_BTD = model.apply(variables, ids_BT, method=Decoder.embed)
+    eos_B1D = model.apply(variables, jnp.full((B, 1), eos_id, ids_BT.dtype), method=Decoder.embed)
+    x_BTD = jnp.concatenate([x_BTD, eos_B1D], axis=1)
+    mask_BT = jnp.concatenate([mask_BT, jnp.ones((B, 1), mask_BT.dtype)], axis=1)
+    out = model.apply(variables, x_BTD=x_BTD, positions_BT=positions_from_mask(mask_BT),
+                      kv_mask_BS=mask_BT, rngs=_rngs(rng, 0))
+    v_star_BD = l2_normalize(out.hidden[:, -1])
+    aligned_BJD = jnp.take_along_axis(out.hidden, seg_BJ[:, :, None].astype(jnp.int32), axis=1)
+    return v_star_BD, aligned_BJD
