@@ -11,7 +11,7 @@ from laser_jax.data.pipeline import (PipelineOptions, steps_per_epoch, tokenize_
                                      train_dataset, train_iterator)
 from laser_jax.data.records import Record, open_records
 from laser_jax.data.sampling import choose_documents, epoch_order
-from laser_jax.data.tokenize import repad_left
+from laser_jax.data.tokenize import batch_lengths, repad_left
 
 KEYS = ("q_ids", "q_mask", "d_ids", "d_mask", "e_ids", "e_mask", "e_seg", "record")
 
@@ -177,6 +177,19 @@ def test_deterministic_document_choice_rotates_per_epoch():
     assert choose_documents(few, 0, 0, 1, False, 0) == ("p0",)
 
 
+def test_group_size_must_match_validation(tokenizer, tmp_path):
+    path = tmp_path / "few.jsonl"
+    raw = make_raw(8)
+    raw[5]["negative_passages"] = []
+    path.write_text("".join(json.dumps(r) + "\n" for r in raw))
+    loose = open_records(str(path), group_size=1)
+    with pytest.raises(ConfigError, match="validated for group_size=1"):
+        train_dataset(loose, tokenizer, options())
+    train_dataset(loose, tokenizer, options(group_size=1))
+    with pytest.raises(ValueError, match="record 5 has no negative passages"):
+        choose_documents(loose[5], 5, 0, 2, False, 0)
+
+
 def test_seeded_document_choice():
     rec = Record("q", "p", "r", tuple(f"p{k}" for k in range(4)), tuple(f"n{k}" for k in range(6)))
     runs = [[choose_documents(rec, 7, e, 3, True, seed=1) for e in range(4)] for _ in range(2)]
@@ -248,9 +261,9 @@ def test_two_hosts_shares_concatenate_to_one_host_batch(tokenizer, source, shuff
     pad = tokenizer.pad_token_id
     for step in (0, 3, 4, 7):
         whole, shares = one[step], [h[step] for h in hosts]
-        lengths = {v: max(s[f"{v}_ids"].shape[1] for s in shares) for v in "qde"}
-        assert lengths == {v: whole[f"{v}_ids"].shape[1] for v in "qde"}
-        shares = [repad_left(s, lengths, pad) for s in shares]
+        lengths = {v: max(batch_lengths(s)[v] for s in shares) for v in "qde"}
+        assert lengths == batch_lengths(whole)
+        shares = [repad_left(s, lengths, pad if shuffle else None) for s in shares]
         joined = {k: np.concatenate([s[k] for s in shares]) for k in KEYS}
         assert_batches_equal(joined, whole)
 
@@ -261,6 +274,8 @@ def test_epochs_and_errors(tokenizer, source):
     forever = train_dataset(source, tokenizer, options(num_epochs=None))
     assert len(forever) > 10 ** 12
     np.testing.assert_array_equal(forever[6 * 1000]["record"], [0, 1, 2, 3])
+    it = train_iterator(source, tokenizer, options(num_epochs=None), start_step=6 * 1000 + 1)
+    np.testing.assert_array_equal(next(it)["record"], [4, 5, 6, 7])
     with pytest.raises(ConfigError, match="cannot fill one global batch"):
         train_dataset(source, tokenizer, options(batch_size=13, process_count=2))
     for bad in (dict(batch_size=0), dict(process_index=2, process_count=2),

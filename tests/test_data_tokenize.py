@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from laser_jax.data.tokenize import (Bucketing, bucket_length, bucket_lengths, left_pad,
-                                     pad_token_id, repad_left, tokenize_batch, tokenize_texts)
+                                     batch_lengths, pad_token_id, repad_left, tokenize_batch,
+                                     tokenize_texts)
 
 TEXTS = ["What is 1 plus 2?", "", "First, take 3.\n\nThen add 4 to it\n\nSo the result is 7.",
          "cats and the weather in a town " * 6]
@@ -76,3 +77,10 @@ def test_repad_left_widens_and_shifts_segments():
     assert out["e_ids"][0, out["e_seg"][0, 0]] == batch["e_ids"][0, 1]
     with pytest.raises(ValueError, match="cannot shrink"):
         repad_left(batch, {"e": 2}, pad_id=0)
+    with pytest.raises(ValueError, match="unknown view"):
+        repad_left(batch, {"x": 9})
+    assert batch_lengths(batch) == {"q": 2, "e": 3}
+    # without pad_id the view's own padding id is reused (0 if it has no padding)
+    batch["q_ids"] = np.array([[3, 7]], np.int32)
+    assert repad_left(batch, {"q": 4})["q_ids"].tolist() == [[3, 3, 3, 7]]
+    assert repad_left(batch, {"e": 4})["e_ids"].tolist() == [[0, 5, 6, 7]]

@@ -6,7 +6,6 @@ in the load summary's notes; every other line is one raw entry.
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator, List, Tuple
 
 import numpy as np

@@ -48,6 +48,11 @@ class StepBatcher:
 
     def __init__(self, source, tokenizer, options: PipelineOptions):
         self.source, self.tokenizer, self.options = source, tokenizer, options
+        checked = getattr(source, "group_size", None)
+        if options.group_size > 1 and checked is not None and checked < options.group_size:
+            raise ConfigError(f"the records were validated for group_size={checked} (negatives "
+                              f"optional) but the pipeline uses group_size={options.group_size}"
+                              f"; open them with group_size={options.group_size}")
         self.steps_per_epoch = steps_per_epoch(len(source), options)
         self.split_ids = split_token_ids(tokenizer, options.split_mode)
         self._orders: Dict[int, np.ndarray] = {}

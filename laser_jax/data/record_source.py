@@ -122,6 +122,7 @@ class RecordSource:
                  require_reasoning: bool = True, validate: bool = True):
         self._reader = reader
         self._group_size = group_size
+        self.group_size = group_size  # what the records were validated for
         self._require_reasoning = require_reasoning
         fatal = list(reader.file_problems())
         if fatal:

@@ -53,6 +53,10 @@ def choose_documents(record: Record, record_index: int, epoch: int, group_size: 
       A tuple of G passage texts.
     """
     pos, neg, k = record.positives, record.negatives, group_size - 1
+    if k and not neg:
+        raise ValueError(f"record {record_index} has no negative passages, but group_size="
+                         f"{group_size} needs {k}; open the records with group_size="
+                         f"{group_size} so they are validated for it")
     if not shuffle:
         negatives = tuple(neg[(epoch * k + j) % len(neg)] for j in range(k))
         return (pos[epoch % len(pos)],) + negatives

@@ -172,33 +172,55 @@ def tokenize_batch(tokenizer, texts: Sequence[str], max_len: int,
     return left_pad(rows, length, pad_token_id(tokenizer))
 
 
-def repad_left(batch: Mapping[str, np.ndarray], lengths: Mapping[str, int], pad_id: int
-               ) -> Dict[str, np.ndarray]:
+VIEWS = ("q", "d", "e")
+
+
+def batch_lengths(batch: Mapping[str, np.ndarray]) -> Dict[str, int]:
+    """Widths of the views of a training batch, e.g. {"q": Lq, "d": Ld, "e": Le}.
+
+    Hosts combine these (element-wise max over hosts) and call `repad_left` with the result.
+    """
+    return {v: int(batch[f"{v}_ids"].shape[1]) for v in VIEWS if f"{v}_ids" in batch}
+
+
+def _existing_pad(ids: np.ndarray, mask: np.ndarray) -> int:
+    padded = ids[mask == 0]
+    return int(padded[0]) if padded.size else 0
+
+
+def repad_left(batch: Mapping[str, np.ndarray], lengths: Mapping[str, int],
+               pad_id: Optional[int] = None) -> Dict[str, np.ndarray]:
     """Widen views of a training batch by adding LEFT padding.
 
     All hosts of a multi-host run must feed arrays of one shape: each pads its share to
-    the largest bucket any host chose. Adding k left pad columns to the explicit view
-    shifts its segment indices (`e_seg`, into the length Le+1 sequence) by k.
+    the largest bucket any host chose (see `batch_lengths`). Adding k left pad columns to
+    the explicit view shifts its segment indices (`e_seg`, into the length Le+1 sequence)
+    by k, so they still name the same tokens and Le+k is the appended EOS.
 
     Args:
       batch: a training batch (`q_ids`, `q_mask`, `d_ids`, ..., `e_seg`, `record`).
       lengths: new width per view prefix, e.g. {"q": 128, "d": 256, "e": 512}; each must
         be >= the current width.
-      pad_id: id for the new padding columns.
+      pad_id: id for the new padding columns; None reuses the id already in the view's
+        padding (0 if the view has none; padding is masked, so its id never matters to
+        the model, only to exact comparisons).
 
     Returns:
       A new batch dict (unchanged views and other keys are shared, not copied).
     """
     out = dict(batch)
     for prefix, new_len in lengths.items():
+        if prefix not in VIEWS:
+            raise ValueError(f"unknown view {prefix!r}; expected one of {VIEWS}")
         ids, mask = batch[f"{prefix}_ids"], batch[f"{prefix}_mask"]
         extra = int(new_len) - ids.shape[1]
         if extra < 0:
             raise ValueError(f"cannot shrink {prefix}_ids from {ids.shape[1]} to {new_len}")
         if extra == 0:
             continue
+        pad = _existing_pad(ids, mask) if pad_id is None else pad_id
         out[f"{prefix}_ids"] = np.concatenate(
-            [np.full((ids.shape[0], extra), pad_id, ids.dtype), ids], axis=1)
+            [np.full((ids.shape[0], extra), pad, ids.dtype), ids], axis=1)
         out[f"{prefix}_mask"] = np.concatenate(
             [np.zeros((mask.shape[0], extra), mask.dtype), mask], axis=1)
         if prefix == "e" and "e_seg" in batch:
