@@ -6,7 +6,7 @@ import os
 import pytest
 
 from laser_jax.data import synthetic
-from laser_jax.data.synthetic_chains import Chain, Op, apply_op, end_state, states
+from laser_jax.data.synthetic_chains import Chain, Op, apply_op, end_state, make_world, states, try_states
 from laser_jax.data.synthetic_docs import number_word
 from laser_jax.data.synthetic_text import SEGMENT_SEP, parse_query, reasoning_steps
 
@@ -36,7 +36,7 @@ def data(gen):
     corpus = _jsonl(p["corpus"])
     domains = json.load(open(p["domains"]))
     return {
-        "paths": p, "meta": meta, "modulus": meta["options"]["modulus"],
+        "paths": p, "meta": meta, "world": _world(meta["options"]), "size": meta["options"]["size"],
         "train": _jsonl(p["train"]), "train_chains": _jsonl(p["train_chains"]),
         "corpus": corpus, "number_of": {d["content"]: d["number"] for d in corpus},
         "domains": domains,
@@ -50,6 +50,10 @@ def tok(data):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(data["paths"]["tokenizer"])
+
+
+def _world(o):
+    return make_world(o["size"], o["wrap"], o["max_operand"], o["multiply"])
 
 
 def _chain(row):
@@ -104,7 +108,7 @@ def test_eval_chains_never_appear_in_training(data):
 
 
 def test_texts_agree_with_the_chains(data):
-    n_mod, number_of = data["modulus"], data["number_of"]
+    n_mod, number_of = data["world"], data["number_of"]
     for r, c in zip(data["train"], data["train_chains"]):
         chain = parse_query(r["query"])
         assert c["states"] == states(chain, n_mod)
@@ -120,9 +124,9 @@ def test_texts_agree_with_the_chains(data):
 
 
 def test_one_segment_per_step_and_intermediate_states_are_documents(data):
-    n_mod = data["modulus"]
+    n_mod = data["world"]
     covered = {d["number"] for d in data["corpus"]}
-    assert covered == set(range(n_mod))
+    assert covered == set(range(data["size"]))
     for r in data["train"]:
         chain = parse_query(r["query"])
         segs = r["reasoning_query"].split(SEGMENT_SEP)
@@ -132,7 +136,7 @@ def test_one_segment_per_step_and_intermediate_states_are_documents(data):
 
 
 def test_hard_negatives_are_one_wrong_step_away(data):
-    n_mod, number_of = data["modulus"], data["number_of"]
+    n_mod, number_of = data["world"], data["number_of"]
     for r, c in zip(data["train"], data["train_chains"]):
         chain = parse_query(r["query"])
         end = end_state(chain, n_mod)
@@ -230,17 +234,31 @@ def test_command_line(tmp_path, capsys):
                            "--min_steps=3", "--max_steps=3", "--paraphrase=false"]) == 0
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["seed"] == 5 and meta["options"]["paraphrase"] is False
-    assert meta["counts"] == {"train": 30, "documents": 51, "eval/steps3": 4}
+    assert meta["counts"] == {"train": 30, "documents": 150, "eval/steps3": 4}
     assert json.loads(capsys.readouterr().out)["counts"] == meta["counts"]
 
 
 def test_chain_arithmetic():
-    assert apply_op(16, Op("add", 3), 17) == 2
-    assert apply_op(1, Op("sub", 4), 17) == 14
-    assert apply_op(10, Op("mul", 2), 17) == 3
+    line, wheel = make_world(50, False, 5), make_world(17, True, 5)
+    assert apply_op(16, Op("add", 3), wheel) == 2 and apply_op(16, Op("add", 3), line) == 19
+    assert apply_op(1, Op("sub", 4), wheel) == 14 and apply_op(1, Op("sub", 4), line) is None
+    assert apply_op(30, Op("mul", 2), line) is None
     chain = Chain(7, (Op("add", 3), Op("mul", 2), Op("sub", 4)))
-    assert states(chain, 17) == [10, 3, 16]
-    assert reasoning_steps(chain, 17) == ["7 plus 3 is 10", "10 doubled is 3", "3 minus 4 is 16"]
+    assert states(chain, line) == [10, 20, 16] and states(chain, wheel) == [10, 3, 16]
+    assert reasoning_steps(chain, line) == ["7 plus 3 is 10", "10 doubled is 20", "20 minus 4 is 16"]
+    assert try_states(Chain(40, (Op("mul", 2),)), line) is None
+
+
+def test_wrapping_world(tmp_path):
+    p = synthetic.generate(str(tmp_path / "wheel"), seed=0, size=17, wrap=True, n_train=200,
+                           n_eval_per_domain=10, vocab_size=400)
+    world = make_world(17, True, 5)
+    assert "modulo 17" in json.load(open(p["domains"]))["steps3"]
+    number_of = {d["content"]: d["number"] for d in _jsonl(p["corpus"])}
+    for r in _jsonl(p["train"]):
+        chain = parse_query(r["query"])
+        assert r["reasoning_query"].split(SEGMENT_SEP) == reasoning_steps(chain, world)
+        assert {number_of[x] for x in r["positive_passages"]} == {end_state(chain, world)}
 
 
 def test_same_bytes_from_a_fresh_process(gen, tmp_path):

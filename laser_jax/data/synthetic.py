@@ -1,16 +1,22 @@
-"""Generate the embedded default task: multi-step arithmetic retrieval on a number wheel.
+"""Generate the embedded default task: multi-step arithmetic retrieval over numbers.
 
-    python -m laser_jax.data.synthetic --out=DIR --seed=S [--modulus=17 --n_train=4000 ...]
+    python -m laser_jax.data.synthetic --out=DIR --seed=S [--size=50 --n_train=4000 ...]
 
-A query gives a start number and 2-4 operations modulo N ("Start with 7. Add 3, then
-double it, then subtract 4."); the relevant passages describe the END number, which no
-single token of the query names. The gold reasoning writes one step per "\\n\\n" segment
-("7 plus 3 is 10\\n\\n10 doubled is 3\\n\\n3 minus 4 is 16"), every intermediate state is
+A query gives a start number and 2-4 operations ("Start with 7. Add 3, then double it,
+then subtract 4."); the relevant passages describe the END number, which no token of the
+query names. The gold reasoning writes one step per "\\n\\n" segment
+("7 plus 3 is 10\\n\\n10 doubled is 20\\n\\n20 minus 4 is 16"), every intermediate state is
 itself described by passages of the corpus (so LaSER's trajectory loss, which scores the
 explicit view's state at each segment end against the documents, supervises real
 intermediate states), and hard negatives are near misses: the end reached when exactly one
 operation is replaced by a plausible mistake. Evaluation chains (start, operations) never
-occur in training.
+occur in training; training also holds single operations (train_min_steps=1).
+
+By default numbers stay inside 0..size-1 (chains leaving it are not drawn), so the start
+number carries coarse information about the answer and a model trained from scratch gets a
+gradient from the first steps on; exact retrieval needs every step. With wrap=True the
+arithmetic is modulo size: no single token then correlates with the answer, and in a
+calibration run (tiny Qwen3, 2-4 layers, ~2000 steps) the latent view never left chance.
 
 Layout of DIR (byte-identical for the same seed and options):
   train.jsonl            ReasonEmb records: query, prompt, reasoning_query,
@@ -38,7 +44,7 @@ import sys
 import tempfile
 
 from laser_jax.data import bpe
-from laser_jax.data.synthetic_chains import Chain, near_misses, op_vocabulary, sample_chains, states
+from laser_jax.data.synthetic_chains import Chain, World, make_world, near_misses, sample_chains, states
 from laser_jax.data.synthetic_docs import build_corpus
 from laser_jax.data.synthetic_text import SEGMENT_SEP, instruction, render_query, render_reasoning
 
@@ -49,9 +55,11 @@ QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"  # spec section 5
 @dataclasses.dataclass(frozen=True)
 class SyntheticOptions:
     """Knobs of the generator; defaults are the embedded default task."""
-    modulus: int = 17            # numbers 0..modulus-1; a prime makes every operation a bijection
-    min_steps: int = 2           # shortest chain (operations per query)
+    size: int = 50               # numbers 0..size-1, each described by passages
+    wrap: bool = False           # arithmetic modulo size; else chains stay inside 0..size-1
+    min_steps: int = 2           # shortest evaluation chain (operations per query)
     max_steps: int = 4           # longest chain; one eval domain per length
+    train_min_steps: int = 1     # shortest training chain (1: single operations are taught too)
     max_operand: int = 5         # add / subtract 1..max_operand
     multiply: bool = True        # also "double it" and "triple it"
     n_train: int = 4000          # training queries, lengths uniform over min..max
@@ -62,10 +70,10 @@ class SyntheticOptions:
     vocab_size: int = 768        # tokenizer vocabulary (incl. 256 bytes and special tokens)
 
     def __post_init__(self):
-        if not 2 <= self.modulus <= 999:
-            raise ValueError("modulus must be in 2..999")
-        if not 1 <= self.min_steps <= self.max_steps:
-            raise ValueError("need 1 <= min_steps <= max_steps")
+        if not 2 <= self.size <= 999:
+            raise ValueError("size must be in 2..999")
+        if not 1 <= self.min_steps <= self.max_steps or not 1 <= self.train_min_steps <= self.max_steps:
+            raise ValueError("need 1 <= min_steps, train_min_steps <= max_steps")
         if self.max_operand < 1 or self.docs_per_number < 1:
             raise ValueError("max_operand and docs_per_number must be >= 1")
 
@@ -76,9 +84,9 @@ def _dump(path: str, rows) -> None:
             f.write(json.dumps(row, ensure_ascii=False, sort_keys=False) + "\n")
 
 
-def _chain_row(chain: Chain, modulus: int) -> dict:
+def _chain_row(chain: Chain, world: World) -> dict:
     return {"start": chain.start, "ops": [[op.kind, op.k] for op in chain.ops],
-            "states": states(chain, modulus)}
+            "states": states(chain, world)}
 
 
 def _split_lengths(total: int, lengths: list[int]) -> dict[int, int]:
@@ -88,53 +96,58 @@ def _split_lengths(total: int, lengths: list[int]) -> dict[int, int]:
 
 def _build(opts: SyntheticOptions, seed: int) -> dict:
     """All records in memory (no I/O)."""
-    n_mod = opts.modulus
-    vocab = op_vocabulary(opts.max_operand, opts.multiply)
-    lengths = list(range(opts.min_steps, opts.max_steps + 1))
-    corpus = build_corpus(n_mod, opts.docs_per_number, random.Random(f"{seed}/docs"))
-    by_number = [[d for d in corpus if d.number == n] for n in range(n_mod)]
-    instr = instruction(n_mod)
+    world = make_world(opts.size, opts.wrap, opts.max_operand, opts.multiply)
+    corpus = build_corpus(opts.size, opts.wrap, opts.docs_per_number, random.Random(f"{seed}/docs"))
+    by_number = [[d for d in corpus if d.number == n] for n in range(opts.size)]
+    instr = instruction(world)
 
     rng_eval = random.Random(f"{seed}/eval")
-    eval_chains = {n: sample_chains(rng_eval, opts.n_eval_per_domain, n, n_mod, vocab) for n in lengths}
+    eval_lengths = range(opts.min_steps, opts.max_steps + 1)
+    eval_chains = {n: sample_chains(rng_eval, opts.n_eval_per_domain, n, world) for n in eval_lengths}
     rng_train = random.Random(f"{seed}/train")
     train_chains = []
-    for n, count in _split_lengths(opts.n_train, lengths).items():
-        train_chains += sample_chains(rng_train, count, n, n_mod, vocab, exclude=set(eval_chains[n]))
+    train_lengths = list(range(opts.train_min_steps, opts.max_steps + 1))
+    shortfall = 0  # short chains may be too few for their share: longer ones make it up
+    for n, count in _split_lengths(opts.n_train, train_lengths).items():
+        held_out = set(eval_chains.get(n, ()))
+        got = sample_chains(rng_train, count + shortfall, n, world, exclude=held_out,
+                            allow_fewer=n < opts.max_steps)
+        shortfall = count + shortfall - len(got)
+        train_chains += got
     rng_train.shuffle(train_chains)
 
     train, train_meta = [], []
     for chain in train_chains:
-        end = states(chain, n_mod)[-1]
-        misses = near_misses(chain, n_mod, vocab, rng_train)
+        end = states(chain, world)[-1]
+        misses = near_misses(chain, world, rng_train)
         hard = {m.end for m in misses}
-        others = [x for x in range(n_mod) if x != end and x not in hard]
+        others = [x for x in range(opts.size) if x != end and x not in hard]
         randoms = rng_train.sample(others, min(opts.n_random_negatives, len(others)))
         positives = [d.content for d in by_number[end]]
         rng_train.shuffle(positives)
         train.append({
             "query": render_query(chain, rng_train, opts.paraphrase),
             "prompt": instr,
-            "reasoning_query": render_reasoning(chain, n_mod),
+            "reasoning_query": render_reasoning(chain, world),
             "positive_passages": positives,
             "negative_passages": [rng_train.choice(by_number[x]).content
                                   for x in [m.end for m in misses] + randoms],
         })
-        row = _chain_row(chain, n_mod)
+        row = _chain_row(chain, world)
         row["near_misses"] = [{"step": m.step, "op": [m.op.kind, m.op.k], "end": m.end} for m in misses]
         row["random_negatives"] = randoms
         train_meta.append(row)
 
     domains = {}
-    for n in lengths:
+    for n in eval_lengths:
         queries, reasoning, chains = [], [], []
         for i, chain in enumerate(eval_chains[n]):
             qid = f"steps{n}-{i:04d}"
-            end = states(chain, n_mod)[-1]
+            end = states(chain, world)[-1]
             queries.append({"id": qid, "query": render_query(chain, rng_eval, opts.paraphrase),
                             "gold_ids": [d.id for d in by_number[end]], "excluded_ids": []})
-            reasoning.append({"id": qid, "reasoning": render_reasoning(chain, n_mod)})
-            chains.append({"id": qid, **_chain_row(chain, n_mod)})
+            reasoning.append({"id": qid, "reasoning": render_reasoning(chain, world)})
+            chains.append({"id": qid, **_chain_row(chain, world)})
         domains[f"steps{n}"] = {"queries": queries, "reasoning": reasoning, "chains": chains}
     return {"instruction": instr, "corpus": corpus, "train": train, "train_meta": train_meta,
             "domains": domains}

@@ -1,9 +1,9 @@
 """The document corpus of the synthetic task: a few short passages about each number.
 
 Each number n in 0..N-1 gets `per_number` passages. A passage names n (as digits, as a
-word, or both) and states a few facts about it, drawn from a pool: parity, its neighbours
-on the wheel, what doubling gives, which number doubles to it, what brings it back to 0,
-and two made-up attributes (a colour and a totem animal) fixed per number. The facts
+word, or both) and states a few facts about it, drawn from a pool: parity, its neighbours,
+what doubling gives, which number doubles to it, its distance to the top (or, modulo N,
+what brings it back to 0), and two made-up attributes (a colour and a totem animal) fixed per number. The facts
 mention other numbers, so matching digits alone does not find the right passage, and the
 passages of one number share no fixed wording.
 """
@@ -41,21 +41,24 @@ def number_word(n: int) -> str:
     return _ONES[hundreds] + " hundred" + (" and " + number_word(rest) if rest else "")
 
 
-def _facts(n: int, modulus: int, color: str, animal: str) -> list[str]:
-    """Predicates (to follow a subject) that hold for n on a wheel of `modulus` numbers."""
-    facts = [
-        "is even" if n % 2 == 0 else "is odd",
-        f"comes right after {(n - 1) % modulus}",
-        f"comes just before {(n + 1) % modulus}",
-        f"gives {(2 * n) % modulus} when doubled",
-        f"has the color {color}",
-        f"has the {animal} as its totem",
-    ]
-    halves = [m for m in range(modulus) if (2 * m) % modulus == n]
+def _facts(n: int, size: int, wrap: bool, color: str, animal: str) -> list[str]:
+    """Predicates (to follow a subject) that hold for n among 0..size-1 (modulo size if wrap)."""
+    inside = (lambda y: y % size) if wrap else (lambda y: y if 0 <= y < size else None)
+    facts = ["is even" if n % 2 == 0 else "is odd", f"has the color {color}",
+             f"has the {animal} as its totem"]
+    if inside(n - 1) is not None:
+        facts.append(f"comes right after {inside(n - 1)}")
+    if inside(n + 1) is not None:
+        facts.append(f"comes just before {inside(n + 1)}")
+    if inside(2 * n) is not None:
+        facts.append(f"gives {inside(2 * n)} when doubled")
+    halves = [m for m in range(size) if inside(2 * m) == n]
     if halves:
         facts.append(f"is what {halves[0]} becomes when doubled")
-    if n:
-        facts.append(f"returns to 0 after adding {modulus - n}")
+    if wrap and n:
+        facts.append(f"returns to 0 after adding {size - n}")
+    if not wrap and n < size - 1:
+        facts.append(f"is {size - 1 - n} less than {size - 1}")
     return facts
 
 
@@ -64,14 +67,14 @@ def _names(n: int) -> tuple[str, ...]:
     return (str(n), word[0].upper() + word[1:], f"The number {n}")
 
 
-def build_corpus(modulus: int, per_number: int, rng: random.Random,
+def build_corpus(size: int, wrap: bool, per_number: int, rng: random.Random,
                  facts_per_doc: int = 3) -> list[Document]:
     """`per_number` distinct passages for each number, ordered by number; ids "n{n}_{j}"."""
-    colors = _assign(COLORS, modulus, rng)
-    animals = _assign(ANIMALS, modulus, rng)
+    colors = _assign(COLORS, size, rng)
+    animals = _assign(ANIMALS, size, rng)
     docs = []
-    for n in range(modulus):
-        pool = _facts(n, modulus, colors[n], animals[n])
+    for n in range(size):
+        pool = _facts(n, size, wrap, colors[n], animals[n])
         names = _names(n)
         texts = set()
         for j in range(per_number):
@@ -85,12 +88,12 @@ def build_corpus(modulus: int, per_number: int, rng: random.Random,
     return docs
 
 
-def _assign(values, modulus: int, rng: random.Random) -> list[str]:
+def _assign(values, size: int, rng: random.Random) -> list[str]:
     """One value per number, all distinct while there are enough values."""
     out = []
-    while len(out) < modulus:
+    while len(out) < size:
         out += rng.sample(values, len(values))
-    return out[:modulus]
+    return out[:size]
 
 
 def _sentence(name: str, facts: list[str]) -> str:

@@ -1,7 +1,7 @@
 """Wording of the synthetic task: queries, step-by-step reasoning, and a parser back.
 
 Query:     "Start with 7. Add 3, then double it, then subtract 4."
-Reasoning: "7 plus 3 is 10\\n\\n10 doubled is 3\\n\\n3 minus 4 is 16"   (modulo 17)
+Reasoning: "7 plus 3 is 10\\n\\n10 doubled is 20\\n\\n20 minus 4 is 16"
 
 Every reasoning step is one "\\n\\n"-separated segment that starts and ends with a digit.
 Under a Qwen-style pre-tokenizer a digit is its own piece, so "\\n\\n" after a step is
@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 
-from laser_jax.data.synthetic_chains import ADD, MUL, SUB, Chain, Op, iter_steps
+from laser_jax.data.synthetic_chains import ADD, MUL, SUB, Chain, Op, World, iter_steps
 
 SEGMENT_SEP = "\n\n"
 
@@ -32,9 +32,10 @@ _STEP_TEMPLATES = {ADD: "{a} plus {k} is {b}", SUB: "{a} minus {k} is {b}",
 _JOINERS = ((", then ", ", then "), (", ", ", and finally "))
 
 
-def instruction(modulus: int) -> str:
+def instruction(world: World) -> str:
     """The retrieval instruction of the task (training and evaluation)."""
-    return f"Retrieve passages about the number these steps reach modulo {modulus}."
+    wrap = f" modulo {world.size}" if world.wrap else ""
+    return f"Retrieve passages about the number these steps reach{wrap}."
 
 
 def _key(op: Op):
@@ -56,14 +57,14 @@ def render_query(chain: Chain, rng: random.Random, paraphrase: bool = True) -> s
     return f"{start} {body[0].upper()}{body[1:]}."
 
 
-def reasoning_steps(chain: Chain, modulus: int) -> list[str]:
+def reasoning_steps(chain: Chain, world: World) -> list[str]:
     """One sentence per operation, "a <op> k is b" (no final punctuation)."""
     return [_STEP_TEMPLATES[_key(op)].format(a=a, k=op.k, b=b)
-            for a, op, b in iter_steps(chain, modulus)]
+            for a, op, b in iter_steps(chain, world)]
 
 
-def render_reasoning(chain: Chain, modulus: int) -> str:
-    return SEGMENT_SEP.join(reasoning_steps(chain, modulus))
+def render_reasoning(chain: Chain, world: World) -> str:
+    return SEGMENT_SEP.join(reasoning_steps(chain, world))
 
 
 def _phrase_patterns():
