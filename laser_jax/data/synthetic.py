@@ -62,7 +62,7 @@ class SyntheticOptions:
     train_min_steps: int = 1     # shortest training chain (1: single operations are taught too)
     max_operand: int = 5         # add / subtract 1..max_operand
     multiply: bool = True        # also "double it" and "triple it"
-    n_train: int = 4000          # training queries, lengths uniform over min..max
+    n_train: int = 4000          # training queries, lengths uniform over train_min..max
     n_eval_per_domain: int = 100  # evaluation queries per chain length
     docs_per_number: int = 3     # passages per number (all are positives of that number)
     n_random_negatives: int = 2  # random other numbers after the hard negatives
@@ -171,8 +171,8 @@ def _token_lengths(tokenizer_dir: str, texts: dict[str, list[str]]) -> dict:
     for name, items in texts.items():
         lens = [len(ids) for ids in tok(items, add_special_tokens=False)["input_ids"]]
         out[name] = {"max": max(lens), "mean": round(sum(lens) / len(lens), 2)}
-    ids = tok.encode(SEGMENT_SEP, add_special_tokens=False)
-    out["split_token_ids"] = ids
+    out["split_token_ids"] = tok.encode(SEGMENT_SEP, add_special_tokens=False)
+    out["vocab_size"] = len(tok)
     return out
 
 
