@@ -2,7 +2,8 @@
 
 Axis letters: B queries, G documents per query, J latent steps, D hidden.
 Scores are computed in float32 against all B*G documents of the (global) batch; query i's
-positive is document i*G. Distillation targets sit under stop-gradient.
+positive is document i*G (with `in_batch_negatives=False`, only against the query's own G
+documents, so the loss is per query). Distillation targets sit under stop-gradient.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class LossConfig:
     lambda_explicit: float = 1.0
     lambda_kl_out: float = 10.0
     lambda_kl_mid: float = 0.1
+    in_batch_negatives: bool = True  # False: each query is scored against its own G documents only
 
     @property
     def needs_explicit(self) -> bool:
@@ -43,10 +45,10 @@ class LossConfig:
         return bool(self.lambda_latent or self.lambda_kl_out or self.lambda_kl_mid)
 
 
-def contrastive(scores_BN, group_size: int, tau: float) -> Tuple[jax.Array, jax.Array]:
-    """InfoNCE with target i*G; returns (mean cross-entropy, top-1 accuracy)."""
+def contrastive(scores_BN, target_B, tau: float) -> Tuple[jax.Array, jax.Array]:
+    """InfoNCE; returns (mean cross-entropy, top-1 accuracy)."""
     logits = scores_BN.astype(jnp.float32) / tau
-    target = jnp.arange(scores_BN.shape[0]) * group_size
+    target = target_B
     logp = jax.nn.log_softmax(logits, axis=-1)
     loss = -jnp.mean(jnp.take_along_axis(logp, target[:, None], axis=-1))
     acc = jnp.mean((jnp.argmax(logits, axis=-1) == target).astype(jnp.float32))
@@ -58,6 +60,19 @@ def kl_rows(teacher_RN, student_RN, tau: float) -> jax.Array:
     log_t = jax.nn.log_softmax(jax.lax.stop_gradient(teacher_RN).astype(jnp.float32) / tau, axis=-1)
     log_s = jax.nn.log_softmax(student_RN.astype(jnp.float32) / tau, axis=-1)
     return jnp.mean(jnp.sum(jnp.exp(log_t) * (log_t - log_s), axis=-1))
+
+
+def scores(x_RD, d_ND, group: int, in_batch: bool, rows_per_query: int = 1):
+    """Similarities of R = B * rows_per_query rows against the documents, float32.
+
+    in_batch: [R, B*G] against every document; else [R, G] against the row's own query's G.
+    """
+    x32, d32 = x_RD.astype(jnp.float32), d_ND.astype(jnp.float32)
+    if in_batch:
+        return x32 @ d32.T
+    b = d32.shape[0] // group
+    x = x32.reshape(b, rows_per_query, -1)
+    return jnp.einsum("bjd,bgd->bjg", x, d32.reshape(b, group, -1)).reshape(b * rows_per_query, group)
 
 
 def laser_loss(cfg: LossConfig, d_emb, q_emb=None, q_states=None, e_emb=None, e_states=None,
@@ -85,22 +100,24 @@ def laser_loss(cfg: LossConfig, d_emb, q_emb=None, q_states=None, e_emb=None, e_
     group = n_docs // n_q
     d32 = d_emb.astype(jnp.float32)
     t32 = d32 if teacher_d_emb is None else teacher_d_emb.astype(jnp.float32)
+    ib = cfg.in_batch_negatives
+    target = jnp.arange(n_q) * group if ib else jnp.zeros((n_q,), jnp.int32)
     zero = jnp.zeros((), jnp.float32)
     m = dict(loss_cl_latent=zero, loss_cl_explicit=zero, loss_kl_out=zero, loss_kl_mid=zero,
              acc_latent=zero, acc_explicit=zero)
     s_lat = s_exp = None
     if q_emb is not None:
-        s_lat = q_emb.astype(jnp.float32) @ d32.T
-        m["loss_cl_latent"], m["acc_latent"] = contrastive(s_lat, group, cfg.tau)
+        s_lat = scores(q_emb, d32, group, ib)
+        m["loss_cl_latent"], m["acc_latent"] = contrastive(s_lat, target, cfg.tau)
     if e_emb is not None:
-        s_exp = e_emb.astype(jnp.float32) @ t32.T
-        m["loss_cl_explicit"], m["acc_explicit"] = contrastive(s_exp, group, cfg.tau)
+        s_exp = scores(e_emb, t32, group, ib)
+        m["loss_cl_explicit"], m["acc_explicit"] = contrastive(s_exp, target, cfg.tau)
     if s_lat is not None and s_exp is not None:
         m["loss_kl_out"] = kl_rows(s_exp, s_lat, cfg.tau_kd)
     if q_states is not None and e_states is not None:
-        d = q_states.shape[-1]
-        student = l2_normalize(q_states.reshape(-1, d)) @ d32.T  # [B*J, B*G]
-        teacher = l2_normalize(e_states.reshape(-1, d)) @ t32.T
+        d, j = q_states.shape[-1], q_states.shape[1]
+        student = scores(l2_normalize(q_states.reshape(-1, d)), d32, group, ib, j)  # [B*J, B*G]
+        teacher = scores(l2_normalize(e_states.reshape(-1, d)), t32, group, ib, j)
         m["loss_kl_mid"] = kl_rows(teacher, student, cfg.tau_mid)
     m["loss"] = (cfg.lambda_latent * m["loss_cl_latent"] + cfg.lambda_explicit * m["loss_cl_explicit"]
                  + cfg.lambda_kl_out * m["loss_kl_out"] + cfg.lambda_kl_mid * m["loss_kl_mid"])

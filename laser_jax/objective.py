@@ -1,6 +1,7 @@
 """One LaSER forward over a training batch: both views through one backbone, then the loss.
 
-Documents go through the latent view once and serve every term. The explicit pass runs
+Documents go through the latent view once and serve every term (in the same pass as the
+queries when both are padded to the same width). The explicit pass runs
 only when some term uses it, and the latent query pass only when some term uses that.
 """
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from typing import Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 
 from laser_jax.laser import explicit_view, latent_view
 from laser_jax.losses import LossConfig, laser_loss
@@ -33,11 +35,22 @@ def laser_objective(model: Decoder, variables, batch: Mapping[str, jax.Array], *
         outputs carry no gradient.
     """
     rngs = [None] * 3 if rng is None else list(jax.random.split(rng, 3))
-    d_emb, _ = latent_view(model, variables, batch["d_ids"], batch["d_mask"], num_steps, rngs[0])
     q_emb = q_states = e_emb = e_states = teacher_d_emb = None
-    if loss_cfg.needs_latent_queries:
-        q_emb, q_states = latent_view(model, variables, batch["q_ids"], batch["q_mask"], num_steps, rngs[1])
+    q_ids, q_mask, d_ids, d_mask = batch["q_ids"], batch["q_mask"], batch["d_ids"], batch["d_mask"]
+    if loss_cfg.needs_latent_queries and q_ids.shape[1] == d_ids.shape[1]:
+        # Same padded width: one latent pass over queries and documents together.
+        emb, states = latent_view(model, variables, jnp.concatenate([q_ids, d_ids]),
+                                  jnp.concatenate([q_mask, d_mask]), num_steps, rngs[0])
+        b = q_ids.shape[0]
+        q_emb, q_states, d_emb = emb[:b], states[:b], emb[b:]
+    else:
+        d_emb, _ = latent_view(model, variables, d_ids, d_mask, num_steps, rngs[0])
+        if loss_cfg.needs_latent_queries:
+            q_emb, q_states = latent_view(model, variables, q_ids, q_mask, num_steps, rngs[1])
     if loss_cfg.needs_explicit:
+        if batch["e_seg"].shape[1] != num_steps:
+            raise ValueError(f"e_seg has {batch['e_seg'].shape[1]} aligned positions per query but "
+                             f"num_thinking_steps={num_steps}: the data pipeline and the model disagree on K")
         teacher = variables if teacher_variables is None else teacher_variables
         e_emb, e_states = explicit_view(model, teacher, batch["e_ids"], batch["e_mask"], batch["e_seg"],
                                         eos_id, rngs[2])

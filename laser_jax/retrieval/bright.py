@@ -6,6 +6,7 @@ A data directory holds one sub-directory per domain (or is itself one domain dir
                            "excluded_ids": [str, ...]}   (excluded_ids optional, default [])
   DOMAIN/documents.jsonl  {"id": str, "content": str}
   DOMAIN/instruction.txt  optional: overrides the domain's query instruction
+  domains.json            optional, beside the domains: {domain: instruction}
 
 Every problem is reported as a BrightFormatError naming the file, the line (1-based) and the
 field. Excluded ids that name no document (BRIGHT writes "N/A") are ignored; gold ids must
@@ -26,6 +27,7 @@ __all__ = [
 QUERIES_FILE = "queries.jsonl"
 DOCUMENTS_FILE = "documents.jsonl"
 INSTRUCTION_FILE = "instruction.txt"
+DOMAINS_FILE = "domains.json"  # optional, beside the domain directories: {domain: instruction}
 
 BRIGHT_DOMAINS = (
     "biology", "earth_science", "economics", "psychology", "robotics", "stackoverflow",
@@ -108,7 +110,9 @@ class BrightDomain:
 
 
 def domain_instruction(name: str, domain_dir: Optional[str] = None) -> Optional[str]:
-    """The query instruction of a domain: DIR/instruction.txt if present, else the built-in one.
+    """The query instruction of a domain: DIR/instruction.txt if present, else the entry for
+    the domain in the parent directory's domains.json ({domain: instruction}), else the
+    built-in one.
 
     Args:
       name: domain name, e.g. "biology".
@@ -126,6 +130,17 @@ def domain_instruction(name: str, domain_dir: Optional[str] = None) -> Optional[
             if not text:
                 raise BrightFormatError(path, "instruction file is empty")
             return text
+        table_path = os.path.join(os.path.dirname(os.path.abspath(domain_dir)), DOMAINS_FILE)
+        if os.path.isfile(table_path):
+            with open(table_path, encoding="utf-8") as f:
+                try:
+                    table = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise BrightFormatError(table_path, f"malformed JSON: {e.msg} (line {e.lineno})") from None
+            if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+                raise BrightFormatError(table_path, "must be a JSON object {domain: instruction}")
+            if table.get(name):
+                return table[name]
     return INSTRUCTIONS.get(name)
 
 

@@ -1,0 +1,197 @@
+"""Orbax checkpoints of a training run: state + data iterator + configuration together.
+
+Layout: WORKDIR/checkpoints/<step>/{state, data, meta}. `state` is the TrainState (restored
+onto whatever mesh the restoring run uses: Orbax reshards), `data` the grain iterator
+position (one file per host), `meta` the resolved run config, the model config and the
+text format, so a checkpoint alone is enough for inference (with WORKDIR/tokenizer).
+
+Saves are asynchronous; Orbax writes into a temporary directory and renames it when
+complete, so a kill during a save leaves the previous checkpoint intact and the partial
+one ignored. A checkpoint that fails to restore is skipped with a warning in favour of the
+one before it. Parameters that are not finite are never written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+CHECKPOINTS = "checkpoints"
+TOKENIZER = "tokenizer"
+log = logging.getLogger("laser_jax")
+
+
+class NonFiniteStateError(RuntimeError):
+    """Refused to checkpoint parameters containing NaN or Inf."""
+
+
+def _manager_options(keep: int, async_save: bool) -> ocp.CheckpointManagerOptions:
+    kwargs = dict(enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
+    try:
+        from orbax.checkpoint import checkpoint_managers
+
+        return ocp.CheckpointManagerOptions(preservation_policy=checkpoint_managers.LatestN(keep), **kwargs)
+    except (ImportError, AttributeError, TypeError):  # older Orbax
+        return ocp.CheckpointManagerOptions(max_to_keep=keep, **kwargs)
+
+
+def all_finite(tree) -> bool:
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    if not leaves:
+        return True
+    return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
+
+
+class Checkpointer:
+    """Save and restore (state, data iterator, meta) under WORKDIR/checkpoints."""
+
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.join(workdir, CHECKPOINTS) if "://" not in workdir else f"{workdir}/{CHECKPOINTS}"
+        self.manager = ocp.CheckpointManager(self.directory, options=_manager_options(keep, async_save))
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state, data_iterator=None, meta: Optional[dict] = None, force: bool = False) -> bool:
+        """Start saving `state` (and the iterator position) at `step`; True if a save began."""
+        if not all_finite(state.trainable):
+            raise NonFiniteStateError(f"step {step}: parameters contain NaN/Inf; not checkpointing them")
+        items = {"state": ocp.args.PyTreeSave(state)}
+        if data_iterator is not None:
+            import grain
+
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        if meta is not None:
+            items["meta"] = ocp.args.JsonSave(meta)
+        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    def restore(self, abstract_state, data_iterator=None) -> Optional[Tuple[Any, int]]:
+        """Restore the newest readable checkpoint onto `abstract_state`'s shardings.
+
+        Args:
+          abstract_state: the state's pytree of jax.ShapeDtypeStruct with `sharding` set.
+          data_iterator: a grain iterator to reposition (restored in place).
+
+        Returns:
+          (state, step), or None if there is no checkpoint.
+        """
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                items = {"state": ocp.args.PyTreeRestore(
+                    item=abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
+                if data_iterator is not None:
+                    import grain
+
+                    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                return restored["state"], step
+            except Exception as e:  # a corrupted or partial checkpoint: fall back
+                log.warning("checkpoint step %d in %s could not be restored (%s: %s); "
+                            "falling back to the previous one", step, self.directory, type(e).__name__,
+                            str(e).splitlines()[0] if str(e) else "")
+        return None
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Inference from a checkpoint
+# ---------------------------------------------------------------------------------------
+def _step_dirs(directory: str):
+    if not os.path.isdir(directory):
+        return []
+    steps = [d for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state"))]
+    return sorted(steps, key=int)
+
+
+def find_checkpoint(path: str) -> Optional[str]:
+    """The checkpoint step directory meant by `path`: a workdir (its newest checkpoint),
+    its `checkpoints` directory, or a step directory itself; None if none is found."""
+    if os.path.isdir(os.path.join(path, "state")) and os.path.isdir(os.path.join(path, "meta")):
+        return path
+    for directory in (os.path.join(path, CHECKPOINTS), path):
+        steps = _step_dirs(directory)
+        if steps:
+            return os.path.join(directory, steps[-1])
+    return None
+
+
+def read_meta(step_dir: str) -> dict:
+    path = os.path.join(step_dir, "meta", "metadata")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{step_dir}: checkpoint has no meta item ({path})")
+    with open(path) as f:
+        return json.load(f)
+
+
+def model_config_from_meta(meta: dict, dtype: Optional[str] = None):
+    from laser_jax.model.config import ModelConfig, RopeScaling
+
+    fields = dict(meta["model"])
+    if fields.get("rope_scaling"):
+        fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
+    fields["lora_targets"] = tuple(fields.get("lora_targets", ()))
+    cfg = ModelConfig(**fields)
+    if dtype:
+        cfg = cfg.replace(param_dtype=dtype, compute_dtype=dtype)
+    return cfg
+
+
+def restore_variables(step_dir: str, cfg) -> dict:
+    """{"params": ..., "lora": ...} of a checkpoint (no optimizer state), cast to cfg's
+    param dtype, on the default device."""
+    from laser_jax.model.decoder import abstract_variables
+    from laser_jax.model.layers import dtype_of
+
+    abstract = abstract_variables(cfg)
+    saved = {"trainable": {}, "frozen": {}}
+    lora = "lora" in abstract
+    saved["trainable"] = {"lora": abstract["lora"]} if lora else {"params": abstract["params"]}
+    saved["frozen"] = {"params": abstract["params"]} if lora else {}
+    # Shapes come from the model; stored dtypes may differ (frozen base in compute dtype).
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    item = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), saved)
+    restore_args = jax.tree_util.tree_map(
+        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype), item)
+    with ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True))
+    pdt = dtype_of(cfg.param_dtype)
+    variables = {**restored["frozen"], **restored["trainable"]}
+    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, pdt), variables)
+
+
+def load_for_inference(step_dir: str, dtype: str):
+    """LoadedModel (see model_io) from a checkpoint step directory."""
+    from laser_jax.encoder import TextFormat
+    from laser_jax.model_io import LoadedModel, load_tokenizer
+
+    meta = read_meta(step_dir)
+    cfg = model_config_from_meta(meta, dtype)
+    tok_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))), TOKENIZER)
+    tokenizer = load_tokenizer(tok_dir)
+    variables = restore_variables(step_dir, cfg)
+    fmt = TextFormat(**meta["text_format"])
+    return LoadedModel(cfg, variables, tokenizer, fmt, int(meta["num_thinking_steps"]))
+
+
+def make_meta(run_config, model_cfg, text_format, num_thinking_steps: int, eos_id: int) -> dict:
+    return {"run": json.loads(run_config.to_json()), "model": dataclasses.asdict(model_cfg),
+            "text_format": dataclasses.asdict(text_format), "num_thinking_steps": int(num_thinking_steps),
+            "eos_id": int(eos_id)}
+
+
+def to_numpy_tree(tree):
+    return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)

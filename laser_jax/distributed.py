@@ -1,0 +1,40 @@
+"""Multi-process start-up: join the JAX cluster when launched by one.
+
+`launch/local.py` sets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID;
+SLURM (`srun`, several tasks) and Cloud TPU pod slices are detected by JAX itself.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+log = logging.getLogger("laser_jax")
+
+
+def cluster_detected() -> bool:
+    env = os.environ
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in env:
+        return True
+    hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+    return "," in hosts
+
+
+def maybe_initialize(mode: str = "auto") -> None:
+    """Call `jax.distributed.initialize()` when `mode` is "on", or "auto" and a cluster is
+    detected. Must run before any other JAX call."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"--distributed must be auto, on or off, got {mode!r}")
+    if mode == "off" or (mode == "auto" and not cluster_detected()):
+        return
+    env = os.environ
+    kwargs = {}
+    if env.get("JAX_COORDINATOR_ADDRESS") and env.get("JAX_NUM_PROCESSES"):
+        kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                      num_processes=int(env["JAX_NUM_PROCESSES"]), process_id=int(env["JAX_PROCESS_ID"]))
+    jax.distributed.initialize(**kwargs)
+    log.info("joined the JAX cluster: process %d of %d, %d local / %d global devices",
+             jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())

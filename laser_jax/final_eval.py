@@ -1,0 +1,41 @@
+"""Evaluate a just-trained model on `data.eval_dir` (BRIGHT format) and print the table."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+
+from laser_jax.encoder import LaserEncoder
+from laser_jax.evaluate import evaluate_dir, format_table, summarize
+
+log = logging.getLogger("laser_jax")
+RESULTS_FILE = "eval_results.json"
+
+
+def encoder_from_trainer(trainer) -> LaserEncoder:
+    """A LaserEncoder over the trainer's final variables (no dropout), on one device."""
+    cfg = trainer.model_cfg.replace(lora_dropout=0.0)
+    variables = jax.device_put(trainer.inference_variables(), jax.local_devices()[0])
+    return LaserEncoder(cfg, variables, trainer.tokenizer, trainer.text_format,
+                        trainer.config.laser.num_thinking_steps)
+
+
+def evaluate_trained(trainer) -> dict:
+    """Evaluate, print the table, write WORKDIR/eval_results.json; returns the summary."""
+    c = trainer.config
+    enc = encoder_from_trainer(trainer)
+    steps = c.eval.num_thinking_steps or c.laser.num_thinking_steps
+    kw = dict(num_thinking_steps=steps, max_length=c.eval.max_length, batch_size=c.eval.batch_size)
+    results = evaluate_dir(trainer.paths.eval_dir,
+                           lambda texts, instruction: enc.encode_queries(texts, instruction, **kw),
+                           lambda texts: enc.encode_documents(texts, **kw))
+    summary = summarize(results)
+    summary["num_thinking_steps"] = steps
+    if trainer.is_writer:
+        with open(os.path.join(trainer.workdir, RESULTS_FILE), "w") as f:
+            json.dump(summary, f, indent=2)
+        print(f"\nHeld-out evaluation ({trainer.paths.eval_dir}, K={steps}):")
+        print(format_table(results))
+    return summary

@@ -1,0 +1,162 @@
+"""The run configuration: every field with its default and meaning, validation, converters.
+
+Files under `configs/` start from `base_config()` and change what their run needs; any
+field can be overridden on the command line as `--config.a.b=value`. The defaults are the
+authors' / paper's settings (spec section 6) for Qwen3-0.6B.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import ml_collections
+
+from laser_jax.data.errors import ConfigError
+
+ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "num_key_value_heads", "head_dim")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.model = m = ml_collections.ConfigDict()
+    m.preset = "qwen3_0_6b"      # architecture when init_from is empty (see model/config.py PRESETS)
+    m.init_from = ""             # Hugging Face directory to start from; "" = random init from preset
+    m.tokenizer = ""             # tokenizer directory; "" = init_from (or the synthetic task's)
+    m.param_dtype = "float32"    # stored parameters / optimizer state dtype
+    m.compute_dtype = "bfloat16"  # matmul and activation dtype (norms, softmax, losses stay float32)
+    m.scan_layers = True         # lax.scan over layers (False unrolls: faster compile for tiny models)
+    m.remat_policy = "none"      # none | full | dots | dots_no_batch | qkv_proj (activation recompute)
+    m.attention_impl = ""        # jax.nn.dot_product_attention implementation: "" (auto) | xla | cudnn
+    for name in ARCH_FIELDS:     # 0 = the preset's value; set to shrink a preset (smoke runs)
+        setattr(m, name, 0)
+
+    c.lora = lo = ml_collections.ConfigDict()
+    lo.rank = 64                 # LoRA rank; 0 = full fine-tuning
+    lo.alpha = 32.0              # LoRA scale alpha (update scaled by alpha / rank)
+    lo.dropout = 0.1             # dropout on the adapter input during training
+    lo.targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # adapted projections
+
+    c.data = d = ml_collections.ConfigDict()
+    d.train_files = ""           # JSONL path/glob, HF save_to_disk dir, ArrayRecord file or TFDS dir
+    d.synthetic = False          # generate the embedded synthetic task into WORKDIR/data when needed
+    d.synthetic_seed = 0         # seed of the generated task
+    d.eval_dir = ""              # BRIGHT-format directory evaluated at the end ("" = none)
+    d.shuffle = True             # seeded shuffle and document choice per epoch; False = file order
+    d.group_size = 2             # documents per query: 1 positive + (G-1) hard negatives
+    d.query_max_len = 512        # query tokens (right truncation)
+    d.doc_max_len = 512          # document tokens
+    d.explicit_max_len = 1024    # query + reasoning tokens of the explicit view
+    d.query_template = "Instruct: {instruction}\nQuery: {query}"  # spec section 5
+    d.chat_template = True       # wrap texts in the tokenizer's chat template (authors' Qwen3 runs)
+    d.segment_rule = "linspace"  # downsampling of segment ends: linspace (code) | paper
+    d.split_mode = "code"        # segment-end tokens: code ("\n\n" id) | any_double_newline
+    d.skip_bad_records = False   # skip and count malformed records instead of failing
+    d.pad_multiple = 16          # padded lengths are multiples of this
+    d.bucket_fractions = (0.125, 0.25, 0.5, 1.0)  # length buckets as fractions of the max lengths
+    d.num_threads = 2            # grain reader threads
+    d.prefetch = 4               # batches prepared ahead
+
+    c.laser = la = ml_collections.ConfigDict()
+    la.num_thinking_steps = 3    # K latent steps (1 = plain last-token retriever)
+    la.tau = 0.02                # contrastive temperature (both views)
+    la.tau_kd = 0.02             # output-level KL temperature
+    la.tau_mid = 0.05            # trajectory KL temperature (authors' code; paper: 0.02)
+    la.lambda_latent = 1.0       # weight of the latent contrastive loss (0 = train the explicit view alone)
+    la.lambda_explicit = 1.0     # weight of the explicit contrastive loss (lambda1)
+    la.lambda_kl_out = 10.0      # weight of the output KL (lambda2)
+    la.lambda_kl_mid = 0.1       # weight of the trajectory KL (lambda3)
+    la.in_batch_negatives = True  # score against every document of the global batch (False: own group)
+    la.teacher_from = ""         # checkpoint/HF dir of a frozen explicit-view teacher ("no co-learning")
+
+    c.train = t = ml_collections.ConfigDict()
+    t.batch_size = 8             # queries per optimizer step, global
+    t.grad_accum_steps = 1       # micro-batches per step (each sees only its own in-batch negatives)
+    t.num_steps = 0              # optimizer steps; 0 = one epoch
+    t.learning_rate = 1e-4       # peak AdamW learning rate
+    t.warmup_ratio = 0.1         # linear warm-up fraction of the steps, then linear decay to 0
+    t.weight_decay = 0.0         # AdamW weight decay
+    t.adam_b1 = 0.9
+    t.adam_b2 = 0.999
+    t.adam_eps = 1e-8
+    t.max_grad_norm = 1.0        # global-norm clipping (0 = off)
+    t.seed = 0                   # parameter init, dropout and data order
+    t.log_every = 10             # steps between progress lines / metrics rows
+    t.nonfinite = "stop"         # on a non-finite loss/gradient: stop (no update) | skip (the update)
+    t.peak_tflops = 0.0          # per-device peak for MFU; 0 = from the device kind when known
+
+    c.checkpoint = ck = ml_collections.ConfigDict()
+    ck.every_steps = 500         # save every N steps (and at the end, and on SIGTERM)
+    ck.keep = 3                  # checkpoints kept
+    ck.async_save = True         # write checkpoints in the background
+
+    c.mesh = ms = ml_collections.ConfigDict()
+    ms.shape = (-1, 1, 1)        # (data, fsdp, tensor) device counts; one -1 = fill with the rest
+
+    c.eval = ev = ml_collections.ConfigDict()
+    ev.num_thinking_steps = 0    # K at evaluation; 0 = laser.num_thinking_steps
+    ev.max_length = 8192         # tokens per query / document at evaluation
+    ev.batch_size = 16
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError naming every invalid field (device-independent checks)."""
+    problems: List[str] = []
+
+    def need(ok, field, msg):
+        if not ok:
+            problems.append(f"{field}: {msg}")
+
+    from laser_jax.model.config import DEFAULT_LORA_TARGETS, PRESETS, PRESET_ALIASES, REMAT_POLICIES
+
+    m, d, la, t = c.model, c.data, c.laser, c.train
+    preset = PRESET_ALIASES.get(m.preset, m.preset)
+    need(m.init_from or preset in PRESETS, "model.preset",
+         f"unknown preset {m.preset!r} (known: {', '.join(sorted(PRESETS))})")
+    for f in ("param_dtype", "compute_dtype"):
+        need(getattr(m, f) in ("float32", "bfloat16", "float16"), f"model.{f}",
+             f"{getattr(m, f)!r} is not float32, bfloat16 or float16")
+    need(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
+         f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
+    for f in ARCH_FIELDS:
+        need(getattr(m, f) >= 0, f"model.{f}", "must be >= 0 (0 = the preset's)")
+    need(c.lora.rank >= 0, "lora.rank", f"must be >= 0, got {c.lora.rank}")
+    if c.lora.rank:
+        targets = [x.strip() for x in c.lora.targets.split(",") if x.strip()]
+        bad = [x for x in targets if x not in DEFAULT_LORA_TARGETS]
+        need(targets and not bad, "lora.targets",
+             f"{bad or targets} match no projection (choose from {', '.join(DEFAULT_LORA_TARGETS)})")
+        need(c.lora.alpha > 0, "lora.alpha", "must be > 0")
+        need(0 <= c.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
+    need(d.train_files or d.synthetic, "data.train_files", "empty (set a path, or data.synthetic=True)")
+    for f in ("group_size", "query_max_len", "doc_max_len", "explicit_max_len", "pad_multiple"):
+        need(getattr(d, f) >= 1, f"data.{f}", f"must be >= 1, got {getattr(d, f)}")
+    need(d.explicit_max_len >= d.query_max_len, "data.explicit_max_len",
+         f"{d.explicit_max_len} is shorter than data.query_max_len={d.query_max_len}: the reasoning "
+         "would always be cut off")
+    need(d.segment_rule in ("linspace", "paper"), "data.segment_rule", "must be linspace or paper")
+    need(d.split_mode in ("code", "any_double_newline"), "data.split_mode",
+         "must be code or any_double_newline")
+    need(la.num_thinking_steps >= 1, "laser.num_thinking_steps",
+         f"must be >= 1 (K=1 is a plain retriever), got {la.num_thinking_steps}")
+    for f in ("tau", "tau_kd", "tau_mid"):
+        need(getattr(la, f) > 0, f"laser.{f}", "temperatures must be > 0")
+    for f in ("lambda_latent", "lambda_explicit", "lambda_kl_out", "lambda_kl_mid"):
+        need(getattr(la, f) >= 0, f"laser.{f}", "weights must be >= 0")
+    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    need(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+    need(t.batch_size % max(t.grad_accum_steps, 1) == 0, "train.grad_accum_steps",
+         f"{t.grad_accum_steps} does not divide train.batch_size={t.batch_size}")
+    need(t.num_steps >= 0, "train.num_steps", "must be >= 0 (0 = one epoch)")
+    need(t.learning_rate > 0, "train.learning_rate", "must be > 0")
+    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+    need(t.nonfinite in ("stop", "skip"), "train.nonfinite", "must be stop or skip")
+    need(t.log_every >= 1, "train.log_every", "must be >= 1")
+    need(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
+    need(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    shape = tuple(c.mesh.shape)
+    need(len(shape) == 3 and all(s == -1 or s >= 1 for s in shape) and list(shape).count(-1) <= 1,
+         "mesh.shape", f"{shape} must be (data, fsdp, tensor) with positive sizes and at most one -1")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

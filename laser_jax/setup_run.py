@@ -1,0 +1,94 @@
+"""Turn a run config into the objects a run needs: data paths, tokenizer, model config,
+pipeline options, loss config (each named field checked, each error naming it)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import ml_collections
+
+from laser_jax.data.errors import ConfigError
+from laser_jax.data.options import PipelineOptions
+from laser_jax.encoder import TextFormat
+from laser_jax.losses import LossConfig
+from laser_jax.model.config import ModelConfig, from_hf_config, preset
+from laser_jax.run_config import ARCH_FIELDS
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPaths:
+    train_files: str
+    tokenizer: str
+    eval_dir: str
+
+
+def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataPaths:
+    """Generate the synthetic task into WORKDIR/data when configured; pick the tokenizer."""
+    d, m = config.data, config.model
+    train_files, tokenizer, eval_dir = d.train_files, m.tokenizer or m.init_from, d.eval_dir
+    if d.synthetic:
+        from laser_jax.data.synthetic import ensure_generated
+
+        paths = ensure_generated(os.path.join(workdir, "data"), seed=d.synthetic_seed)
+        train_files = train_files or paths["train"]
+        tokenizer = tokenizer or paths["tokenizer"]
+        eval_dir = eval_dir or paths["eval"]
+    if not tokenizer:
+        raise ConfigError("model.tokenizer: empty; set model.tokenizer or model.init_from to a directory "
+                          "with a Hugging Face tokenizer")
+    return DataPaths(train_files, tokenizer, eval_dir)
+
+
+def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = True) -> ModelConfig:
+    """The ModelConfig: from `model.init_from` (HF config.json) or `model.preset`, with the
+    run-time options and any non-zero architecture overrides."""
+    m, lo = config.model, config.lora
+    runtime = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, scan_layers=m.scan_layers,
+                   remat_policy=m.remat_policy, attention_impl=m.attention_impl or None,
+                   lora_rank=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout if training else 0.0,
+                   lora_targets=tuple(t.strip() for t in lo.targets.split(",") if t.strip()))
+    arch = {f: getattr(m, f) for f in ARCH_FIELDS if getattr(m, f)}
+    try:
+        if m.init_from:
+            if arch:
+                raise ConfigError(f"model.{sorted(arch)[0]}: architecture overrides need random init "
+                                  f"(model.init_from={m.init_from!r} fixes the architecture)")
+            cfg = from_hf_config(m.init_from, **runtime)
+        else:
+            cfg = preset(m.preset, **arch, **runtime)
+            if tokenizer is not None:
+                cfg = cfg.replace(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    if tokenizer is not None and len(tokenizer) > cfg.vocab_size:
+        raise ConfigError(f"model.vocab_size: the model has {cfg.vocab_size} embeddings but the tokenizer "
+                          f"has {len(tokenizer)} tokens")
+    return cfg
+
+
+def pipeline_options(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1,
+                     num_epochs: Optional[int] = None) -> PipelineOptions:
+    d, t = config.data, config.train
+    if t.batch_size % process_count:
+        raise ConfigError(f"train.batch_size: {t.batch_size} queries do not split over {process_count} hosts")
+    return PipelineOptions(
+        batch_size=t.batch_size // process_count, group_size=d.group_size,
+        num_thinking_steps=config.laser.num_thinking_steps, query_max_len=d.query_max_len,
+        doc_max_len=d.doc_max_len, explicit_max_len=d.explicit_max_len, query_template=d.query_template,
+        chat_template=d.chat_template, shuffle=d.shuffle, seed=t.seed, segment_rule=d.segment_rule,
+        split_mode=d.split_mode, num_epochs=num_epochs, process_index=process_index,
+        process_count=process_count, pad_multiple=d.pad_multiple,
+        bucket_fractions=tuple(d.bucket_fractions) if d.bucket_fractions else None,
+        num_threads=d.num_threads, prefetch=d.prefetch)
+
+
+def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
+    la = config.laser
+    return LossConfig(tau=la.tau, tau_kd=la.tau_kd, tau_mid=la.tau_mid, lambda_latent=la.lambda_latent,
+                      lambda_explicit=la.lambda_explicit, lambda_kl_out=la.lambda_kl_out,
+                      lambda_kl_mid=la.lambda_kl_mid, in_batch_negatives=la.in_batch_negatives)
+
+
+def text_format(config: ml_collections.ConfigDict) -> TextFormat:
+    return TextFormat(query_template=config.data.query_template, chat_template=config.data.chat_template)
