@@ -1,0 +1,52 @@
+"""LaserMtebEncoder inside mteb itself (skipped without mteb; mteb's mock tasks, no downloads)."""
+import numpy as np
+import pytest
+
+mteb = pytest.importorskip("mteb")
+
+from hf_models import build_hf_model  # noqa: E402
+from laser_jax.encoder import LaserEncoder  # noqa: E402
+from laser_jax.mteb_encoder import LaserMtebEncoder  # noqa: E402
+from laser_jax.retrieval.bright import INSTRUCTIONS  # noqa: E402
+
+OPTS = dict(max_length=32, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("model"))
+    build_hf_model("qwen3", path, vocab_size=len(tokenizer))
+    tokenizer.save_pretrained(path)
+    return LaserMtebEncoder(path, dtype="float32", **OPTS)
+
+
+def test_is_an_mteb_encoder_with_model_meta(model):
+    from mteb.models.model_meta import ScoringFunction
+    from mteb.models.models_protocols import EncoderProtocol
+
+    assert isinstance(model, EncoderProtocol)
+    meta = model.mteb_model_meta
+    assert meta.embed_dim == model.encoder.cfg.hidden_size and meta.similarity_fn_name is ScoringFunction.COSINE
+    assert meta.name.startswith("laser_jax/") and meta.use_instructions
+
+
+def test_real_bright_metadata_and_dataloader(model):
+    from datasets import Dataset
+    from mteb.types import PromptType
+    from torch.utils.data import DataLoader
+
+    texts = ["How do cells divide?", "What is 3 plus 4?", "Why is the sky blue?"]
+    batches = DataLoader(Dataset.from_dict({"text": texts}), batch_size=2)
+    for name, subset in (("BrightRetrieval", "biology"), ("BrightBiologyRetrieval", "default")):
+        got = model.encode(batches, task_metadata=mteb.get_task(name).metadata, hf_split="standard",
+                           hf_subset=subset, prompt_type=PromptType.query)
+        want = model.encoder.encode_queries(texts, INSTRUCTIONS["biology"], **OPTS)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_mteb_evaluate_runs_a_mock_retrieval_task(model):
+    from mteb.mocks.mock_tasks.retrieval import MockRetrievalTask
+
+    results = mteb.evaluate(model, [MockRetrievalTask()], cache=None, show_progress_bar=False, raise_error=True)
+    (result,) = results.task_results
+    assert 0.0 <= result.get_score() <= 1.0
