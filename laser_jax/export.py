@@ -3,7 +3,7 @@
   python -m laser_jax.export --model=PATH --input=FILE.jsonl --output=OUT.npy \
       [--kind=document|query|raw] [--instruction=...] [--num_thinking_steps=K] \
       [--max_length=512] [--batch_size=32] [--dtype=float32|float16] [--chunk_size=N] \
-      [--num_shards=N --shard_index=I] [--overwrite]
+      [--num_shards=N --shard_index=I] [--distributed=auto|on|off] [--overwrite]
   python -m laser_jax.export --output=OUT.npy --assemble --num_shards=N
 
 Input: one JSON object per line with `id` (string; an integer is taken as its decimal
@@ -703,6 +703,8 @@ flags.DEFINE_integer("num_shards", None, "Independent shard jobs: how many (defa
 flags.DEFINE_integer("shard_index", None, "Independent shard jobs: this job's shard.", flag_values=FLAGS)
 flags.DEFINE_boolean("assemble", False, "Only assemble the finished parts of --num_shards shard jobs.",
                      flag_values=FLAGS)
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"], "jax.distributed.initialize() "
+                  "without --num_shards: auto = when a cluster launcher is detected.", flag_values=FLAGS)
 flags.DEFINE_boolean("overwrite", False, "Start over instead of refusing when earlier progress or "
                      "output was made with other settings.", flag_values=FLAGS)
 flags.DEFINE_boolean("progress", True, "Show a progress bar.", flag_values=FLAGS)
@@ -725,7 +727,18 @@ def run(f: flags.FlagValues) -> ExportResult:
     if f.kind != "query" and f.instruction:
         raise ValueError("--instruction applies to --kind=query only")
     chunk_size = f.chunk_size or BATCHES_PER_CHUNK * f.batch_size
-    index = scan_input(f.input, chunk_size)  # validate before loading the model
+    if f.num_shards is None:  # one shard per JAX process: join the cluster first
+        from laser_jax import distributed
+
+        distributed.maybe_initialize(f.distributed)
+        num_shards, shard_index = _process_info()
+    else:
+        num_shards, shard_index = f.num_shards, f.shard_index
+    # Validate the input before loading the model (a restart reuses its recorded scan).
+    state = None
+    if shard_index is not None and 0 <= shard_index < num_shards:
+        state = _read_json(part_paths(f.output, shard_index, num_shards)["progress"])
+    index = _reuse_index(state, f.input, chunk_size) or scan_input(f.input, chunk_size)
     logging.info("%s: %d records in %d chunk(s)", f.input, index.num_records, index.num_chunks)
     from laser_jax.encoder import LaserEncoder
 

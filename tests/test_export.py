@@ -309,3 +309,19 @@ def test_cli(encoder, corpus, reference, tmp_path, monkeypatch, capsys):
     assert ".npy" in capsys.readouterr().err
     assert export.main(argv + ["--kind=document", "--instruction=x"]) == 1
     assert export.main(argv + ["--dtype=int8"]) == 2
+
+
+def test_cli_resumes_an_interrupted_run_without_rescanning(encoder, corpus, reference, tmp_path, monkeypatch):
+    out = str(tmp_path / "emb.npy")
+    with pytest.raises(Interrupt):
+        export.export_embeddings(encoder, corpus, out, kind="raw", on_chunk=interrupt_after(2, []), **KW)
+    monkeypatch.setattr(LaserEncoder, "from_pretrained", classmethod(lambda cls, path, dtype=None: encoder))
+
+    def no_scan(*args):
+        raise AssertionError("the recorded scan of an unchanged input should be reused")
+
+    monkeypatch.setattr(export, "scan_input", no_scan)
+    argv = ["export", "--model=m", f"--input={corpus}", f"--output={out}", "--kind=raw", "--max_length=32",
+            "--batch_size=8", "--chunk_size=40", "--noprogress"]
+    assert export.main(argv) == 0
+    np.testing.assert_array_equal(np.load(out), reference[0])
