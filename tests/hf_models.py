@@ -27,11 +27,11 @@ def hf_config(family: str, vocab_size: int = 400, tie: bool = None, layers: int 
     raise ValueError(family)
 
 
-def build_hf_model(family: str, out_dir: str = None, seed: int = 0, **kwargs):
+def build_hf_model(family: str, out_dir: str = None, seed: int = 0, weight_std: float = 0.2, **kwargs):
     """A random-init *ForCausalLM in float32 (eval mode), saved to out_dir if given.
 
-    Weights are re-drawn with std 0.2 (and norms away from 1) so that every component
-    (biases, q/k norms, RoPE) visibly changes the outputs."""
+    Weights are re-drawn with std `weight_std` (and norms away from 1) so that every
+    component (biases, q/k norms, RoPE) visibly changes the outputs."""
     import transformers as tf
 
     torch.manual_seed(seed)
@@ -42,7 +42,7 @@ def build_hf_model(family: str, out_dir: str = None, seed: int = 0, **kwargs):
             if name.endswith("norm.weight"):
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
             else:
-                p.copy_(0.2 * torch.randn_like(p))
+                p.copy_(weight_std * torch.randn_like(p))
     if out_dir is not None:
         model.save_pretrained(out_dir)
     return model
