@@ -191,7 +191,7 @@ def scan_input(path: str, chunk_size: int) -> InputIndex:
 
 
 def _check_duplicates(path: str, hashes: np.ndarray) -> None:
-    """Raise for the first duplicated id (by line), confirming hash matches on the text."""
+    """Raise for the first repeated id (by line); equal hashes are confirmed on the ids."""
     order = np.sort(hashes)
     suspects = set(order[1:][order[1:] == order[:-1]].tolist())
     if not suspects:
