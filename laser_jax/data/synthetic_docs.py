@@ -1,7 +1,7 @@
 """The document corpus of the synthetic task: a few short passages about each number.
 
-Each number n in 0..N-1 gets `per_number` passages. A passage names n (as digits, as a
-word, or both) and states a few facts about it, drawn from a pool: parity, its neighbours,
+Each number n in 0..N-1 gets `per_number` passages. A passage opens on n (digits, alone
+or with a lead-in or its English name) and states a few facts about it, drawn from a pool: parity, its neighbours,
 what doubling gives, which number doubles to it, its distance to the top (or, modulo N,
 what brings it back to 0), and two made-up attributes (a colour and a totem animal) fixed per number. The facts
 mention other numbers, so matching digits alone does not find the right passage, and the
@@ -63,8 +63,10 @@ def _facts(n: int, size: int, wrap: bool, color: str, animal: str) -> list[str]:
 
 
 def _names(n: int) -> tuple[str, ...]:
+    """Ways a passage opens on its number; each keeps the digits (a model trained for minutes
+    from scratch must otherwise also learn that "Thirty-six" is 36 before it can retrieve)."""
     word = number_word(n)
-    return (str(n), word[0].upper() + word[1:], f"The number {n}")
+    return (str(n), f"The number {n}", f"{word[0].upper() + word[1:]} ({n})")
 
 
 def build_corpus(size: int, wrap: bool, per_number: int, rng: random.Random,
