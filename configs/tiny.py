@@ -37,7 +37,7 @@ def get_config(arg=None):
     c.checkpoint.every_steps = 200
     c.eval.max_length = 64
     c.eval.batch_size = 64
-    if arg == "smoke":                 # a few steps, for tests
+    if arg == "smoke":                 # a few steps, for tests (the task and model stay as above)
         c.train.num_steps = 4
         c.train.batch_size = 8
         c.train.log_every = 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Iterator, Optional, Sequence, Tuple
 
 import jax
@@ -141,7 +140,3 @@ class LaserEncoder:
 
     def __eq__(self, other):
         return self is other
-
-
-def is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))

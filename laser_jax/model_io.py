@@ -65,11 +65,11 @@ def load_for_inference(path: str, dtype: str) -> LoadedModel:
     """Load an HF directory, a training workdir (latest checkpoint) or a checkpoint step."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model directory")
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return load_hf_dir(path, dtype)
     from laser_jax import checkpoint
 
     found = checkpoint.find_checkpoint(path)
+    if found is None and os.path.isfile(os.path.join(path, "config.json")):
+        return load_hf_dir(path, dtype)
     if found is None:
         raise FileNotFoundError(
             f"{path}: neither a Hugging Face model directory (no config.json) nor a laser_jax "

@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ms = ml_collections.ConfigDict()
     ms.shape = (-1, 1, 1)        # (data, fsdp, tensor) device counts; one -1 = fill with the rest
+    ms.num_devices = 0           # use the first N devices only; 0 = all
 
     c.eval = ev = ml_collections.ConfigDict()
     ev.num_thinking_steps = 0    # K at evaluation; 0 = laser.num_thinking_steps
@@ -158,5 +159,41 @@ def validate(c: ml_collections.ConfigDict) -> None:
     shape = tuple(c.mesh.shape)
     need(len(shape) == 3 and all(s == -1 or s >= 1 for s in shape) and list(shape).count(-1) <= 1,
          "mesh.shape", f"{shape} must be (data, fsdp, tensor) with positive sizes and at most one -1")
+    need(c.mesh.num_devices >= 0, "mesh.num_devices", "must be >= 0 (0 = all devices)")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The `:smoke` variant of any config: same family and method, a tiny random-init
+    model on the generated synthetic task, a few float32 steps on CPU."""
+    c.model.init_from = ""
+    c.model.tokenizer = ""
+    for name, value in dict(vocab_size=768, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16).items():
+        setattr(c.model, name, value)
+    c.model.param_dtype = c.model.compute_dtype = "float32"
+    c.model.remat_policy = "none"
+    c.lora.rank = min(c.lora.rank, 4)
+    c.data.train_files = ""
+    c.data.synthetic = True
+    c.data.eval_dir = ""
+    c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len = 64, 48, 128
+    c.data.bucket_fractions = (1.0,)
+    c.train.batch_size = 4
+    c.train.grad_accum_steps = 1
+    c.train.num_steps = 3
+    c.train.log_every = 1
+    c.checkpoint.every_steps = 2
+    c.mesh.shape = (1, 1, 1)
+    c.mesh.num_devices = 1
+    return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, arg, name: str) -> ml_collections.ConfigDict:
+    """Config-file variants: None (the real run) or "smoke"."""
+    if arg in (None, ""):
+        return c
+    if arg == "smoke":
+        return shrink_for_smoke(c)
+    raise ValueError(f"{name}: unknown variant {arg!r} (known: smoke)")

@@ -59,7 +59,12 @@ class Trainer:
         self.tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
         self.model_cfg = setup_run.model_config(c, self.tokenizer)
         self.model = Decoder(self.model_cfg)
-        self.mesh = sharding.make_mesh(c.mesh.shape)
+        devices = jax.devices()
+        if c.mesh.num_devices:
+            if c.mesh.num_devices > len(devices):
+                raise ConfigError(f"mesh.num_devices: {c.mesh.num_devices} requested, {len(devices)} available")
+            devices = devices[:c.mesh.num_devices]
+        self.mesh = sharding.make_mesh(c.mesh.shape, devices)
         dp = sharding.data_parallel_size(self.mesh)
         micro = c.train.batch_size // c.train.grad_accum_steps
         if micro % dp:
@@ -139,7 +144,7 @@ class Trainer:
         if self.is_writer and not os.path.exists(os.path.join(target, "tokenizer_config.json")):
             self.tokenizer.save_pretrained(target)
         if self.is_writer:
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
+            with open(os.path.join(self.workdir, "run_config.json"), "w") as f:
                 f.write(self.config.to_json(indent=2))
 
     # ------------------------------------------------------------------ data

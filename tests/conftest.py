@@ -12,6 +12,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+# A persistent compilation cache shared by the test processes: runs that compile the same
+# program (e.g. a run and its resumption) compile it once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), f"laser_jax_test_xla_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 # A small corpus with the shapes LaSER cares about: instructions, queries, multi-paragraph
 # reasoning ("\n\n" between steps, often after punctuation) and documents.
 TOKENIZER_CORPUS = [

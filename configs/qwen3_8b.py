@@ -1,0 +1,12 @@
+"""LaSER on Qwen3-8B, the paper's settings (see configs/qwen3_0p6b.py). `:smoke` shrinks it."""
+from laser_jax.run_config import apply_variant, base_config
+
+
+def get_config(arg=None):
+    c = base_config()                 # paper / authors' hyper-parameters
+    c.model.preset = "qwen3_8b"        # architecture if init_from is empty (untied LM head)
+    c.model.init_from = ""             # the Hugging Face Qwen3-8B directory
+    c.model.remat_policy = "dots_no_batch"  # keep matmul outputs, recompute the rest in backward
+    c.data.chat_template = True        # chat wrapping as in the authors' Qwen3 runs
+    c.mesh.shape = (1, -1, 1)          # FSDP over all devices: 8B parameters do not fit replicated
+    return apply_variant(c, arg, "configs/qwen3_8b.py")
