@@ -72,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train = t = ml_collections.ConfigDict()
     t.batch_size = 8             # queries per optimizer step, global
     t.grad_accum_steps = 1       # micro-batches per step (each sees only its own in-batch negatives)
+    t.cache_chunk_size = 0       # >0: GradCache-style step over chunks of this many queries (all in-batch negatives kept)
     t.num_steps = 0              # optimizer steps; 0 = one epoch
     t.learning_rate = 1e-4       # peak AdamW learning rate
     t.warmup_ratio = 0.1         # linear warm-up fraction of the steps, then linear decay to 0
@@ -149,6 +150,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
     need(t.batch_size % max(t.grad_accum_steps, 1) == 0, "train.grad_accum_steps",
          f"{t.grad_accum_steps} does not divide train.batch_size={t.batch_size}")
+    need(t.cache_chunk_size >= 0, "train.cache_chunk_size", "must be >= 0 (0 = off)")
+    need(not t.cache_chunk_size or t.batch_size % t.cache_chunk_size == 0, "train.cache_chunk_size",
+         f"{t.cache_chunk_size} does not divide train.batch_size={t.batch_size}")
+    need(not (t.cache_chunk_size and t.grad_accum_steps > 1), "train.cache_chunk_size",
+         "use either gradient caching or train.grad_accum_steps, not both")
     need(t.num_steps >= 0, "train.num_steps", "must be >= 0 (0 = one epoch)")
     need(t.learning_rate > 0, "train.learning_rate", "must be > 0")
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")

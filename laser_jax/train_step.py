@@ -50,6 +50,7 @@ class StepConfig:
     loss: LossConfig
     eos_id: int
     grad_accum_steps: int = 1
+    cache_chunk_size: int = 0  # >0: cached (GradCache) step over chunks of this many queries
 
 
 def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float):

@@ -91,7 +91,8 @@ class Trainer:
         self.text_format = setup_run.text_format(c)
         self.meta = ckpt_lib.make_meta(c, self.model_cfg, self.text_format, c.laser.num_thinking_steps, self.eos_id)
         self.teacher, teacher_shardings = self._load_teacher()
-        step_cfg = StepConfig(c.laser.num_thinking_steps, self.loss_cfg, self.eos_id, c.train.grad_accum_steps)
+        step_cfg = StepConfig(c.laser.num_thinking_steps, self.loss_cfg, self.eos_id, c.train.grad_accum_steps,
+                              c.train.cache_chunk_size)
         self.step_fn = jit_train_step(self.model, self.tx, step_cfg, self.state_shardings, self.batch_sharding,
                                       teacher_shardings)
         self.non_embedding_params = self.model_cfg.num_params(include_embeddings=False)
