@@ -14,9 +14,9 @@ occur in training; training also holds single operations (train_min_steps=1).
 
 By default numbers stay inside 0..size-1 (chains leaving it are not drawn), so the start
 number carries coarse information about the answer and a model trained from scratch gets a
-gradient from the first steps on; exact retrieval needs every step. With wrap=True the
-arithmetic is modulo size: no single token then correlates with the answer, and in a
-calibration run (tiny Qwen3, 2-4 layers, ~2000 steps) the latent view never left chance.
+gradient early; exact retrieval needs every step. With wrap=True the arithmetic is modulo
+size: then no single token correlates with the answer, and in calibration runs (tiny Qwen3
+trained from scratch, 2-4 layers, ~2000 steps) the latent view never left chance.
 
 Layout of DIR (byte-identical for the same seed and options):
   train.jsonl            ReasonEmb records: query, prompt, reasoning_query,
