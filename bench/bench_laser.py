@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""laser_jax benchmark: one LaSER train step and latent-view encoding, random-init models.
+
+Measures, on whatever accelerator JAX sees (CPU for a smoke run), after warm-up, the
+median of --iters repetitions with the device synchronised (block_until_ready):
+  (i)  train: latent view of N queries (Lq) and N*G documents (Ld), explicit view of N
+       query+reasoning rows (Le, --segments "\\n\\n" boundaries), the four losses, backward,
+       clipping, AdamW; LoRA r=--lora-r on all projections (default) or --full;
+  (ii) encode: latent view under jit for each (--enc-batches x --enc-K) at --enc-len.
+Shapes and FLOP conventions match the PyTorch baseline (shared/bench/torch_baseline.py):
+  P = parameters without the embedding / LM-head matrices,
+  T = N(Lq+K-1) + NG(Ld+K-1) + N(Le+1), train model FLOPs = 6 P T,
+  encode model FLOPs = 2 P B (L+K-1).
+Inputs are random ids of exactly these lengths, all-ones masks (no padding).
+
+  python bench/bench_laser.py --arch qwen3-0.6b --out bench/results/q06.json
+  python bench/bench_laser.py --arch tiny --iters 2 --warmup 1          # CPU smoke
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ARCHS = {"tiny": "tiny_qwen3", "qwen3-0.6b": "qwen3_0_6b", "qwen3-4b": "qwen3_4b", "qwen3-8b": "qwen3_8b",
+         "qwen2.5-7b": "qwen2_5_7b", "llama3-8b": "llama3_1_8b"}
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="qwen3-0.6b", choices=sorted(ARCHS))
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--only", default="all", choices=["all", "train", "encode"])
+    p.add_argument("--queries", type=int, default=8)
+    p.add_argument("--group", type=int, default=2)
+    p.add_argument("--q-len", type=int, default=512)
+    p.add_argument("--d-len", type=int, default=512)
+    p.add_argument("--e-len", type=int, default=1024)
+    p.add_argument("--K", type=int, default=3)
+    p.add_argument("--segments", type=int, default=8)
+    p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    p.add_argument("--lora-r", type=int, default=64)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--lora-dropout", type=float, default=0.1)
+    p.add_argument("--remat", default="none", help="remat policy(ies), comma-separated: none,full,dots,...")
+    p.add_argument("--attn", default="", help="jax.nn.dot_product_attention implementation ('' = auto)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--enc-len", type=int, default=512)
+    p.add_argument("--enc-batches", default="8,64")
+    p.add_argument("--enc-K", default="1,3")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="")
+    return p.parse_args(argv)
+
+
+def _median_time(fn, warmup: int, iters: int):
+    import jax
+
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), times
+
+
+def peak_bytes():
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def model_config(args, remat: str):
+    from laser_jax.model.config import preset
+
+    dt = DTYPES[args.dtype]
+    return preset(ARCHS[args.arch], param_dtype="float32", compute_dtype=dt, remat_policy=remat,
+                  attention_impl=args.attn or None, lora_rank=0 if args.full else args.lora_r,
+                  lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
+
+
+def random_batch(args, vocab: int):
+    import numpy as np
+
+    rng = np.random.RandomState(args.seed)
+    n, g = args.queries, args.group
+    seg_positions = np.linspace(args.q_len, args.e_len - 1, args.segments).astype(np.int32)
+    e_ids = rng.randint(10, vocab, (n, args.e_len)).astype(np.int32)
+    from laser_jax.data.segments import segment_positions_batch
+
+    split_id = 5
+    e_ids[:, seg_positions] = split_id
+    ones = lambda b, t: np.ones((b, t), np.int32)  # noqa: E731
+    e_seg = segment_positions_batch(e_ids, ones(n, args.e_len), np.full(n, args.q_len), np.array([split_id]),
+                                    args.K, "linspace")
+    return {"q_ids": rng.randint(10, vocab, (n, args.q_len)).astype(np.int32), "q_mask": ones(n, args.q_len),
+            "d_ids": rng.randint(10, vocab, (n * g, args.d_len)).astype(np.int32), "d_mask": ones(n * g, args.d_len),
+            "e_ids": e_ids, "e_mask": ones(n, args.e_len), "e_seg": e_seg}
+
+
+def bench_train(args, remat: str) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from laser_jax.losses import LossConfig
+    from laser_jax.model.decoder import Decoder
+    from laser_jax.train_step import StepConfig, init_state, make_optimizer, train_step
+
+    cfg = model_config(args, remat)
+    train_cfg = types.SimpleNamespace(learning_rate=args.lr, warmup_ratio=0.0, max_grad_norm=args.clip,
+                                      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0)
+    tx = make_optimizer(train_cfg, 1000)
+    state = jax.jit(lambda r: init_state(cfg, tx, r))(jax.random.key(args.seed))
+    batch = {k: jnp.asarray(v) for k, v in random_batch(args, cfg.vocab_size).items()}
+    step_cfg = StepConfig(args.K, LossConfig(), eos_id=cfg.eos_token_id or 2)
+    step = jax.jit(functools.partial(train_step, Decoder(cfg), tx, step_cfg), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state, "metrics": None}
+
+    def run():
+        holder["state"], holder["metrics"] = compiled(holder["state"], batch)
+        return holder["metrics"]["loss"]
+
+    median, times = _median_time(run, args.warmup, args.iters)
+    n, g, k = args.queries, args.group, args.K
+    tokens = n * (args.q_len + k - 1) + n * g * (args.d_len + k - 1) + n * (args.e_len + 1)
+    p = cfg.num_params(include_embeddings=False)
+    metrics = {key: float(v) for key, v in jax.device_get(holder["metrics"]).items()}
+    return {"workload": "train", "arch": args.arch, "mode": "full" if args.full else f"lora_r{args.lora_r}",
+            "remat": remat, "step_ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
+            "compile_s": compile_s, "tokens_per_s": tokens / median, "model_tflops_per_s": 6 * p * tokens / median / 1e12,
+            "flops_convention": "6*P*T, P=non-embedding params, T=N(Lq+K-1)+NG(Ld+K-1)+N(Le+1)",
+            "P": p, "T": tokens, "peak_bytes": peak_bytes(), "losses": metrics}
+
+
+def bench_encode(args) -> list:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from laser_jax.laser import latent_view
+    from laser_jax.model.decoder import Decoder, init_variables
+
+    cfg = model_config(args, "none").replace(lora_rank=0, param_dtype=DTYPES[args.dtype])
+    variables = jax.jit(lambda r: init_variables(cfg, r))(jax.random.key(args.seed))
+    model = Decoder(cfg)
+    p = cfg.num_params(include_embeddings=False)
+    rows = []
+    for b in [int(x) for x in args.enc_batches.split(",")]:
+        per_k = {}
+        for k in [int(x) for x in args.enc_K.split(",")]:
+            ids = jnp.asarray(np.random.RandomState(k).randint(10, cfg.vocab_size, (b, args.enc_len)), jnp.int32)
+            mask = jnp.ones_like(ids)
+            fn = jax.jit(lambda v, i, m, k=k: latent_view(model, v, i, m, k)[0])
+            compiled = fn.lower(variables, ids, mask).compile()
+            median, _ = _median_time(lambda: compiled(variables, ids, mask), args.warmup, args.iters)
+            per_k[k] = median
+            rows.append({"workload": "encode", "arch": args.arch, "batch": b, "K": k, "len": args.enc_len,
+                         "ms_per_batch": 1e3 * median, "docs_per_s": b / median,
+                         "model_tflops_per_s": 2 * p * b * (args.enc_len + k - 1) / median / 1e12})
+        if 1 in per_k and 3 in per_k:
+            rows.append({"workload": "encode_ratio", "arch": args.arch, "batch": b, "K3_over_K1": per_k[3] / per_k[1]})
+    return rows
+
+
+def environment() -> dict:
+    import jax
+
+    import flax
+    import optax
+
+    return {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+            "num_devices": jax.device_count(), "jax": jax.__version__, "flax": flax.__version__,
+            "optax": optax.__version__, "python": platform.python_version(), "command": " ".join(sys.argv)}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    result = {"env": environment(), "args": vars(args), "results": []}
+
+    def flush():
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
+
+    print(json.dumps(result["env"]), flush=True)
+    if args.only in ("all", "encode"):
+        try:
+            for row in bench_encode(args):
+                result["results"].append(row)
+                print(json.dumps(row), flush=True)
+        except Exception as e:  # record and go on (e.g. out of memory)
+            result["results"].append({"workload": "encode", "error": f"{type(e).__name__}: {str(e)[:500]}"})
+        flush()
+    if args.only in ("all", "train"):
+        for remat in args.remat.split(","):
+            try:
+                row = bench_train(args, remat)
+            except Exception as e:
+                row = {"workload": "train", "remat": remat, "error": f"{type(e).__name__}: {str(e)[:500]}"}
+            result["results"].append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "times_ms"}), flush=True)
+            flush()
+    return result
+
+
+if __name__ == "__main__":
+    main()
