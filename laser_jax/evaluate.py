@@ -27,6 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from absl import flags, logging
 
+from laser_jax.cli import run_cli
+
 from laser_jax.retrieval import bright
 from laser_jax.retrieval.metrics import DEFAULT_METRICS, evaluate_run, run_from_topk
 from laser_jax.retrieval.search import DEFAULT_BLOCK_SIZE, exact_topk
@@ -314,23 +316,7 @@ def run(f: flags.FlagValues) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; argv[0] is the program name. Returns the exit status."""
-    argv = list(sys.argv if argv is None else argv)
-    FLAGS.unparse_flags()
-    try:
-        FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}\n\n{FLAGS.main_module_help()}", file=sys.stderr)
-        return 2
-    if FLAGS.help:
-        print(FLAGS.main_module_help())
-        return 0
-    logging.set_verbosity(logging.INFO)
-    try:
-        run(FLAGS)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(FLAGS, lambda f: run(f) and None, argv)
 
 
 if __name__ == "__main__":

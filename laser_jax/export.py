@@ -48,6 +48,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 from absl import flags, logging
 
+from laser_jax.cli import run_cli
+
 __all__ = [
     "ExportInputError", "InputIndex", "ExportResult", "scan_input", "read_records",
     "export_embeddings", "assemble", "part_paths", "main",
@@ -752,24 +754,7 @@ def run(f: flags.FlagValues) -> ExportResult:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; argv[0] is the program name. Returns the exit status."""
-    argv = list(sys.argv if argv is None else argv)
-    FLAGS.unparse_flags()
-    try:
-        FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}\n\n{FLAGS.main_module_help()}", file=sys.stderr)
-        return 2
-    if FLAGS.help:
-        print(FLAGS.main_module_help())
-        return 0
-    logging.set_verbosity(logging.INFO)
-    try:
-        result = run(FLAGS)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(result.output_path)
-    return 0
+    return run_cli(FLAGS, lambda f: run(f).output_path, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 
 from absl import flags, logging
 
+from laser_jax.cli import run_cli
+
 __all__ = ["export_loaded", "export_hf", "model_card", "main"]
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -187,29 +189,15 @@ flags.DEFINE_boolean("overwrite", False, "Allow a non-empty --out directory.", f
 flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_name="h")
 
 
+def _run(f: flags.FlagValues) -> str:
+    if not f.model or not f.out:
+        raise ValueError("--model and --out are required")
+    return export_hf(f.model, f.out, dtype=f.dtype, num_thinking_steps=f.num_thinking_steps, overwrite=f.overwrite)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; argv[0] is the program name. Returns the exit status."""
-    argv = list(sys.argv if argv is None else argv)
-    FLAGS.unparse_flags()
-    try:
-        FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}\n\n{FLAGS.main_module_help()}", file=sys.stderr)
-        return 2
-    if FLAGS.help:
-        print(FLAGS.main_module_help())
-        return 0
-    logging.set_verbosity(logging.INFO)
-    try:
-        if not FLAGS.model or not FLAGS.out:
-            raise ValueError("--model and --out are required")
-        out = export_hf(FLAGS.model, FLAGS.out, dtype=FLAGS.dtype,
-                        num_thinking_steps=FLAGS.num_thinking_steps, overwrite=FLAGS.overwrite)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(out)
-    return 0
+    return run_cli(FLAGS, _run, argv)
 
 
 if __name__ == "__main__":

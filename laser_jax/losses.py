@@ -8,7 +8,7 @@ documents, so the loss is per query). Distillation targets sit under stop-gradie
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import jax
 import jax.numpy as jnp
