@@ -74,6 +74,7 @@ def test_deterministic_for_a_seed_and_different_across_seeds(gen):
 
 def test_train_records_are_reasonemb(data):
     assert len(data["train"]) == SMALL["n_train"] == len(data["train_chains"])
+    assert {len(c["ops"]) for c in data["train_chains"]} == {1, 2, 3, 4}  # train_min_steps=1
     for r in data["train"]:
         assert set(r) == {"query", "prompt", "reasoning_query", "positive_passages", "negative_passages"}
         assert all(isinstance(r[k], str) and r[k] for k in ("query", "prompt", "reasoning_query"))
@@ -108,38 +109,38 @@ def test_eval_chains_never_appear_in_training(data):
 
 
 def test_texts_agree_with_the_chains(data):
-    n_mod, number_of = data["world"], data["number_of"]
+    world, number_of = data["world"], data["number_of"]
     for r, c in zip(data["train"], data["train_chains"]):
         chain = parse_query(r["query"])
-        assert c["states"] == states(chain, n_mod)
-        assert r["reasoning_query"].split(SEGMENT_SEP) == reasoning_steps(chain, n_mod)
+        assert c["states"] == states(chain, world)
+        assert r["reasoning_query"].split(SEGMENT_SEP) == reasoning_steps(chain, world)
         assert {number_of[p] for p in r["positive_passages"]} == {c["states"][-1]}
     docs = {d["id"]: d["number"] for d in data["corpus"]}
     for dom in data["eval"].values():
         for q, r in zip(dom["queries"], dom["reasoning"]):
             chain = parse_query(q["query"])
-            assert {docs[g] for g in q["gold_ids"]} == {end_state(chain, n_mod)}
-            assert sorted(q["gold_ids"]) == sorted(i for i, n in docs.items() if n == end_state(chain, n_mod))
-            assert r["reasoning"].split(SEGMENT_SEP) == reasoning_steps(chain, n_mod)
+            assert {docs[g] for g in q["gold_ids"]} == {end_state(chain, world)}
+            assert sorted(q["gold_ids"]) == sorted(i for i, n in docs.items() if n == end_state(chain, world))
+            assert r["reasoning"].split(SEGMENT_SEP) == reasoning_steps(chain, world)
 
 
 def test_one_segment_per_step_and_intermediate_states_are_documents(data):
-    n_mod = data["world"]
+    world = data["world"]
     covered = {d["number"] for d in data["corpus"]}
     assert covered == set(range(data["size"]))
     for r in data["train"]:
         chain = parse_query(r["query"])
         segs = r["reasoning_query"].split(SEGMENT_SEP)
         assert len(segs) == len(chain.ops)
-        for seg, x in zip(segs, states(chain, n_mod)):
+        for seg, x in zip(segs, states(chain, world)):
             assert seg.endswith(f" is {x}")  # a segment ends on the state it reaches
 
 
 def test_hard_negatives_are_one_wrong_step_away(data):
-    n_mod, number_of = data["world"], data["number_of"]
+    world, number_of = data["world"], data["number_of"]
     for r, c in zip(data["train"], data["train_chains"]):
         chain = parse_query(r["query"])
-        end = end_state(chain, n_mod)
+        end = end_state(chain, world)
         negs = [number_of[p] for p in r["negative_passages"]]
         misses = c["near_misses"]
         assert misses, "every chain gets at least one near miss"
@@ -151,7 +152,7 @@ def test_hard_negatives_are_one_wrong_step_away(data):
             wrong[m["step"]] = Op(*m["op"])
             diff = [i for i, (a, b) in enumerate(zip(chain.ops, wrong)) if a != b]
             assert diff == [m["step"]]
-            assert end_state(Chain(chain.start, tuple(wrong)), n_mod) == m["end"]
+            assert end_state(Chain(chain.start, tuple(wrong)), world) == m["end"]
 
 
 def test_documents_name_their_number_and_are_distinct(data):
