@@ -7,15 +7,20 @@ text format, so a checkpoint alone is enough for inference (with WORKDIR/tokeniz
 
 Saves are asynchronous; Orbax writes into a temporary directory and renames it when
 complete, so a kill during a save leaves the previous checkpoint intact and the partial
-one ignored. A checkpoint that fails to restore is skipped with a warning in favour of the
-one before it. Parameters that are not finite are never written.
+one ignored (Orbax deletes such temporary directories when the next run starts). A
+checkpoint that fails to restore is moved aside to WORKDIR/corrupt_checkpoints/ with a
+warning in favour of the one before it; when none restores, the run stops rather than
+silently starting over. Parameters that are not finite are never written, and a full disk
+raises `DiskFullError` naming the directory.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import time
 from typing import Any, Optional, Tuple
 
 import jax
@@ -25,11 +30,16 @@ import orbax.checkpoint as ocp
 
 CHECKPOINTS = "checkpoints"
 TOKENIZER = "tokenizer"
+CORRUPT = "corrupt_checkpoints"  # WORKDIR/corrupt_checkpoints/<step>-<time>: checkpoints that failed to restore
 log = logging.getLogger("laser_jax")
 
 
 class NonFiniteStateError(RuntimeError):
     """Refused to checkpoint parameters containing NaN or Inf."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """Checkpoints exist but none of them could be restored (corrupt, or another config)."""
 
 
 def _manager_options(keep: int, async_save: bool) -> ocp.CheckpointManagerOptions:
@@ -62,7 +72,8 @@ class Checkpointer:
     def save(self, step: int, state, data_iterator=None, meta: Optional[dict] = None, force: bool = False) -> bool:
         """Start saving `state` (and the iterator position) at `step`; True if a save began."""
         if not all_finite(state.trainable):
-            raise NonFiniteStateError(f"step {step}: parameters contain NaN/Inf; not checkpointing them")
+            raise NonFiniteStateError(f"step {step}: parameters contain NaN/Inf; not checkpointing them "
+                                      f"(the last checkpoint in {self.directory} is kept)")
         items = {"state": ocp.args.PyTreeSave(state)}
         if data_iterator is not None:
             import grain
@@ -70,7 +81,28 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if meta is not None:
             items["meta"] = ocp.args.JsonSave(meta)
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        log.info("saving checkpoint step %d to %s", step, self.directory)
+        with self._disk_full_check(f"checkpoint step {step}"):
+            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+    @contextlib.contextmanager
+    def _disk_full_check(self, what: str):
+        """Turn a full-disk failure (raised now, or by an earlier asynchronous save) into
+        `DiskFullError` naming the directory and the newest checkpoint still intact."""
+        try:
+            yield
+        except Exception as e:
+            from laser_jax import faults
+
+            if not faults.is_disk_full(e):
+                raise
+            kept = self._complete_steps()
+            note = (f"The newest complete checkpoint (step {kept[-1]}) is intact. " if kept
+                    else "No complete checkpoint exists yet. ")
+            raise faults.disk_full_error(self.directory, what, note) from e
+
+    def _complete_steps(self) -> list:
+        return [int(s) for s in _step_dirs(self.directory)] if "://" not in self.directory else []
 
     def restore(self, abstract_state, data_iterator=None) -> Optional[Tuple[Any, int]]:
         """Restore the newest readable checkpoint onto `abstract_state`'s shardings.
@@ -81,7 +113,12 @@ class Checkpointer:
 
         Returns:
           (state, step), or None if there is no checkpoint.
+
+        Raises:
+          CheckpointRestoreError: when checkpoints exist but none restores (all corrupt, or
+            written for another model/config); nothing is moved then.
         """
+        failed = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
                 items = {"state": ocp.args.PyTreeRestore(
@@ -91,15 +128,44 @@ class Checkpointer:
 
                     items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-                return restored["state"], step
             except Exception as e:  # a corrupted or partial checkpoint: fall back
-                log.warning("checkpoint step %d in %s could not be restored (%s: %s); "
-                            "falling back to the previous one", step, self.directory, type(e).__name__,
-                            str(e).splitlines()[0] if str(e) else "")
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                log.warning("checkpoint step %d in %s could not be restored (%s); trying the previous one",
+                            step, self.directory, reason)
+                failed.append((step, reason))
+                continue
+            self._move_aside([s for s, _ in failed])
+            return restored["state"], step
+        if failed:
+            raise CheckpointRestoreError(
+                f"no checkpoint in {self.directory} could be restored ("
+                + "; ".join(f"step {s}: {r}" for s, r in failed)
+                + "). If the model or config changed, use a new --workdir; otherwise move the damaged "
+                  "step directories away to start over")
         return None
 
+    def _move_aside(self, steps) -> None:
+        """Move checkpoints that failed to restore to WORKDIR/corrupt_checkpoints/ (kept for
+        inspection, and out of the way of this run's own saves of those steps)."""
+        if not steps or "://" in self.directory:
+            return
+        target_root = os.path.join(os.path.dirname(self.directory), CORRUPT)
+        if jax.process_index() == 0:
+            os.makedirs(target_root, exist_ok=True)
+            for step in steps:
+                target = os.path.join(target_root, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+                os.replace(os.path.join(self.directory, str(step)), target)
+                log.warning("moved the unreadable checkpoint step %d to %s", step, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("laser_jax_checkpoint_move_aside")
+        self.manager.reload()
+
     def wait(self):
-        self.manager.wait_until_finished()
+        """Block until a pending asynchronous save is complete (raises its error, if any)."""
+        with self._disk_full_check("a checkpoint"):
+            self.manager.wait_until_finished()
 
     def close(self):
         self.manager.wait_until_finished()

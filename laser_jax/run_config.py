@@ -137,6 +137,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(d.explicit_max_len >= d.query_max_len, "data.explicit_max_len",
          f"{d.explicit_max_len} is shorter than data.query_max_len={d.query_max_len}: the reasoning "
          "would always be cut off")
+    need(d.num_threads >= 1, "data.num_threads", f"must be >= 1, got {d.num_threads}")
+    need(d.prefetch >= 0, "data.prefetch", f"must be >= 0, got {d.prefetch}")
+    fractions = tuple(d.bucket_fractions or ())
+    need(all(0 < f <= 1 for f in fractions), "data.bucket_fractions",
+         f"{fractions}: each fraction must be in (0, 1]")
     need(d.segment_rule in ("linspace", "paper"), "data.segment_rule", "must be linspace or paper")
     need(d.split_mode in ("code", "any_double_newline"), "data.split_mode",
          "must be code or any_double_newline")
@@ -158,7 +163,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(t.num_steps >= 0, "train.num_steps", "must be >= 0 (0 = one epoch)")
     need(t.learning_rate > 0, "train.learning_rate", "must be > 0")
     need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
-    need(t.nonfinite in ("stop", "skip"), "train.nonfinite", "must be stop or skip")
+    need(t.nonfinite in ("stop", "skip"), "train.nonfinite", f"{t.nonfinite!r} must be stop or skip")
+    need(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = off)")
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    for f in ("adam_b1", "adam_b2"):
+        need(0 <= getattr(t, f) < 1, f"train.{f}", f"must be in [0, 1), got {getattr(t, f)}")
+    need(t.adam_eps > 0, "train.adam_eps", "must be > 0")
     need(t.log_every >= 1, "train.log_every", "must be >= 1")
     need(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
     need(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
@@ -166,6 +176,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     need(len(shape) == 3 and all(s == -1 or s >= 1 for s in shape) and list(shape).count(-1) <= 1,
          "mesh.shape", f"{shape} must be (data, fsdp, tensor) with positive sizes and at most one -1")
     need(c.mesh.num_devices >= 0, "mesh.num_devices", "must be >= 0 (0 = all devices)")
+    ev = c.eval
+    need(ev.num_thinking_steps >= 0, "eval.num_thinking_steps", "must be >= 0 (0 = laser.num_thinking_steps)")
+    need(ev.max_length >= 1, "eval.max_length", f"must be >= 1, got {ev.max_length}")
+    need(ev.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {ev.batch_size}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 

@@ -21,12 +21,14 @@ class DataPaths:
     train_files: str
     tokenizer: str
     eval_dir: str
+    tokenizer_field: str = "model.tokenizer"  # the config field the tokenizer directory came from
 
 
 def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataPaths:
     """Generate the synthetic task into WORKDIR/data when configured; pick the tokenizer."""
     d, m = config.data, config.model
     train_files, tokenizer, eval_dir = d.train_files, m.tokenizer or m.init_from, d.eval_dir
+    field = "model.tokenizer" if m.tokenizer or not m.init_from else "model.init_from"
     if d.synthetic:
         from laser_jax.data.synthetic import ensure_generated
 
@@ -37,7 +39,22 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataPaths:
     if not tokenizer:
         raise ConfigError("model.tokenizer: empty; set model.tokenizer or model.init_from to a directory "
                           "with a Hugging Face tokenizer")
-    return DataPaths(train_files, tokenizer, eval_dir)
+    return DataPaths(train_files, tokenizer, eval_dir, field)
+
+
+def load_tokenizer(paths: DataPaths):
+    """The run's tokenizer; ConfigError naming the field when the directory has none."""
+    from laser_jax.model_io import load_tokenizer as load
+
+    if not os.path.isdir(paths.tokenizer):
+        raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: no such directory")
+    try:
+        return load(paths.tokenizer)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{paths.tokenizer_field}: {e}") from None
+    except (OSError, ValueError) as e:  # transformers: unreadable or inconsistent tokenizer files
+        raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: the tokenizer cannot be loaded "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = True) -> ModelConfig:
@@ -54,17 +71,50 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
             if arch:
                 raise ConfigError(f"model.{sorted(arch)[0]}: architecture overrides need random init "
                                   f"(model.init_from={m.init_from!r} fixes the architecture)")
-            cfg = from_hf_config(m.init_from, **runtime)
+            if not os.path.isdir(m.init_from):
+                raise ConfigError(f"model.init_from: {m.init_from}: no such directory")
+            try:
+                cfg = from_hf_config(m.init_from, **runtime)
+            except FileNotFoundError as e:
+                raise ConfigError(f"model.init_from: {e}") from None
         else:
             cfg = preset(m.preset, **arch, **runtime)
             if tokenizer is not None:
                 cfg = cfg.replace(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    except ConfigError:
+        raise
     except ValueError as e:
-        raise ConfigError(f"model: {e}") from None
+        raise ConfigError(f"{'model.init_from' if m.init_from else 'model'}: {e}") from None
     if tokenizer is not None and len(tokenizer) > cfg.vocab_size:
         raise ConfigError(f"model.vocab_size: the model has {cfg.vocab_size} embeddings but the tokenizer "
                           f"has {len(tokenizer)} tokens")
     return cfg
+
+
+def check_init_weights(config: ml_collections.ConfigDict) -> None:
+    """Fail at set-up (not after compiling) when `model.init_from` has no weight files."""
+    if not config.model.init_from:
+        return
+    from laser_jax.hf_io import SafetensorsDir
+
+    try:
+        SafetensorsDir(config.model.init_from)
+    except FileNotFoundError as e:
+        raise ConfigError(f"model.init_from: {e}") from None
+
+
+def check_eval_dir(paths: DataPaths) -> None:
+    """Validate `data.eval_dir` (BRIGHT format, instructions) at set-up, so a bad evaluation
+    directory is reported before training rather than after it."""
+    if not paths.eval_dir:
+        return
+    from laser_jax.retrieval import bright
+
+    try:
+        for domain in bright.load_bright(paths.eval_dir):
+            domain.require_instruction()
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"data.eval_dir: {e}") from None
 
 
 def pipeline_options(config: ml_collections.ConfigDict, process_index: int = 0, process_count: int = 1,

@@ -5,6 +5,11 @@
 Any config field can be overridden as `--config.a.b=value`. Rerunning with the same
 workdir resumes from its newest checkpoint. With `data.eval_dir` set, the trained model is
 evaluated at the end and a table printed (the embedded default does this).
+
+Exit codes (docs/faults.md): 0 done; 1 unexpected error (traceback); 2 invalid config,
+data or model directory, reported before training; 3 non-finite loss or gradient
+(train.nonfinite=stop); 4 disk full; 128+N stopped by signal N after saving a checkpoint
+(143 SIGTERM, 130 SIGINT): rerun the same command to resume.
 """
 from __future__ import annotations
 
@@ -49,35 +54,54 @@ def main(argv):
     from laser_jax import distributed
 
     distributed.maybe_initialize(_DISTRIBUTED.value)
+    workdir = os.path.abspath(_WORKDIR.value) if "://" not in _WORKDIR.value else _WORKDIR.value
+    return train_main(_CONFIG.value, workdir)
+
+
+def train_main(config, workdir: str) -> int:
+    """Validate, set up and run; print one "error: ..." and return the exit code on the
+    faults docs/faults.md lists (2 bad input, 3 non-finite, 4 disk full, 128+N signal N).
+    Anything else propagates with its traceback (exit 1)."""
+    from laser_jax import faults
+    from laser_jax.checkpoint import CheckpointRestoreError, NonFiniteStateError
     from laser_jax.data.errors import ConfigError, DataError
+    from laser_jax.hf_io import CheckpointMismatchError
     from laser_jax.run_config import validate
 
-    config = _CONFIG.value
-    workdir = os.path.abspath(_WORKDIR.value) if "://" not in _WORKDIR.value else _WORKDIR.value
-    try:
-        validate(config)
-        from laser_jax.trainer import Trainer
-
-        trainer = Trainer(config, workdir)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    def fail(code: int, e: BaseException) -> int:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        trainer.run()
-    except Exception as e:
-        from laser_jax.trainer import NonFiniteLossError
+        return code
 
-        if isinstance(e, NonFiniteLossError):
-            print(f"error: {e}", file=sys.stderr)
-            return 3
-        raise
-    if trainer._stop_signal is not None:
-        return 128 + trainer._stop_signal
+    with faults.StopSignals() as stop:  # installed first: a signal during set-up is not lost
+        log.info("setting up the run in %s", workdir)
+        try:
+            validate(config)
+            from laser_jax.trainer import Trainer
+
+            trainer = Trainer(config, workdir, stop=stop)
+        except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError) as e:
+            return fail(faults.EXIT_BAD_INPUT, e)
+        except OSError as e:
+            return fail(faults.EXIT_DISK_FULL if faults.is_disk_full(e) else faults.EXIT_BAD_INPUT, e)
+        try:
+            trainer.run()
+        except (faults.NonFiniteLossError, NonFiniteStateError) as e:
+            return fail(faults.EXIT_NONFINITE, e)
+        except (CheckpointRestoreError, CheckpointMismatchError, DataError) as e:
+            return fail(faults.EXIT_BAD_INPUT, e)
+        except faults.DiskFullError as e:
+            return fail(faults.EXIT_DISK_FULL, e)
+        except Exception as e:
+            if faults.is_disk_full(e):
+                return fail(faults.EXIT_DISK_FULL, faults.disk_full_error(workdir, "run outputs", ""))
+            raise
+        if stop.signum is not None:
+            return faults.exit_code_for_signal(stop.signum)
     if trainer.paths.eval_dir:
         from laser_jax.final_eval import evaluate_trained
 
         evaluate_trained(trainer)
-    return 0
+    return faults.EXIT_OK
 
 
 def run():

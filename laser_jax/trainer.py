@@ -3,16 +3,19 @@
 `Trainer(config, workdir).run()` trains until `train.num_steps` (0 = one epoch), resuming
 from WORKDIR/checkpoints when there is a checkpoint there. The loop dispatches step N
 before reading step N-1's metrics, so the device never waits on the host.
+
+Faults (docs/faults.md): SIGTERM/SIGINT end the run after the current step with a
+checkpoint; a non-finite step stops the run (or is skipped) without touching the last good
+checkpoint; a pending asynchronous save is always completed before an error propagates.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import signal
 import time
 from typing import Optional
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from laser_jax import checkpoint as ckpt_lib
-from laser_jax import setup_run, sharding
+from laser_jax import faults, setup_run, sharding
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.pipeline import steps_per_epoch, train_iterator
 from laser_jax.data.records import open_records
@@ -32,32 +35,41 @@ from laser_jax.train_step import BATCH_KEYS, StepConfig, init_state, jit_train_s
     make_optimizer
 
 log = logging.getLogger("laser_jax")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A step produced a non-finite loss or gradient (train.nonfinite=stop)."""
+NonFiniteLossError = faults.NonFiniteLossError  # re-exported (raised by Trainer.run)
 
 
 class Trainer:
-    """Everything a run holds: config, mesh, data, model, optimizer, state, checkpointer."""
+    """Everything a run holds: config, mesh, data, model, optimizer, state, checkpointer.
 
-    def __init__(self, config, workdir: str):
+    Args:
+      config: the run config (laser_jax.run_config).
+      workdir: checkpoints, metrics and the tokenizer go here.
+      stop: the stop-signal recorder; pass one installed before construction (as the CLI
+        does) so a signal during set-up also counts. Default: installed by `run`.
+    """
+
+    def __init__(self, config, workdir: str, stop: Optional[faults.StopSignals] = None):
         self.config, self.workdir = config, workdir
         self.is_writer = jax.process_index() == 0
-        self._stop_signal: Optional[int] = None
+        self.stop = stop or faults.StopSignals()
+        self.skipped_steps: list = []
         self._setup()
+
+    @property
+    def _stop_signal(self) -> Optional[int]:
+        return self.stop.signum
 
     # ------------------------------------------------------------------ set-up
     def _setup(self):
         c = self.config
-        from transformers import AutoTokenizer
-
         if self.is_writer:
             os.makedirs(self.workdir, exist_ok=True)
         paths = setup_run.resolve_data(c, self.workdir)
         self.paths = paths
-        self.tokenizer = AutoTokenizer.from_pretrained(paths.tokenizer)
+        setup_run.check_eval_dir(paths)
+        self.tokenizer = setup_run.load_tokenizer(paths)
         self.model_cfg = setup_run.model_config(c, self.tokenizer)
+        setup_run.check_init_weights(c)
         self.model = Decoder(self.model_cfg)
         devices = jax.devices()
         if c.mesh.num_devices:
@@ -75,8 +87,9 @@ class Trainer:
         self.eos_id = self.tokenizer.eos_token_id
         self.source = open_records(paths.train_files, group_size=c.data.group_size,
                                    skip_bad_records=c.data.skip_bad_records)
-        if self.is_writer and getattr(self.source, "summary", None) is not None:
-            log.info("training data: %s", self.source.summary)
+        summary = getattr(self.source, "summary", None)
+        if self.is_writer and summary is not None:
+            (log.warning if summary.num_skipped else log.info)("training data: %s", summary)
         self.options = setup_run.pipeline_options(c, jax.process_index(), jax.process_count())
         self.steps_per_epoch = steps_per_epoch(len(self.source), self.options)
         self.total_steps = c.train.num_steps or self.steps_per_epoch
@@ -95,6 +108,13 @@ class Trainer:
                               c.train.cache_chunk_size)
         self.step_fn = jit_train_step(self.model, self.tx, step_cfg, self.state_shardings, self.batch_sharding,
                                       teacher_shardings)
+        self.nan_steps = faults.nan_fault_steps()
+        if self.nan_steps:  # fault injection (tests): these steps run with NaN temperatures
+            log.warning("%s=%s: steps %s will produce a NaN loss (fault injection)", faults.NAN_STEPS_ENV,
+                        os.environ[faults.NAN_STEPS_ENV], sorted(self.nan_steps))
+            poisoned = dataclasses.replace(step_cfg, loss=faults.poisoned_loss_config(self.loss_cfg))
+            self.nan_step_fn = jit_train_step(self.model, self.tx, poisoned, self.state_shardings,
+                                              self.batch_sharding, teacher_shardings)
         self.non_embedding_params = self.model_cfg.num_params(include_embeddings=False)
         self.peak = device_peak_tflops(c.train.peak_tflops)
 
@@ -165,12 +185,21 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------ loop
-    def _on_signal(self, signum, frame):
-        log.warning("received signal %d: saving a checkpoint and stopping after this step", signum)
-        self._stop_signal = signum
-
     def run(self) -> dict:
-        """Train; returns the last logged metrics."""
+        """Train; returns the last logged metrics (empty when stopped before the first step)."""
+        own_handlers = not self.stop.installed
+        self.stop.install()
+        try:
+            if self.stop.signum is not None:
+                log.warning("stopped by signal %d during set-up, before the first step; nothing to checkpoint",
+                            self.stop.signum)
+                return {}
+            return self._run()
+        finally:
+            if own_handlers:
+                self.stop.uninstall()
+
+    def _run(self) -> dict:
         c = self.config
         self._save_tokenizer()
         iterator = train_iterator(self.source, self.tokenizer, self.options)
@@ -182,15 +211,17 @@ class Trainer:
             state, start = restored
             log.info("resumed from step %d in %s", start, self.checkpointer.directory)
         writer = MetricsWriter(self.workdir, start_step=start, enabled=self.is_writer)
-        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-        last, unchecked, step = {}, None, start
+        last, unchecked, step, saved = {}, None, start, start
         interval = _Interval()
         try:
-            while step < self.total_steps and self._stop_signal is None:
+            while step < self.total_steps and self.stop.signum is None:
                 host_batch = next(iterator)
                 batch = self._global_batch(host_batch)
                 args = (state, batch) + ((self.teacher,) if self.teacher is not None else ())
-                state, metrics = self.step_fn(*args)  # dispatched; runs while the host goes on
+                step_fn = self.nan_step_fn if step + 1 in self.nan_steps else self.step_fn
+                if step == start:
+                    log.info("compiling and running the first step")
+                state, metrics = step_fn(*args)  # dispatched; runs while the host goes on
                 step += 1
                 interval.add(self._tokens(host_batch), self._flops(batch))
                 if unchecked is not None:  # the previous step: done by now
@@ -205,19 +236,33 @@ class Trainer:
                         self._check_finite(*unchecked)
                         unchecked = None
                     self.checkpointer.save(step, state, iterator, self.meta)
+                    saved = step
             if unchecked is not None:
                 self._check_finite(*unchecked)
-            self.checkpointer.save(step, state, iterator, self.meta, force=True)
+            if step > saved:
+                self.checkpointer.save(step, state, iterator, self.meta, force=True)
             self.checkpointer.wait()
+        except BaseException:
+            self._finish_pending_save()
+            raise
         finally:
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
             writer.close()
         self.state = state
-        if self._stop_signal is not None:
-            log.warning("stopped by signal %d at step %d; checkpoint saved, rerun the same command to resume",
-                        self._stop_signal, step)
+        if self.skipped_steps:
+            log.warning("skipped %d non-finite step(s): %s (train.nonfinite=skip)", len(self.skipped_steps),
+                        self.skipped_steps)
+        if self.stop.signum is not None:
+            log.warning("stopped by signal %d at step %d; checkpoint saved in %s, rerun the same command to "
+                        "resume", self.stop.signum, step, self.checkpointer.directory)
         return last
+
+    def _finish_pending_save(self):
+        """On an error, let an asynchronous save of an earlier (good) step complete, so the
+        newest checkpoint on disk is whole; its own failure is only logged."""
+        try:
+            self.checkpointer.wait()
+        except Exception as e:  # the original error matters more
+            log.warning("the pending checkpoint save did not complete: %s", e)
 
     def _tokens(self, host_batch) -> float:
         """Real (non-padding) tokens of the global batch (this host's share x hosts)."""
@@ -231,20 +276,21 @@ class Trainer:
         return train_flops(self.non_embedding_params, tokens)
 
     def _check_finite(self, step: int, metrics: dict, records: np.ndarray):
+        """Stop (train.nonfinite=stop) or warn and go on (skip) after a non-finite step; the
+        step itself already left the parameters and optimizer state unchanged."""
         if bool(jax.device_get(metrics["finite"])):
             return
-        terms = {k: float(v) for k, v in jax.device_get(metrics).items() if k.startswith("loss")}
-        where = [self.source.location(int(i)) if hasattr(self.source, "location") else str(int(i))
-                 for i in records[:16]]
-        msg = (f"non-finite loss or gradient at step {step}: "
-               f"{', '.join(f'{k}={v:.4g}' for k, v in terms.items())}, "
-               f"l2_grads={float(jax.device_get(metrics['l2_grads'])):.4g}; batch records "
-               f"{[int(i) for i in records[:16]]} ({'; '.join(where)})")
+        msg = faults.nonfinite_message(step, jax.device_get(metrics), records,
+                                       getattr(self.source, "location", None))
         if self.config.train.nonfinite == "skip":
+            self.skipped_steps.append(step)
             log.warning("%s; the update was skipped (train.nonfinite=skip)", msg)
             return
-        raise NonFiniteLossError(msg + ". The update was not applied and no checkpoint was written; the last "
-                                 "good checkpoint is intact (set train.nonfinite=skip to skip such steps)")
+        kept = self.checkpointer.latest_step()
+        raise NonFiniteLossError(
+            msg + f". The update was not applied and nothing was saved after it; the last good checkpoint "
+            f"({'step %d' % kept if kept is not None else 'none yet'}, {self.checkpointer.directory}) is intact. "
+            "Set train.nonfinite=skip to skip such steps.")
 
     def _log(self, step: int, metrics: dict, interval: "_IntervalStats", writer) -> dict:
         m = {k: float(v) for k, v in metrics.items() if k not in ("finite", "tokens")}
