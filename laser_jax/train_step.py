@@ -4,6 +4,8 @@
 gradient accumulation over micro-batches), clips, and applies AdamW. A non-finite loss or
 gradient leaves the state unchanged (the host then stops or skips, by config), so NaN
 parameters are never produced. `jit_train_step` wraps it with shardings and donation.
+With `cache_chunk_size` > 0 the gradient is computed GradCache-style
+(`laser_jax.cached_step`), still over the whole batch.
 """
 from __future__ import annotations
 
@@ -116,7 +118,11 @@ def _tree_where(pred, new, old):
 
 def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batch: Mapping[str, jax.Array],
                teacher_variables=None):
-    """One optimizer step. Returns (new state, metrics dict of float32 scalars)."""
+    """One optimizer step. Returns (new state, metrics dict of float32 scalars).
+
+    With `step_cfg.cache_chunk_size` > 0 the gradient comes from the cached three-pass
+    computation of `laser_jax.cached_step` (same value, activation memory of one chunk).
+    """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     batch = {k: v for k, v in batch.items() if k in BATCH_KEYS}
 
@@ -128,7 +134,12 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     n = step_cfg.grad_accum_steps
-    if n == 1:
+    if step_cfg.cache_chunk_size:
+        from laser_jax.cached_step import cached_gradients
+
+        grads, metrics = cached_gradients(model, step_cfg, state.trainable, state.frozen, batch, rng,
+                                          teacher_variables)
+    elif n == 1:
         (_, metrics), grads = grad_fn(state.trainable, batch, rng)
     else:
         micro = split_microbatches(batch, n)
