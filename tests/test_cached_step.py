@@ -131,3 +131,24 @@ def test_chunk_size_must_divide_the_batch():
     model, _, state, step_cfg = setup(0, 3)
     with pytest.raises(ValueError, match="does not divide"):
         cached_gradients(model, step_cfg, state.trainable, state.frozen, make_batch(), None)
+
+
+def test_a_batch_too_big_for_the_plain_step_fits_cached():
+    """laser_jax.plan on one device: the cached step's temporaries grow with the chunk (4
+    queries), the plain step's with the batch (32); a device between the two peaks holds
+    only the cached step."""
+    from laser_jax.plan import plan_step
+    from laser_jax.run_config import base_config, shrink_for_smoke
+
+    plans = {}
+    for chunk in (0, 4):
+        c = shrink_for_smoke(base_config())
+        c.model.num_hidden_layers = 1
+        c.train.batch_size = 32
+        c.train.cache_chunk_size = chunk
+        plans[chunk] = plan_step(c, devices=jax.devices()[:1], mesh_shape=(1, 1, 1))
+    plain, cached = plans[0], plans[4]
+    assert plain.arguments == cached.arguments
+    assert cached.temporaries < plain.temporaries / 4, (cached.temporaries, plain.temporaries)
+    budget = (plain.peak + cached.peak) // 2 / 0.9  # usable memory halfway between the peaks
+    assert not plain.against(budget, 0.9).fits and cached.against(budget, 0.9).fits
