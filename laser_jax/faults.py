@@ -95,6 +95,34 @@ class StopSignals:
         os.kill(os.getpid(), signum)
 
 
+def agreed_stop(own: Optional[int], step: int, every: int, process_count: int,
+                allgather: Callable[[np.ndarray], np.ndarray]) -> Optional[int]:
+    """The stop decision every process of a multi-process run takes at the same step.
+
+    A scheduler may signal only some hosts; a host that stopped alone would hang the others
+    in their next collective. So hosts compare their signals (an all-gather, only every
+    `every` steps, where the loop syncs with the device anyway) and all stop together on
+    the first one seen anywhere. A single process just uses its own signal.
+
+    Args:
+      own: this process's signal number, or None.
+      step: steps done so far by this run; the all-gather happens when `step % every == 0`.
+      every: steps between comparisons (train.log_every).
+      process_count: number of processes.
+      allgather: [value] -> values of every process (multihost_utils.process_allgather).
+
+    Returns:
+      The signal to stop on, or None to go on.
+    """
+    if process_count == 1:
+        return own
+    if step % every:
+        return None
+    signals = np.asarray(allgather(np.asarray(own or 0, np.int32))).reshape(-1)
+    raised = [int(s) for s in signals if s]
+    return raised[0] if raised else None
+
+
 # ---------------------------------------------------------------------------------------
 # Non-finite steps
 # ---------------------------------------------------------------------------------------

@@ -10,12 +10,12 @@ checkpoint; a pending asynchronous save is always completed before an error prop
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import time
 from typing import Optional
-
-import dataclasses
 
 import flax.linen as nn
 import jax
@@ -59,6 +59,12 @@ class Trainer:
     def _stop_signal(self) -> Optional[int]:
         return self.stop.signum
 
+    @functools.cached_property
+    def checkpointer(self) -> ckpt_lib.Checkpointer:
+        """Created on first use: a run stopped during set-up starts no Orbax threads."""
+        c = self.config.checkpoint
+        return ckpt_lib.Checkpointer(self.workdir, c.keep, c.async_save)
+
     # ------------------------------------------------------------------ set-up
     def _setup(self):
         c = self.config
@@ -100,7 +106,6 @@ class Trainer:
         self.abstract_state = jax.tree_util.tree_map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), self.state_shardings)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
-        self.checkpointer = ckpt_lib.Checkpointer(self.workdir, c.checkpoint.keep, c.checkpoint.async_save)
         self.text_format = setup_run.text_format(c)
         self.meta = ckpt_lib.make_meta(c, self.model_cfg, self.text_format, c.laser.num_thinking_steps, self.eos_id)
         self.teacher, teacher_shardings = self._load_teacher()
@@ -190,7 +195,7 @@ class Trainer:
         own_handlers = not self.stop.installed
         self.stop.install()
         try:
-            if self.stop.signum is not None:
+            if self.stop.signum is not None and jax.process_count() == 1:  # (several: decided together)
                 log.warning("stopped by signal %d during set-up, before the first step; nothing to checkpoint",
                             self.stop.signum)
                 return {}
@@ -214,7 +219,7 @@ class Trainer:
         last, unchecked, step, saved = {}, None, start, start
         interval = _Interval()
         try:
-            while step < self.total_steps and self.stop.signum is None:
+            while step < self.total_steps and not self._stop_requested(step - start):
                 host_batch = next(iterator)
                 batch = self._global_batch(host_batch)
                 args = (state, batch) + ((self.teacher,) if self.teacher is not None else ())
@@ -252,9 +257,27 @@ class Trainer:
             log.warning("skipped %d non-finite step(s): %s (train.nonfinite=skip)", len(self.skipped_steps),
                         self.skipped_steps)
         if self.stop.signum is not None:
-            log.warning("stopped by signal %d at step %d; checkpoint saved in %s, rerun the same command to "
-                        "resume", self.stop.signum, step, self.checkpointer.directory)
+            where = (f"checkpoint step {step} in {self.checkpointer.directory}" if step
+                     else "no step was taken, nothing to checkpoint")
+            log.warning("stopped by signal %d at step %d (%s); rerun the same command to resume",
+                        self.stop.signum, step, where)
         return last
+
+    def _stop_requested(self, steps_done: int) -> bool:
+        """Whether to stop now (`steps_done` steps into this run): this process's signal or,
+        in a multi-process run, any process's (compared at the first step and then every
+        train.log_every steps, so all processes stop at the same one)."""
+        count = jax.process_count()
+        if count > 1:
+            from jax.experimental import multihost_utils
+
+            agreed = faults.agreed_stop(self.stop.signum, steps_done, self.config.train.log_every, count,
+                                        multihost_utils.process_allgather)
+            if agreed is not None and self.stop.signum is None:
+                self.stop.signum = agreed
+                log.warning("another process received signal %d: stopping with it", agreed)
+            return agreed is not None
+        return self.stop.signum is not None
 
     def _finish_pending_save(self):
         """On an error, let an asynchronous save of an earlier (good) step complete, so the

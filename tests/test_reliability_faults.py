@@ -1,7 +1,6 @@
 """Reliability (docs/faults.md), part 2, in-process: non-finite steps (stop / skip, the
 last good checkpoint kept, no NaN ever saved), a corrupted latest checkpoint, a full disk."""
 import errno
-import json
 import logging
 import os
 import subprocess
@@ -156,7 +155,7 @@ def test_a_really_full_disk_is_reported_as_such(rtask, tmp_path, tiny_tmpfs, cap
     os.symlink(tiny_tmpfs, workdir / "checkpoints")  # the checkpoints land on the tiny disk
     code, err = run_main(tiny_config(rtask, **{"train.num_steps": 2, "checkpoint.every_steps": 1}), workdir, capsys)
     assert code == faults.EXIT_DISK_FULL, err[-3000:]
-    assert err.startswith(f"error: disk full: could not write ") and f"to {workdir}/checkpoints" in err
+    assert err.startswith("error: disk full: could not write ") and f"to {workdir}/checkpoints" in err
     assert "Traceback" not in err
 
 
@@ -194,3 +193,14 @@ def test_stop_signals_records_the_first_signal_and_restores_handlers():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.signum == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_processes_of_a_multi_process_run_agree_to_stop_at_the_same_step():
+    def gather(*values):
+        return lambda own: np.array(values)
+
+    assert faults.agreed_stop(15, 3, 5, 1, gather()) == 15  # one process: its own signal, any step
+    assert faults.agreed_stop(None, 3, 5, 1, gather()) is None
+    assert faults.agreed_stop(15, 3, 5, 2, gather(15, 0)) is None  # not a comparison step: go on
+    assert faults.agreed_stop(None, 10, 5, 2, gather(0, 15)) == 15  # another host's signal counts
+    assert faults.agreed_stop(None, 10, 5, 2, gather(0, 0)) is None
