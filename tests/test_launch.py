@@ -270,7 +270,8 @@ def test_slurm_missing_or_bad_arguments(args, message):
 
 # ---------------------------------------------------------------- local ----
 
-def test_local_dry_run_prints_env_per_process():
+def test_local_dry_run_prints_env_per_process(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the test session sets its own
     out = run([sys.executable, LOCAL, "-n", "3", "--devices_per_process=2", "--port=12345", "--dry_run", "--",
                "--config=configs/tiny.py", "--workdir=runs/x"])
     assert out.returncode == 0, out.stderr
@@ -285,7 +286,8 @@ def test_local_dry_run_prints_env_per_process():
         assert words[6:] == [sys.executable, "-m", "laser_jax.train", "--config=configs/tiny.py", "--workdir=runs/x"]
 
 
-def test_local_runs_processes_and_prefixes_output():
+def test_local_runs_processes_and_prefixes_output(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)  # the test session sets its own
     code = "import os; print('id=' + os.environ['JAX_PROCESS_ID'], os.environ['JAX_NUM_PROCESSES'], os.environ['XLA_FLAGS'])"
     out = run([sys.executable, LOCAL, "-n", "2", "--devices_per_process=3", "--", "-c", code])
     assert out.returncode == 0, out.stderr
