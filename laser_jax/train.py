@@ -93,7 +93,8 @@ def train_main(config, workdir: str) -> int:
             return fail(faults.EXIT_DISK_FULL, e)
         except Exception as e:
             if faults.is_disk_full(e):
-                return fail(faults.EXIT_DISK_FULL, faults.disk_full_error(workdir, "run outputs", ""))
+                return fail(faults.EXIT_DISK_FULL, faults.disk_full_error(
+                    workdir, "run outputs", "Checkpoints already written are intact. "))
             raise
         if stop.signum is not None:
             return faults.exit_code_for_signal(stop.signum)

@@ -14,7 +14,7 @@ import pytest
 
 from laser_jax import checkpoint as ckpt_lib
 from laser_jax import faults
-from laser_jax.metrics_writer import read_metrics
+from laser_jax.metrics_writer import MetricsWriter, read_metrics
 from laser_jax.trainer import Trainer
 from test_reliability import rtask, run_main, tiny_config  # noqa: F401 (fixture)
 
@@ -131,6 +131,18 @@ def test_full_disk_while_checkpointing_names_the_directory_and_keeps_the_previou
     assert code == faults.EXIT_DISK_FULL
     assert err.startswith(f"error: disk full: could not write checkpoint step 4 to {tmp_path}/checkpoints "
                           "(no space left on device). The newest complete checkpoint (step 2) is intact.")
+    assert steps_on_disk(tmp_path) == [2]
+    # Metrics too: resumed from step 2, the next row cannot be written.
+    monkeypatch.setattr(ocp.CheckpointManager, "save", original)
+
+    def write(self, row):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self.path)
+
+    monkeypatch.setattr(MetricsWriter, "write", write)
+    code, err = run_main(tiny_config(rtask), tmp_path, capsys)
+    assert code == faults.EXIT_DISK_FULL
+    assert err.startswith(f"error: disk full: could not write run outputs to {tmp_path} (no space left on "
+                          "device). Checkpoints already written are intact.")
     assert steps_on_disk(tmp_path) == [2]
 
 
