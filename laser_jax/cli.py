@@ -17,7 +17,7 @@ def run_cli(flag_values: flags.FlagValues, run: Callable[[flags.FlagValues], Opt
     """Parse `argv` into `flag_values` and call `run(flag_values)`.
 
     Returns 0 on success (printing what `run` returns, if anything), 2 on a usage error,
-    1 on a ValueError / FileNotFoundError (bad input named in the message).
+    2 on a ValueError / FileNotFoundError (bad input named in the message), like training.
     """
     argv = list(sys.argv if argv is None else argv)
     flag_values.unparse_flags()
@@ -34,7 +34,7 @@ def run_cli(flag_values: flags.FlagValues, run: Callable[[flags.FlagValues], Opt
         printed = run(flag_values)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     if printed is not None:
         print(printed)
     return 0

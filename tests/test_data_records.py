@@ -258,7 +258,7 @@ def test_array_record_validation_names_record(tmp_path):
 def test_convert_cli_reports_bad_input(tmp_path, capsys):
     path = write_lines(tmp_path / "bad.jsonl", [good(0), good(1, negative_passages=[])])
     out = str(tmp_path / "o.array_record")
-    assert convert.main([f"--input={path}", f"--output={out}"]) == 1
+    assert convert.main([f"--input={path}", f"--output={out}"]) == 2
     assert f"{path}: line 2: field 'negative_passages'" in capsys.readouterr().err
     assert not os.path.exists(out)
     assert convert.main([f"--input={path}", f"--output={out}", "--skip_bad_records"]) == 0

@@ -210,11 +210,11 @@ def test_precomputed_in_process_ids_checks(tmp_path, capsys):
     # Through main: a clear message and exit status 1, no traceback.
     rc = evaluate.main(["evaluate", f"--data={d}", f"--query_embeddings={q}",
                         f"--document_embeddings={dd}"])
-    assert rc == 1 and "Q.ids.txt: ids file" in capsys.readouterr().err
+    assert rc == 2 and "Q.ids.txt: ids file" in capsys.readouterr().err
     rc = evaluate.main(["evaluate", f"--data={tmp_path}", f"--query_embeddings={q}"])
-    assert rc == 1 and "go together" in capsys.readouterr().err
+    assert rc == 2 and "go together" in capsys.readouterr().err
     rc = evaluate.main(["evaluate", f"--data={tmp_path}"])
-    assert rc == 1 and "--model is required" in capsys.readouterr().err
+    assert rc == 2 and "--model is required" in capsys.readouterr().err
 
 
 def test_cli_model_path_uses_laser_encoder(tmp_path, monkeypatch, capsys):

@@ -205,7 +205,7 @@ def test_two_independent_shards_assembled_equal_the_single_run(encoder, corpus, 
     out = str(tmp_path / "emb.npy")
     first = export.export_embeddings(encoder, corpus, out, kind="raw", num_shards=2, shard_index=1, **KW)
     assert not first.assembled and first.output_path.endswith(".part-00001-of-00002.npy")
-    assert export.main(["export", f"--output={out}", "--assemble", "--num_shards=2"]) == 1
+    assert export.main(["export", f"--output={out}", "--assemble", "--num_shards=2"]) == 2
     assert "shard 0 of 2" in capsys.readouterr().err
     export.export_embeddings(encoder, corpus, out, kind="raw", num_shards=2, shard_index=0, **KW)
     assert export.main(["export", f"--output={out}", "--assemble", "--num_shards=2"]) == 0
@@ -274,7 +274,7 @@ def test_bad_input_fails_before_encoding(encoder, tmp_path, capsys):
         export.export_embeddings(encoder, path, str(tmp_path / "o.npy"), on_chunk=calls.append, **KW)
     assert calls == [] and sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
     # The CLI validates before it even loads the model.
-    assert export.main(["export", "--model=/nonexistent", f"--input={path}", f"--output={tmp_path / 'o.npy'}"]) == 1
+    assert export.main(["export", "--model=/nonexistent", f"--input={path}", f"--output={tmp_path / 'o.npy'}"]) == 2
     assert f"{path}:2: field 'text': expected a string, got NoneType" in capsys.readouterr().err
 
 
@@ -304,10 +304,10 @@ def test_cli(encoder, corpus, reference, tmp_path, monkeypatch, capsys):
     assert loaded == [("some/model", None)] and capsys.readouterr().out.strip() == out
     np.testing.assert_array_equal(np.load(out), reference[0])
     assert export.main(["export", "--help"]) == 0
-    assert export.main(["export", f"--input={corpus}", f"--output={out}"]) == 1
-    assert export.main(argv[:-1] + ["--output=emb.bin"]) == 1
+    assert export.main(["export", f"--input={corpus}", f"--output={out}"]) == 2
+    assert export.main(argv[:-1] + ["--output=emb.bin"]) == 2
     assert ".npy" in capsys.readouterr().err
-    assert export.main(argv + ["--kind=document", "--instruction=x"]) == 1
+    assert export.main(argv + ["--kind=document", "--instruction=x"]) == 2
     assert export.main(argv + ["--dtype=int8"]) == 2
 
 

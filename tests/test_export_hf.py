@@ -116,13 +116,13 @@ def test_cli_bfloat16_from_hf_dir_and_refusals(src_dir, tmp_path, capsys):
     assert json.load(open(os.path.join(out, "config.json")))["vocab_size"] > 0
     assert model_io.read_laser_meta(out)["num_thinking_steps"] == 4
     capsys.readouterr()
-    assert export_hf.main(["export_hf", f"--model={src_dir}", f"--out={out}"]) == 1
+    assert export_hf.main(["export_hf", f"--model={src_dir}", f"--out={out}"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert export_hf.main(["export_hf", f"--model={src_dir}", f"--out={out}", "--overwrite"]) == 0
-    assert export_hf.main(["export_hf", f"--model={src_dir}", f"--out={src_dir}", "--overwrite"]) == 1
+    assert export_hf.main(["export_hf", f"--model={src_dir}", f"--out={src_dir}", "--overwrite"]) == 2
     assert "model directory itself" in capsys.readouterr().err
-    assert export_hf.main(["export_hf", f"--out={out}"]) == 1
-    assert export_hf.main(["export_hf", f"--model={tmp_path / 'nope'}", f"--out={tmp_path / 'x'}"]) == 1
+    assert export_hf.main(["export_hf", f"--out={out}"]) == 2
+    assert export_hf.main(["export_hf", f"--model={tmp_path / 'nope'}", f"--out={tmp_path / 'x'}"]) == 2
     assert "no such model" in capsys.readouterr().err
     assert export_hf.main(["export_hf", "--dtype=int8"]) == 2
 

@@ -45,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               split=args.split)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     count = write_array_record((source[i].to_json() for i in range(len(source))), args.output)
     print(source.summary)
     print(f"wrote {count} records to {args.output}")
