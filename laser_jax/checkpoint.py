@@ -123,11 +123,16 @@ class Checkpointer:
             try:
                 items = {"state": ocp.args.PyTreeRestore(
                     item=abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
+                data_state = None
                 if data_iterator is not None:
-                    import grain
+                    data_state = self._other_process_count_data(step)
+                    if data_state is None:
+                        import grain
 
-                    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+                        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                if data_state is not None:
+                    data_iterator.set_state(data_state)
             except Exception as e:  # a corrupted or partial checkpoint: fall back
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 log.warning("checkpoint step %d in %s could not be restored (%s); trying the previous one",
@@ -161,6 +166,19 @@ class Checkpointer:
 
             multihost_utils.sync_global_devices("laser_jax_checkpoint_move_aside")
         self.manager.reload()
+
+    def _other_process_count_data(self, step: int) -> Optional[dict]:
+        """The data iterator state of a checkpoint written by a different number of processes
+        (None when this process's own file is there). The state names the next global step
+        only (laser_jax.data.pipeline), so every host's file holds the same one."""
+        from etils import epath
+
+        data_dir = epath.Path(self.directory) / str(step) / "data"
+        own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if own.exists() or not data_dir.exists():
+            return None
+        written = sorted(data_dir.glob("process_*-of-*.json"))
+        return json.loads(written[0].read_text()) if written else None
 
     def wait(self):
         """Block until a pending asynchronous save is complete (raises its error, if any)."""
