@@ -6,6 +6,7 @@ vocab over tensor.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence, Tuple
 
 import flax.linen as nn
@@ -79,3 +80,34 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+@contextlib.contextmanager
+def batch_sharded_activations(mesh: Mesh):
+    """While tracing under this context, every decoder layer's input and output residual
+    stream [B, T, D] is constrained to be split over the batch axes (data x fsdp).
+
+    Without it XLA's sharding propagation may resolve the conflict between batch-split
+    activations and fsdp-split weights by gathering the activations (every device then
+    computes the whole batch, with the whole batch's activations) instead of gathering the
+    weights (ZeRO-3). Arrays whose batch does not divide over the data-parallel devices
+    are left to propagation. Applied with a flax method interceptor, so the model code
+    needs no mesh.
+    """
+    from laser_jax.model.decoder import DecoderLayer
+
+    dp = data_parallel_size(mesh)
+    target = NamedSharding(mesh, P(BATCH))
+
+    def constrain(x):
+        return jax.lax.with_sharding_constraint(x, target) if x.shape[0] % dp == 0 else x
+
+    def interceptor(next_fun, args, kwargs, context):
+        if dp == 1 or context.method_name != "__call__" or not isinstance(context.module, DecoderLayer):
+            return next_fun(*args, **kwargs)
+        x, *rest = args
+        out, cache = next_fun(constrain(x), *rest, **kwargs)
+        return constrain(out), cache
+
+    with nn.intercept_methods(interceptor):
+        yield

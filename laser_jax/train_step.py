@@ -10,7 +10,6 @@ With `cache_chunk_size` > 0 the gradient is computed GradCache-style
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Dict, Mapping, Optional
 
 import flax
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from laser_jax import sharding
 from laser_jax.losses import LossConfig
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder, init_variables
@@ -177,7 +177,13 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
 
 def jit_train_step(model: Decoder, tx, step_cfg: StepConfig, state_shardings, batch_sharding,
                    teacher_shardings=None):
-    """The step jitted with explicit shardings; the state's buffers are donated."""
-    fn = functools.partial(train_step, model, tx, step_cfg)
+    """The step jitted with explicit shardings; the state's buffers are donated. Activations
+    stay split over the batch axes of the state's mesh (`sharding.batch_sharded_activations`)."""
+    mesh = jax.tree_util.tree_leaves(state_shardings)[0].mesh
+
+    def fn(*args):
+        with sharding.batch_sharded_activations(mesh):
+            return train_step(model, tx, step_cfg, *args)
+
     in_shardings = (state_shardings, batch_sharding) + ((teacher_shardings,) if teacher_shardings else ())
     return jax.jit(fn, in_shardings=in_shardings, out_shardings=(state_shardings, None), donate_argnums=(0,))

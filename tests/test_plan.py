@@ -111,3 +111,41 @@ def test_tpu_topology_names():
     assert tpu_topology_name("v5p", 4) == "v5p:2x2x1"
     with pytest.raises(ValueError, match="--topology"):
         tpu_topology_name("v5e", 3)
+
+
+def test_activations_stay_split_over_the_batch_on_an_fsdp_mesh():
+    """Weights wide relative to the batch: XLA alone (jax 0.10.2) gathers the activations,
+    so each of 8 FSDP devices held the whole batch's (7x the temporaries here);
+    `batch_sharded_activations` (used by jit_train_step) keeps them split over the batch
+    and gathers the weights instead: per-device temporaries are a fraction of one device's."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from laser_jax import sharding
+    from laser_jax.model.config import preset
+    from laser_jax.model.decoder import Decoder, init_variables, positions_from_mask
+    from laser_jax.plan import _sharded
+
+    cfg = preset("tiny_qwen3", vocab_size=64, hidden_size=256, intermediate_size=2048, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=64, compute_dtype="bfloat16")
+    model = Decoder(cfg)
+    boxed = jax.eval_shape(lambda: init_variables(cfg, jax.random.key(0), boxed=True))
+
+    def loss(v, tokens):
+        mask = jnp.ones_like(tokens)
+        out = model.apply(v, tokens, positions_BT=positions_from_mask(mask), kv_mask_BS=mask)
+        return jnp.sum(out.hidden.astype(jnp.float32) ** 2)
+
+    def temporaries(n):
+        mesh = sharding.make_mesh((1, n, 1), jax.devices()[:n])
+        variables = _sharded(nn.unbox(boxed), sharding.logical_shardings(mesh, boxed))
+        ids = jax.ShapeDtypeStruct((24, 512), jnp.int32, sharding=sharding.batch_sharding(mesh))
+
+        def grads(v, tokens):
+            with sharding.batch_sharded_activations(mesh):
+                return jax.grad(loss)(v, tokens)
+
+        return jax.jit(grads).lower(variables, ids).compile().memory_analysis().temp_size_in_bytes
+
+    one, eight = temporaries(1), temporaries(8)
+    assert eight * 4 < one, (one, eight)
