@@ -10,7 +10,7 @@ from laser_jax.data.synthetic_chains import Chain, Op, apply_op, end_state, make
 from laser_jax.data.synthetic_docs import number_word
 from laser_jax.data.synthetic_text import SEGMENT_SEP, parse_query, reasoning_steps
 
-SMALL = dict(n_train=600, n_eval_per_domain=40)
+SMALL = dict(n_train=600, n_eval_per_domain=40, n_dev_per_domain=30)
 THINK_SUFFIX = "<think>\n\n</think>\n\n"
 
 
@@ -42,6 +42,9 @@ def data(gen):
         "domains": domains,
         "eval": {d: {f: _jsonl(os.path.join(p["eval"], d, f + ".jsonl"))
                      for f in ("queries", "documents", "reasoning", "chains")} for d in domains},
+        "dev_domains": json.load(open(p["dev_domains"])),
+        "dev": {d: {f: _jsonl(os.path.join(p["dev"], d, f + ".jsonl"))
+                    for f in ("queries", "documents", "reasoning", "chains")} for d in domains},
     }
 
 
@@ -106,6 +109,36 @@ def test_eval_chains_never_appear_in_training(data):
         held = [parse_query(q["query"]) for q in dom["queries"]]
         assert held == [_chain(c) for c in dom["chains"]]
         assert not train & set(held)
+
+
+def test_dev_split_is_bright_format_and_held_out_of_train_and_eval(data):
+    """dev/ mirrors eval/ (same domains, instructions, corpus), with its own chains: none in
+    training (checked from the texts) and none in the evaluation set."""
+    assert data["dev_domains"] == data["domains"]
+    assert data["meta"]["dev_domains"] == data["meta"]["domains"]
+    train = {parse_query(r["query"]) for r in data["train"]}
+    docs = {d["id"]: d["number"] for d in data["corpus"]}
+    for name, dom in data["dev"].items():
+        assert len(dom["queries"]) == SMALL["n_dev_per_domain"] == data["meta"]["counts"][f"dev/{name}"]
+        assert dom["documents"] == data["eval"][name]["documents"]
+        held = [parse_query(q["query"]) for q in dom["queries"]]
+        assert held == [_chain(c) for c in dom["chains"]] and len(set(held)) == len(held)
+        assert not set(held) & train
+        assert not set(held) & {_chain(c) for c in data["eval"][name]["chains"]}
+        for q, r, c in zip(dom["queries"], dom["reasoning"], dom["chains"]):
+            assert q["id"] == r["id"] == c["id"] and q["id"].startswith(f"dev-{name}-")
+            assert {docs[g] for g in q["gold_ids"]} == {end_state(_chain(c), data["world"])}
+            assert r["reasoning"].split(SEGMENT_SEP) == reasoning_steps(_chain(c), data["world"])
+            assert len(_chain(c).ops) == int(name[len("steps"):])
+
+
+def test_eval_split_does_not_depend_on_the_dev_split(gen, tmp_path):
+    _, p = gen
+    without = synthetic.generate(str(tmp_path / "nodev"), seed=3, **{**SMALL, "n_dev_per_domain": 0})
+    assert "dev" not in without and not os.path.exists(os.path.join(os.path.dirname(without["meta"]), "dev"))
+    a, b = p["eval"], without["eval"]
+    assert _files(a) == _files(b)
+    assert not filecmp.cmpfiles(a, b, _files(a), shallow=False)[1]
 
 
 def test_texts_agree_with_the_chains(data):
@@ -232,10 +265,10 @@ def test_ensure_generated_reuses_and_regenerates(tmp_path):
 def test_command_line(tmp_path, capsys):
     out = str(tmp_path / "cli")
     assert synthetic.main([f"--out={out}", "--seed=5", "--n_train=30", "--n_eval_per_domain=4",
-                           "--min_steps=3", "--max_steps=3", "--paraphrase=false"]) == 0
+                           "--n_dev_per_domain=2", "--min_steps=3", "--max_steps=3", "--paraphrase=false"]) == 0
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["seed"] == 5 and meta["options"]["paraphrase"] is False
-    assert meta["counts"] == {"train": 30, "documents": 150, "eval/steps3": 4}
+    assert meta["counts"] == {"train": 30, "documents": 150, "eval/steps3": 4, "dev/steps3": 2}
     assert json.loads(capsys.readouterr().out)["counts"] == meta["counts"]
 
 

@@ -10,7 +10,9 @@ itself described by passages of the corpus (so LaSER's trajectory loss, which sc
 explicit view's state at each segment end against the documents, supervises real
 intermediate states), and hard negatives are near misses: the end reached when exactly one
 operation is replaced by a plausible mistake. Evaluation chains (start, operations) never
-occur in training; training also holds single operations (train_min_steps=1).
+occur in training; training also holds single operations (train_min_steps=1). A development
+split (dev/, same format and lengths as eval/) holds further chains that occur neither in
+training nor in the evaluation set: tune on dev/, report on eval/.
 
 By default numbers stay inside 0..size-1 (chains leaving it are not drawn), so the start
 number carries coarse information about the answer and a model trained from scratch gets a
@@ -28,6 +30,7 @@ Layout of DIR (byte-identical for the same seed and options):
   eval/<domain>/documents.jsonl  id, content (BRIGHT; the whole corpus)
   eval/<domain>/reasoning.jsonl  id, reasoning (gold chain of thought)
   eval/<domain>/chains.jsonl     id, start, ops, states
+  dev/domains.json, dev/<domain>/...  the development split, laid out as eval/ (ids "dev-...")
   tokenizer/             Qwen-style byte-level BPE trained on the generated text (HF format)
   meta.json              generator version, seed, options, counts, token lengths, hash
 """
@@ -48,7 +51,7 @@ from laser_jax.data.synthetic_chains import Chain, World, make_world, near_misse
 from laser_jax.data.synthetic_docs import build_corpus
 from laser_jax.data.synthetic_text import SEGMENT_SEP, instruction, render_query, render_reasoning
 
-VERSION = 1
+VERSION = 2  # 2: dev/ split (its chains are also held out of training)
 QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"  # spec section 5
 
 
@@ -64,6 +67,7 @@ class SyntheticOptions:
     multiply: bool = True        # also "double it" and "triple it"
     n_train: int = 4000          # training queries, lengths uniform over train_min..max
     n_eval_per_domain: int = 100  # evaluation queries per chain length
+    n_dev_per_domain: int = 100  # development queries per chain length (0 = no dev/ split)
     docs_per_number: int = 3     # passages per number (all are positives of that number)
     n_random_negatives: int = 2  # random other numbers after the hard negatives
     paraphrase: bool = True      # vary the wording of queries
@@ -76,6 +80,8 @@ class SyntheticOptions:
             raise ValueError("need 1 <= min_steps, train_min_steps <= max_steps")
         if self.max_operand < 1 or self.docs_per_number < 1:
             raise ValueError("max_operand and docs_per_number must be >= 1")
+        if self.n_eval_per_domain < 1 or self.n_dev_per_domain < 0:
+            raise ValueError("need n_eval_per_domain >= 1 and n_dev_per_domain >= 0")
 
 
 def _dump(path: str, rows) -> None:
@@ -104,12 +110,16 @@ def _build(opts: SyntheticOptions, seed: int) -> dict:
     rng_eval = random.Random(f"{seed}/eval")
     eval_lengths = range(opts.min_steps, opts.max_steps + 1)
     eval_chains = {n: sample_chains(rng_eval, opts.n_eval_per_domain, n, world) for n in eval_lengths}
+    # Drawn after (and apart from) the evaluation chains, so eval/ is the same with or without dev/.
+    rng_dev = random.Random(f"{seed}/dev")
+    dev_chains = {n: sample_chains(rng_dev, opts.n_dev_per_domain, n, world, exclude=set(eval_chains[n]))
+                  for n in eval_lengths} if opts.n_dev_per_domain else {}
     rng_train = random.Random(f"{seed}/train")
     train_chains = []
     train_lengths = list(range(opts.train_min_steps, opts.max_steps + 1))
     shortfall = 0  # short chains may be too few for their share: longer ones make it up
     for n, count in _split_lengths(opts.n_train, train_lengths).items():
-        held_out = set(eval_chains.get(n, ()))
+        held_out = set(eval_chains.get(n, ())) | set(dev_chains.get(n, ()))
         got = sample_chains(rng_train, count + shortfall, n, world, exclude=held_out,
                             allow_fewer=n < opts.max_steps)
         shortfall = count + shortfall - len(got)
@@ -138,26 +148,29 @@ def _build(opts: SyntheticOptions, seed: int) -> dict:
         row["random_negatives"] = randoms
         train_meta.append(row)
 
-    domains = {}
-    for n in eval_lengths:
-        queries, reasoning, chains = [], [], []
-        for i, chain in enumerate(eval_chains[n]):
-            qid = f"steps{n}-{i:04d}"
-            end = states(chain, world)[-1]
-            queries.append({"id": qid, "query": render_query(chain, rng_eval, opts.paraphrase),
-                            "gold_ids": [d.id for d in by_number[end]], "excluded_ids": []})
-            reasoning.append({"id": qid, "reasoning": render_reasoning(chain, world)})
-            chains.append({"id": qid, **_chain_row(chain, world)})
-        domains[f"steps{n}"] = {"queries": queries, "reasoning": reasoning, "chains": chains}
+    def split(chains_by_length, rng, prefix=""):
+        domains = {}
+        for n, chains in chains_by_length.items():
+            queries, reasoning, chain_rows = [], [], []
+            for i, chain in enumerate(chains):
+                qid = f"{prefix}steps{n}-{i:04d}"
+                end = states(chain, world)[-1]
+                queries.append({"id": qid, "query": render_query(chain, rng, opts.paraphrase),
+                                "gold_ids": [d.id for d in by_number[end]], "excluded_ids": []})
+                reasoning.append({"id": qid, "reasoning": render_reasoning(chain, world)})
+                chain_rows.append({"id": qid, **_chain_row(chain, world)})
+            domains[f"steps{n}"] = {"queries": queries, "reasoning": reasoning, "chains": chain_rows}
+        return domains
+
     return {"instruction": instr, "corpus": corpus, "train": train, "train_meta": train_meta,
-            "domains": domains}
+            "domains": split(eval_chains, rng_eval), "dev": split(dev_chains, rng_dev, "dev-")}
 
 
 def _texts(data: dict) -> dict[str, list[str]]:
     """Formatted query, explicit and document texts (unwrapped) of train and eval."""
     fmt = lambda q: QUERY_TEMPLATE.format(instruction=data["instruction"], query=q)  # noqa: E731
     pairs = [(r["query"], r["reasoning_query"]) for r in data["train"]]
-    for dom in data["domains"].values():
+    for dom in list(data["domains"].values()) + list(data["dev"].values()):
         pairs += [(q["query"], r["reasoning"]) for q, r in zip(dom["queries"], dom["reasoning"])]
     return {"query": [fmt(q) for q, _ in pairs], "explicit": [fmt(q) + r for q, r in pairs],
             "document": [d.content for d in data["corpus"]]}
@@ -192,13 +205,17 @@ def content_hash(out_dir: str) -> str:
     return h.hexdigest()
 
 
-def paths(out_dir: str, domains) -> dict:
-    """Paths of a generated directory: train, corpus, eval, domains, tokenizer, meta, eval/<d>."""
+def paths(out_dir: str, domains, dev_domains=()) -> dict:
+    """Paths of a generated directory: train, corpus, eval, domains, tokenizer, meta, eval/<d>,
+    and with a dev split dev, dev_domains, dev/<d>."""
     out = {"train": "train.jsonl", "train_chains": "train_chains.jsonl", "corpus": "corpus.jsonl",
            "eval": "eval", "domains": "eval/domains.json", "tokenizer": "tokenizer",
            "meta": "meta.json"}
+    if dev_domains:
+        out.update({"dev": "dev", "dev_domains": "dev/domains.json"})
     out = {k: os.path.join(out_dir, v) for k, v in out.items()}
     out.update({f"eval/{d}": os.path.join(out_dir, "eval", d) for d in domains})
+    out.update({f"dev/{d}": os.path.join(out_dir, "dev", d) for d in dev_domains})
     return out
 
 
@@ -207,18 +224,9 @@ def _write(data: dict, opts: SyntheticOptions, seed: int, out_dir: str) -> None:
     _dump(os.path.join(out_dir, "train_chains.jsonl"), data["train_meta"])
     _dump(os.path.join(out_dir, "corpus.jsonl"),
           ({"id": d.id, "number": d.number, "content": d.content} for d in data["corpus"]))
-    eval_dir = os.path.join(out_dir, "eval")
-    for name, dom in data["domains"].items():
-        ddir = os.path.join(eval_dir, name)
-        os.makedirs(ddir)
-        _dump(os.path.join(ddir, "queries.jsonl"), dom["queries"])
-        _dump(os.path.join(ddir, "documents.jsonl"),
-              ({"id": d.id, "content": d.content} for d in data["corpus"]))
-        _dump(os.path.join(ddir, "reasoning.jsonl"), dom["reasoning"])
-        _dump(os.path.join(ddir, "chains.jsonl"), dom["chains"])
-    with open(os.path.join(eval_dir, "domains.json"), "w", encoding="utf-8") as f:
-        json.dump({name: data["instruction"] for name in data["domains"]}, f, indent=1)
-        f.write("\n")
+    for split_name, split_domains in (("eval", data["domains"]), ("dev", data["dev"])):
+        if split_domains:
+            _write_split(os.path.join(out_dir, split_name), split_domains, data)
     texts = _texts(data)
     tok_dir = os.path.join(out_dir, "tokenizer")
     bpe.save_tokenizer(texts["explicit"] + texts["document"], tok_dir, opts.vocab_size)
@@ -226,14 +234,31 @@ def _write(data: dict, opts: SyntheticOptions, seed: int, out_dir: str) -> None:
         "generator": "laser_jax.data.synthetic", "version": VERSION, "seed": seed,
         "options": dataclasses.asdict(opts),
         "counts": {"train": len(data["train"]), "documents": len(data["corpus"]),
-                   **{f"eval/{k}": len(v["queries"]) for k, v in data["domains"].items()}},
+                   **{f"eval/{k}": len(v["queries"]) for k, v in data["domains"].items()},
+                   **{f"dev/{k}": len(v["queries"]) for k, v in data["dev"].items()}},
         "domains": sorted(data["domains"]),
+        "dev_domains": sorted(data["dev"]),
         "query_template": QUERY_TEMPLATE,
         "token_lengths": _token_lengths(tok_dir, texts),
         "content_sha256": content_hash(out_dir),
     }
     with open(os.path.join(out_dir, "meta.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
+        f.write("\n")
+
+
+def _write_split(split_dir: str, domains: dict, data: dict) -> None:
+    """One BRIGHT-format split (eval/ or dev/): a directory per domain and domains.json."""
+    for name, dom in domains.items():
+        ddir = os.path.join(split_dir, name)
+        os.makedirs(ddir)
+        _dump(os.path.join(ddir, "queries.jsonl"), dom["queries"])
+        _dump(os.path.join(ddir, "documents.jsonl"),
+              ({"id": d.id, "content": d.content} for d in data["corpus"]))
+        _dump(os.path.join(ddir, "reasoning.jsonl"), dom["reasoning"])
+        _dump(os.path.join(ddir, "chains.jsonl"), dom["chains"])
+    with open(os.path.join(split_dir, "domains.json"), "w", encoding="utf-8") as f:
+        json.dump({name: data["instruction"] for name in domains}, f, indent=1)
         f.write("\n")
 
 
@@ -260,7 +285,7 @@ def generate(out_dir: str, seed: int = 0, **options) -> dict:
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return paths(out_dir, data["domains"])
+    return paths(out_dir, data["domains"], data["dev"])
 
 
 def _replace_dir(src: str, dst: str) -> None:
@@ -298,7 +323,8 @@ def is_current(out_dir: str, seed: int = 0, **options) -> bool:
 def ensure_generated(out_dir: str, seed: int = 0, **options) -> dict:
     """Paths of the task in `out_dir`, generating it first if missing, stale or damaged."""
     if is_current(out_dir, seed, **options):
-        return paths(os.path.abspath(out_dir), read_meta(out_dir)["domains"])
+        meta = read_meta(out_dir)
+        return paths(os.path.abspath(out_dir), meta["domains"], meta.get("dev_domains", ()))
     return generate(out_dir, seed, **options)
 
 
