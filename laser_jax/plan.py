@@ -127,6 +127,7 @@ class Plan:
     num_params: int
     total_param_bytes: int
     compile_seconds: float
+    note: str = ""  # e.g. the TPU compiler's out-of-memory message
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -188,11 +189,18 @@ def plan_step(config, *, devices=None, mesh_shape: Optional[Sequence[int]] = Non
     start = time.perf_counter()
     # The memory plan is made on HLO, before code generation: skip LLVM's optimisations on CPU.
     options = {"xla_backend_optimization_level": 0} if devices[0].platform == "cpu" else {}
-    compiled = step.lower(state, batch).compile(compiler_options=options)
+    note = ""
+    try:
+        stats = step.lower(state, batch).compile(compiler_options=options).memory_analysis()
+        args, outs = int(stats.argument_size_in_bytes), int(stats.output_size_in_bytes)
+        alias, temp = int(stats.alias_size_in_bytes), int(stats.temp_size_in_bytes)
+    except Exception as e:  # the TPU compiler refuses a program larger than the device
+        temp = out_of_memory_temporaries(str(e))
+        if temp is None:
+            raise
+        note = str(e).strip().splitlines()[0][:300]
+        args = outs = alias = tree_bytes(state) + tree_bytes(batch)
     seconds = time.perf_counter() - start
-    stats = compiled.memory_analysis()
-    args, outs = int(stats.argument_size_in_bytes), int(stats.output_size_in_bytes)
-    alias, temp = int(stats.alias_size_in_bytes), int(stats.temp_size_in_bytes)
     peak = args + temp + outs - alias
     params = {**state.frozen, **state.trainable}
     plan = Plan(
@@ -208,9 +216,24 @@ def plan_step(config, *, devices=None, mesh_shape: Optional[Sequence[int]] = Non
         arguments=args, outputs=outs, aliased=alias, temporaries=temp, peak=peak,
         accelerator=accelerator, capacity=0, usable=0, fits=False,
         num_params=sum(int(math.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)),
-        total_param_bytes=tree_bytes(params, per_device=False), compile_seconds=round(seconds, 1))
+        total_param_bytes=tree_bytes(params, per_device=False), compile_seconds=round(seconds, 1), note=note)
     capacity = budget_bytes if budget_bytes is not None else ACCELERATORS[accelerator] * GIB
     return plan.against(int(capacity), headroom, accelerator)
+
+
+def out_of_memory_temporaries(message: str) -> Optional[int]:
+    """Temporaries (bytes) named by a compiler's out-of-memory error, e.g. XLA:TPU's
+    "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO
+    temporaries (18.02G) exceeds available HBM (15.75G)"; None for any other error."""
+    import re
+
+    if "RESOURCE_EXHAUSTED" not in message:
+        return None
+    found = re.search(r"temporaries \(([\d.]+)([KMGT]?)\)", message)
+    if not found:
+        return None
+    scale = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}[found.group(2)]
+    return int(float(found.group(1)) * scale)
 
 
 def _model_name(config) -> str:
@@ -230,6 +253,8 @@ def format_plan(p: Plan) -> str:
     head = (f"{p.config or p.model} [{p.mode}] mesh {p.mesh} on {p.compiled_for}; batch {p.batch}\n"
             f"{'per device':<42} {unit:>9}\n")
     body = "\n".join(f"{name:<42} {v / scale:9.3f}" for name, v in rows)
+    if p.note:
+        body += f"\n(the compiler stopped: {p.note}; the temporaries are its figure, the state is counted once)"
     verdict = (f"\n{p.accelerator}: {p.capacity / GIB:.3f} GiB, usable {p.usable / GIB:.3f} GiB -> "
                f"{'FITS' if p.fits else 'DOES NOT FIT'} (peak {100 * p.peak / p.capacity:.1f}% of the device)")
     return head + body + verdict

@@ -149,3 +149,12 @@ def test_activations_stay_split_over_the_batch_on_an_fsdp_mesh():
 
     one, eight = temporaries(1), temporaries(8)
     assert eight * 4 < one, (one, eight)
+
+
+def test_a_tpu_out_of_memory_refusal_becomes_a_does_not_fit_figure():
+    from laser_jax.plan import out_of_memory_temporaries
+
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(18.02G) exceeds available HBM (15.75G).")
+    assert out_of_memory_temporaries(message) == int(18.02 * GIB)
+    assert out_of_memory_temporaries("INVALID_ARGUMENT: something else") is None
