@@ -1,0 +1,142 @@
+"""laser_jax.experiments: the ablation script on a micro budget, the explicit upper bound."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from laser_jax.data import synthetic
+from laser_jax.experiments import ablate
+from laser_jax.experiments.explicit_upper import ExplicitEncoder, evaluate_explicit_upper, read_reasoning
+
+MICRO_TASK = dict(size=20, n_train=48, n_eval_per_domain=3, n_dev_per_domain=3, vocab_size=400)
+MICRO_MODEL = ["--set=model.hidden_size=16", "--set=model.intermediate_size=32", "--set=model.head_dim=4",
+               "--set=model.num_hidden_layers=1", "--set=train.batch_size=4",
+               "--set=mesh.num_devices=1"]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    return synthetic.generate(str(tmp_path_factory.mktemp("task") / "data"), seed=0, **MICRO_TASK)
+
+
+@pytest.fixture(scope="module")
+def micro(task, tmp_path_factory):
+    """A 2-step ablation of two variants and one seed through the real trainer (subprocesses),
+    on the tiny config's :smoke variant shrunk further."""
+    root = tmp_path_factory.mktemp("ablation")
+    out, runs = str(root / "out"), str(root / "runs")
+    code = ablate.main(["--seeds=0", "--variants=basic,laser", "--steps=2", f"--out={out}",
+                        f"--runs_dir={runs}", f"--task_dir={os.path.dirname(task['meta'])}",
+                        "--config=configs/tiny.py:smoke", "--split=dev", *MICRO_MODEL])
+    return code, out, runs
+
+
+def test_micro_ablation_writes_json_markdown_and_plot(micro):
+    code, out, runs = micro
+    assert code == 0, open(os.path.join(runs, "laser", "seed0", "log_eval_results.txt")).read()[-3000:]
+    with open(os.path.join(out, "ablation.json")) as f:
+        result = json.load(f)
+    assert set(result) == {"metric", "seeds", "variants", "command", "machine"}
+    assert result["metric"] == "ndcg@10" and result["seeds"] == [0]
+    assert set(result["variants"]) == {"basic", "laser"}
+    for v in result["variants"].values():
+        assert set(v) == {"mean", "std", "per_seed"}
+        assert len(v["per_seed"]) == 1 and 0.0 <= v["mean"] <= 1.0 and v["std"] == 0.0
+        assert v["mean"] == pytest.approx(v["per_seed"][0])
+    assert "ablate" in result["command"] and "CPU" in result["machine"]
+    md = open(os.path.join(out, "ablation.md")).read()
+    assert "| LaSER |" in md and "steps2" in md and "2 steps x 4 queries" in md
+    with open(os.path.join(out, "ablation.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # both runs trained the asked budget through the trainer, K=1 for basic
+    for variant, k in (("basic", 1), ("laser", 3)):
+        cfg = json.load(open(os.path.join(runs, variant, "seed0", "run_config.json")))
+        assert cfg["train"]["num_steps"] == 2 and cfg["laser"]["num_thinking_steps"] == k
+        assert cfg["data"]["eval_dir"].endswith("dev")
+
+
+def test_finished_runs_are_reused(micro, task):
+    _, out, runs = micro
+    logs = []
+    jobs = ablate.plan_jobs(["basic"], [0], ablate.resolve_config_path("configs/tiny.py:smoke"), runs,
+                            synthetic.paths(os.path.dirname(task["meta"]), ["steps2"]), "eval", {}, 64, 8)
+    assert not jobs[0].done_before()  # another command (eval split, no overrides): not the same run
+    argv = json.load(open(os.path.join(runs, "basic", "seed0",
+                                       "ablation_command_eval_results.json")))["argv"]
+    jobs[0].argv = argv
+    ablate.run_jobs(jobs, 1, {}, log=logs.append)
+    assert jobs[0].reused and jobs[0].returncode == 0 and "reusing" in logs[0]
+
+
+def test_explicit_upper_on_the_trained_micro_model(micro, task):
+    _, _, runs = micro
+    results = evaluate_explicit_upper(os.path.join(runs, "laser", "seed0"), task["dev"], max_length=128,
+                                      batch_size=4)
+    assert [r.name for r in results] == ["steps2", "steps3", "steps4"]
+    for r in results:
+        assert r.num_queries == MICRO_TASK["n_dev_per_domain"]
+        assert all(np.isfinite(v) and 0 <= v <= 1 for v in r.metrics.values())
+
+
+def test_explicit_encoder_formats_like_training_and_reads_gold_reasoning(micro, task):
+    from laser_jax.encoder import default_dtype
+    from laser_jax.model_io import load_for_inference
+
+    _, _, runs = micro
+    loaded = load_for_inference(os.path.join(runs, "laser", "seed0"), default_dtype())
+    enc = ExplicitEncoder(loaded)
+    gold = read_reasoning(task["eval/steps2"])
+    queries = [json.loads(line) for line in open(os.path.join(task["eval/steps2"], "queries.jsonl"))]
+    assert set(gold) == {q["id"] for q in queries}
+    instr = json.load(open(task["domains"]))["steps2"]
+    texts = enc.texts([queries[0]["query"]], [gold[queries[0]["id"]]], instr)
+    assert texts == [f"Instruct: {instr}\nQuery: {queries[0]['query']}{gold[queries[0]['id']]}"]
+    emb = enc.encode([q["query"] for q in queries], [gold[q["id"]] for q in queries], instr, batch_size=2)
+    assert emb.shape == (len(queries), loaded.cfg.hidden_size)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    # batching and order do not change a row
+    alone = enc.encode([queries[1]["query"]], [gold[queries[1]["id"]]], instr, batch_size=1)
+    np.testing.assert_allclose(alone[0], emb[1], atol=1e-5)
+
+
+def test_summaries_and_ordering_verdict():
+    jobs = []
+    for variant, values in {"basic": [0.2, 0.25], "latent_only": [0.3, 0.32], "laser": [0.5, 0.52]}.items():
+        for seed, v in enumerate(values):
+            job = ablate.Job(f"{variant}/seed{seed}", variant, seed, "", [], "")
+            job.returncode = 0
+            jobs.append((job, v))
+    scores = {id(j): {"average": v, "domains": {"steps2": v, "steps3": v}} for j, v in jobs}
+    original = ablate.read_score
+    try:
+        ablate.read_score = lambda job: scores[id(job)]
+        summary = ablate.summarize_scores([j for j, _ in jobs], ["basic", "latent_only", "laser"], [0, 1])
+    finally:
+        ablate.read_score = original
+    assert summary["laser"]["mean"] == pytest.approx(0.51)
+    assert summary["laser"]["std"] == pytest.approx(np.std([0.5, 0.52], ddof=1))
+    assert summary["basic"]["per_domain"] == {"steps2": pytest.approx(0.225), "steps3": pytest.approx(0.225)}
+    assert ablate.beats(summary, "laser", "latent_only") and ablate.beats(summary, "latent_only", "basic")
+    assert ablate.beats(summary, "explicit_upper", "laser") is None
+    shaped = ablate.results_json(summary, [0, 1], "cmd", "machine")
+    assert set(shaped["variants"]["laser"]) == {"mean", "std", "per_seed"}
+
+
+def test_no_co_learning_trains_a_teacher_first(task):
+    jobs = ablate.plan_jobs(["no_co_learning", "laser", "explicit_upper"], [3], "configs/tiny.py", "/r",
+                            synthetic.paths(os.path.dirname(task["meta"]), ["steps2"]), "eval", {}, 64, 8)
+    names = [j.name for j in jobs]
+    assert names == ["explicit_teacher/seed3", "no_co_learning/seed3", "laser/seed3", "explicit_upper/seed3"]
+    teacher, student, _, upper = jobs
+    assert "--config.laser.lambda_latent=0.0" in teacher.argv and "--config.data.eval_dir=" in teacher.argv
+    assert f"--config.laser.teacher_from={teacher.workdir}" in student.argv
+    assert student.deps == ["explicit_teacher/seed3"] and upper.deps == ["laser/seed3"]
+    assert "--config.train.seed=3" in student.argv
+
+
+def test_png_without_matplotlib(tmp_path):
+    path = str(tmp_path / "bars.png")
+    ablate.write_png_bars(path, np.array([10.0, 50.0]), np.array([2.0, 5.0]))
+    data = open(path, "rb").read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data.endswith(b"IEND\xaeB`\x82")
