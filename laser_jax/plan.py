@@ -338,6 +338,7 @@ def main(argv) -> int:
         return 2
     print(format_plan(p))
     if f.output:
+        os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
         with open(f.output, "w") as out:
             json.dump(p.to_json(), out, indent=2)
     return 0
