@@ -341,7 +341,12 @@ class Trainer:
                 f"{c.data.group_size} docs, K={c.laser.num_thinking_steps}")
 
     def inference_variables(self):
-        """Trained variables on the host (for evaluation at the end of a run)."""
+        """Trained variables on the host (for evaluation at the end of a run); gathered from
+        every process when parameters are split across hosts."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.process_allgather(self.state.variables(), tiled=True)
         return jax.device_get(self.state.variables())
 
 

@@ -101,7 +101,7 @@ def _jax_topk(queries, corpus, k, block_size, exclude, query_block_size, precisi
     num_q, num_docs = queries.shape[0], corpus.shape[0]
     width = min(block_size, num_docs)
     excl = _exclusion_array(exclude, num_q, num_docs)
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]  # this process's own device
     q_chunk = query_block_size or max(num_q, 1)
     out_s = np.full((num_q, k), -np.inf, np.float32)
     out_i = np.full((num_q, k), -1, np.int64)
