@@ -160,7 +160,7 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
         grads = jax.tree_util.tree_map(lambda g: g / n, grads)
         metrics = jax.tree_util.tree_map(lambda m: m / n, metrics)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
     updates, new_opt = tx.update(grads, state.opt_state, state.trainable)
     new_trainable = optax.apply_updates(state.trainable, updates)
@@ -168,7 +168,7 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
         step=state.step + 1,
         trainable=_tree_where(finite, new_trainable, state.trainable),
         opt_state=_tree_where(finite, new_opt, state.opt_state))
-    metrics = dict(metrics, l2_grads=grad_norm, l2_params=optax.global_norm(state.trainable),
+    metrics = dict(metrics, l2_grads=grad_norm, l2_params=optax.tree.norm(state.trainable),
                    finite=finite.astype(jnp.float32),
                    tokens=sum(jnp.sum(batch[k]).astype(jnp.float32) for k in ("q_mask", "d_mask", "e_mask")
                               if k in batch))
