@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--remat", default="none", help="remat policy(ies), comma-separated: none,full,dots,...")
-    p.add_argument("--attn", default="", help="jax.nn.dot_product_attention implementation ('' = auto)")
+    p.add_argument("--attn", default="", help="ModelConfig.attention_impl: '' (auto), xla, cudnn, xla_right_padded")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--enc-len", type=int, default=512)

@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.compute_dtype = "bfloat16"  # matmul and activation dtype (norms, softmax, losses stay float32)
     m.scan_layers = True         # lax.scan over layers (False unrolls: faster compile for tiny models)
     m.remat_policy = "none"      # none | full | dots | dots_no_batch | qkv_proj (activation recompute)
-    m.attention_impl = ""        # jax.nn.dot_product_attention implementation: "" (auto) | xla | cudnn
+    m.attention_impl = ""        # "" (JAX picks) | xla | cudnn (flash for full-sequence passes) | xla_right_padded
     for name in ARCH_FIELDS:     # 0 = the preset's value; set to shrink a preset (smoke runs)
         setattr(m, name, 0)
 

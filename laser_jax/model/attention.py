@@ -8,6 +8,13 @@ returned (so a caller can start a cache from a prefill). With a cache
 {"k": [B, S, K, H], "v": [B, S, K, H]}, the new keys/values are written at slots
 [cache_index, cache_index + T) and the queries attend to every valid slot at or before
 their own (causal in slot order).
+
+Implementations (`ModelConfig.attention_impl`): None / "xla" pass the boolean
+[B, 1, T, S] mask to `jax.nn.dot_product_attention`. "cudnn" sends full-sequence
+(no-cache) calls to cuDNN's fused flash attention through `right_padded_attention`;
+cached calls keep the masked XLA path, since cuDNN takes no arbitrary mask.
+"xla_right_padded" runs `right_padded_attention` with the XLA implementation, so the
+cuDNN code path (everything but the kernel) can be tested on CPU.
 """
 from __future__ import annotations
 
@@ -25,6 +32,34 @@ from laser_jax.model.layers import Proj, RMSNorm, apply_rope, dtype_of, rope_inv
 def causal_mask(kv_mask_BS, q_slot_BT, k_slot_S):
     """[B, T, S] bool: key slot valid and not after the query's slot."""
     return (kv_mask_BS[:, None, :] > 0) & (k_slot_S[None, None, :] <= q_slot_BT[:, :, None])
+
+
+def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementation):
+    """Causal self-attention over LEFT-padded rows using the right-padding interface.
+
+    cuDNN's fused attention expresses padding only as per-row lengths
+    (`query_seq_lengths` / `key_value_seq_lengths`, valid tokens first), not as a mask.
+    Our rows are left padded with one contiguous valid region (0 0 1 1 1), so each row is
+    rotated left by its pad count (valid tokens move to slots [0, length)), attended with
+    `is_causal=True` plus the lengths, and rotated back. RoPE was already applied with
+    the mask's positions, so the rotation does not change any score. Padded output rows
+    are exactly zero.
+    """
+    T = q_BTNH.shape[1]
+    lengths_B = jnp.maximum(jnp.sum(mask_BT > 0, axis=-1), 1).astype(jnp.int32)
+    pad_B1 = (T - lengths_B)[:, None]
+    t_1T = jnp.arange(T)[None, :]
+
+    def rotate(x, index_BT):
+        return jnp.take_along_axis(x, index_BT[:, :, None, None], axis=1)
+
+    to_right_BT = (t_1T + pad_B1) % T  # right-padded slot t reads left-padded slot t + pad
+    out_BTNH = jax.nn.dot_product_attention(
+        rotate(q_BTNH, to_right_BT), rotate(k_BTKH, to_right_BT), rotate(v_BTKH, to_right_BT),
+        is_causal=True, query_seq_lengths=lengths_B, key_value_seq_lengths=lengths_B,
+        scale=scale, implementation=implementation)
+    out_BTNH = rotate(out_BTNH, (t_1T - pad_B1) % T)
+    return jnp.where((mask_BT > 0)[:, :, None, None], out_BTNH, jnp.zeros_like(out_BTNH))
 
 
 class Attention(nn.Module):
@@ -63,10 +98,18 @@ class Attention(nn.Module):
             v_BSKH = jax.lax.dynamic_update_slice(cache["v"], v_BTKH.astype(cache["v"].dtype), start)
             q_slot_BT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
             new_cache = {"k": k_BSKH, "v": v_BSKH}
-        mask_BTS = causal_mask(kv_mask_BS, q_slot_BT, jnp.arange(k_BSKH.shape[1]))
-        out_BTNH = jax.nn.dot_product_attention(
-            q_BTNH, k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype),
-            mask=mask_BTS[:, None], scale=H ** -0.5, implementation=cfg.attention_impl)
+        if cache is None and cfg.attention_impl in ("cudnn", "xla_right_padded"):
+            out_BTNH = right_padded_attention(
+                q_BTNH, k_BTKH, v_BTKH, kv_mask_BS, H ** -0.5,
+                "cudnn" if cfg.attention_impl == "cudnn" else "xla")
+        else:
+            # cuDNN cannot take this mask: cached calls always use XLA unless the config
+            # names the plain "xla" implementation or leaves it to JAX (None).
+            impl = cfg.attention_impl if cfg.attention_impl in (None, "xla") else "xla"
+            mask_BTS = causal_mask(kv_mask_BS, q_slot_BT, jnp.arange(k_BSKH.shape[1]))
+            out_BTNH = jax.nn.dot_product_attention(
+                q_BTNH, k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype),
+                mask=mask_BTS[:, None], scale=H ** -0.5, implementation=impl)
         out_BTNH = checkpoint_name(out_BTNH, "attention")
         out_BTD = self._proj("o_proj", cfg.hidden_size, ("q_heads", "embed"), False)(
             out_BTNH.reshape(B, T, N * H))

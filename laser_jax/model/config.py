@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Tuple
 FAMILIES = ("qwen3", "qwen2", "llama")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj")
+ATTENTION_IMPLS = (None, "xla", "cudnn", "xla_right_padded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +58,11 @@ class ModelConfig:
     compute_dtype: str = "float32"
     scan_layers: bool = True
     remat_policy: str = "none"
-    attention_impl: Optional[str] = None  # jax.nn.dot_product_attention implementation
+    # Attention kernel: None (JAX picks) or "xla" = masked jax.nn.dot_product_attention;
+    # "cudnn" = cuDNN flash attention for full-sequence calls (left padding rotated to
+    # right padding, see attention.right_padded_attention), masked XLA for cached calls;
+    # "xla_right_padded" = the same rotation with the XLA kernel (testing, CPU).
+    attention_impl: Optional[str] = None
     lora_rank: int = 0
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
@@ -79,6 +84,8 @@ class ModelConfig:
                 problems.append(f"{name}={getattr(self, name)!r} must be float32, bfloat16 or float16")
         if self.remat_policy not in REMAT_POLICIES:
             problems.append(f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            problems.append(f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
         if self.lora_rank < 0:
             problems.append(f"lora_rank must be >= 0, got {self.lora_rank}")
         unknown = set(self.lora_targets) - set(DEFAULT_LORA_TARGETS)

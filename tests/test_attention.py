@@ -1,0 +1,90 @@
+"""Attention paths: the right-padded (cuDNN-shaped) path equals the masked path on CPU."""
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+from laser_jax.model.attention import causal_mask, right_padded_attention
+from laser_jax.model.config import preset
+from laser_jax.model.decoder import Decoder, init_variables, positions_from_mask
+
+B, T, N, K, H = 4, 9, 6, 2, 8
+LENGTHS = [9, 5, 1, 7]  # row 0 full length, row 2 a single token
+
+
+def left_padded_mask(lengths, width):
+    return jnp.asarray(np.arange(width)[None, :] >= width - np.asarray(lengths)[:, None], jnp.int32)
+
+
+def masked_attention(q, k, v, mask_BT):
+    """The default path of `Attention` without a cache."""
+    slots = jnp.arange(q.shape[1])
+    mask_BTS = causal_mask(mask_BT, jnp.broadcast_to(slots, mask_BT.shape), slots)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask_BTS[:, None], scale=H ** -0.5,
+                                        implementation="xla")
+
+
+def right_padded(q, k, v, mask_BT):
+    return right_padded_attention(q, k, v, mask_BT, H ** -0.5, "xla")
+
+
+@pytest.fixture(scope="module")
+def qkv():
+    keys = jax.random.split(jax.random.key(0), 4)
+    q = jax.random.normal(keys[0], (B, T, N, H), jnp.float32)
+    k = jax.random.normal(keys[1], (B, T, K, H), jnp.float32)
+    v = jax.random.normal(keys[2], (B, T, K, H), jnp.float32)
+    w = jax.random.normal(keys[3], (B, T, N, H), jnp.float32)  # cotangent weights
+    return q, k, v, w, left_padded_mask(LENGTHS, T)
+
+
+def test_right_padded_equals_masked_on_valid_positions_and_zeroes_padding(qkv):
+    q, k, v, _, mask = qkv
+    ref = np.asarray(jax.jit(masked_attention)(q, k, v, mask))
+    out = np.asarray(jax.jit(right_padded)(q, k, v, mask))
+    valid = np.asarray(mask).astype(bool)
+    np.testing.assert_allclose(out[valid], ref[valid], atol=1e-6, rtol=0)
+    assert np.all(out[~valid] == 0.0)
+
+
+def test_right_padded_gradients_equal_masked(qkv):
+    q, k, v, w, mask = qkv
+    valid = mask[:, :, None, None] > 0
+
+    def loss(fn):
+        # Only valid outputs count: the masked path's padded rows are meaningless.
+        return lambda q, k, v: jnp.sum(jnp.where(valid, fn(q, k, v, mask) * w, 0.0))
+
+    g_ref = jax.jit(jax.grad(loss(masked_attention), argnums=(0, 1, 2)))(q, k, v)
+    g_out = jax.jit(jax.grad(loss(right_padded), argnums=(0, 1, 2)))(q, k, v)
+    valid_q = np.asarray(mask).astype(bool)
+    np.testing.assert_allclose(np.asarray(g_out[0])[valid_q], np.asarray(g_ref[0])[valid_q], atol=1e-5, rtol=0)
+    for a, b in zip(g_out[1:], g_ref[1:]):  # k, v: padded slots get no gradient either way
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+    assert np.all(np.asarray(g_out[0])[~valid_q] == 0.0)
+
+
+def test_decoder_with_right_padded_attention_equals_default():
+    cfg = preset("tiny_qwen3", num_attention_heads=4, num_key_value_heads=2)
+    variables = init_variables(cfg, jax.random.key(1))
+    ids = jax.random.randint(jax.random.key(2), (B, T), 3, cfg.vocab_size)
+    mask = left_padded_mask(LENGTHS, T)
+    ids = jnp.where(mask > 0, ids, 0)
+
+    def hidden(c):
+        fn = jax.jit(lambda v, i, m: Decoder(c).apply(v, i, positions_BT=positions_from_mask(m),
+                                                      kv_mask_BS=m).hidden)
+        return np.asarray(fn(variables, ids, mask))
+
+    ref = hidden(cfg)
+    out = hidden(cfg.replace(attention_impl="xla_right_padded"))
+    valid = np.asarray(mask).astype(bool)
+    np.testing.assert_allclose(out[valid], ref[valid], atol=1e-5, rtol=0)
+
+
+def test_attention_impl_is_validated():
+    with pytest.raises(ValueError, match="attention_impl='flash'"):
+        preset("tiny_qwen3", attention_impl="flash")
+    for impl in (None, "xla", "cudnn", "xla_right_padded"):
+        assert preset("tiny_qwen3", attention_impl=impl).attention_impl == impl
