@@ -1,12 +1,14 @@
 """LaSER's two views of one backbone (spec sections 2 and 3), as pure functions.
 
-Axis letters: B batch, T text length, S cache length (T + J - 1), D hidden, V vocab,
-J latent steps (the spec's K).
+Axis letters: B batch, T text length, D hidden, V vocab, J latent steps (the spec's K),
+L layers, K kv heads, H head dim.
 
 - `latent_view`: one prefill over the left-padded text, then `jax.lax.scan` over the J-1
-  soft-token steps carrying the KV cache. Each step turns the last state into logits
-  (one position only), a full-vocabulary softmax, and the expected input embedding,
-  which is fed back as one cached position.
+  soft-token steps. Each step turns the last state into logits (one position only), a
+  full-vocabulary softmax, and the expected input embedding, which is fed back as one
+  cached position. The prefill's keys/values are closed over by the step (a prefix
+  cache); the scan carries only a tail cache of J-1 slots, so it neither copies nor
+  saves the [L, B, T, K, H] prefill cache per step.
 - `explicit_view`: one pass over query + reasoning with an appended EOS embedding; the
   EOS state and the states at the (pre-computed, downsampled) segment ends.
 """
@@ -69,23 +71,25 @@ def latent_view(model: Decoder, variables, ids_BT, mask_BT, num_steps: int,
     if extra == 0:
         states_BJD = h1_BD[:, None]
     else:
-        # The prefill's keys/values [L, B, T, K, H] become a cache with room for the soft
-        # tokens; causality in slot order hides the slots not yet written.
-        cache = jax.tree_util.tree_map(
-            lambda kv: jnp.pad(kv, ((0, 0), (0, 0), (0, extra), (0, 0), (0, 0))), out.cache)
+        # The prefill's keys/values [L, B, T, K, H] are a constant prefix for every step
+        # (closed over, not carried); soft token j is written to tail slot j, and
+        # causality in slot order hides the tail slots not yet written.
+        prefix = {"prefix_k": out.cache["k"], "prefix_v": out.cache["v"]}
+        tail = jax.tree_util.tree_map(
+            lambda kv: jnp.zeros(kv.shape[:2] + (extra,) + kv.shape[3:], kv.dtype), out.cache)
         kv_mask_BS = jnp.concatenate([mask_BT, jnp.ones((B, extra), mask_BT.dtype)], axis=1)
         last_pos_B1 = positions_BT[:, -1:]
 
         def step(carry, j):
-            cache, h_BD = carry
+            tail, h_BD = carry
             x_B1D = soft_token(model, variables, h_BD)[:, None]
             o = model.apply(variables, x_BTD=x_B1D, positions_BT=last_pos_B1 + 1 + j,
-                            kv_mask_BS=kv_mask_BS, cache=cache, cache_index=T + j,
+                            kv_mask_BS=kv_mask_BS, cache={**prefix, **tail}, cache_index=j,
                             rngs=_rngs(rng, 1 + j))
             h_BD = o.hidden[:, 0]
             return (o.cache, h_BD), h_BD
 
-        _, hs_JBD = jax.lax.scan(step, (cache, h1_BD), jnp.arange(extra))
+        _, hs_JBD = jax.lax.scan(step, (tail, h1_BD), jnp.arange(extra))
         states_BJD = jnp.concatenate([h1_BD[:, None], hs_JBD.transpose(1, 0, 2)], axis=1)
     embedding_BD = l2_normalize(jnp.mean(states_BJD.astype(jnp.float32), axis=1))
     return embedding_BD, states_BJD

@@ -5,7 +5,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from laser_jax.model.attention import causal_mask, right_padded_attention
+from laser_jax.model.attention import causal_mask, prefix_tail_attention, right_padded_attention
 from laser_jax.model.config import preset
 from laser_jax.model.decoder import Decoder, init_variables, positions_from_mask
 
@@ -88,3 +88,20 @@ def test_attention_impl_is_validated():
         preset("tiny_qwen3", attention_impl="flash")
     for impl in (None, "xla", "cudnn", "xla_right_padded"):
         assert preset("tiny_qwen3", attention_impl=impl).attention_impl == impl
+
+
+def test_prefix_tail_attention_equals_masked_attention_over_concatenated_keys(qkv):
+    """Two queries written at tail slots 1, 2 of a 4-slot tail after a left-padded prefix."""
+    _, pk, pv, _, prefix_mask = qkv
+    keys = jax.random.split(jax.random.key(5), 3)
+    S, Tq, index = 4, 2, 1
+    q = jax.random.normal(keys[0], (B, Tq, N, H), jnp.float32)
+    tk = jax.random.normal(keys[1], (B, S, K, H), jnp.float32)
+    tv = jax.random.normal(keys[2], (B, S, K, H), jnp.float32)
+    kv_mask = jnp.concatenate([prefix_mask, jnp.ones((B, S), jnp.int32)], axis=1)
+    q_slot = jnp.broadcast_to(T + index + jnp.arange(Tq), (B, Tq))
+    mask_BTX = causal_mask(kv_mask, q_slot, jnp.arange(T + S))
+    ref = jax.nn.dot_product_attention(q, jnp.concatenate([pk, tk], 1), jnp.concatenate([pv, tv], 1),
+                                       mask=mask_BTX[:, None], scale=H ** -0.5, implementation="xla")
+    out = prefix_tail_attention(q, pk, pv, tk, tv, mask_BTX[..., :T], mask_BTX[..., T:], H ** -0.5)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-6, rtol=0)

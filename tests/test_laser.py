@@ -89,6 +89,22 @@ def test_scanned_cached_rollout_equals_full_recompute(pair, tokenizer):
     scaled_close(cached, full, 1e-5)
 
 
+def test_latent_view_gradients_equal_full_recompute(pair, tokenizer):
+    """Gradients flow through the closed-over prefix cache and the carried tail alike."""
+    _, model, v, _ = pair
+    ids, mask = tokens(tokenizer, TEXTS, width=40)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    w = jax.random.normal(jax.random.key(0), (3, 3, model.cfg.hidden_size))
+
+    def loss(fn):
+        return lambda v: jnp.sum(fn(v) * w)
+
+    g = jax.jit(jax.grad(loss(lambda v: latent_view(model, v, ids, mask, 3)[1])))(v)
+    g_ref = jax.jit(jax.grad(loss(lambda v: recompute_latent(model, v, ids, mask, 3))))(v)
+    for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
+        scaled_close(a, b, 1e-5)
+
+
 def make_records():
     return [
         Record("What is 3 plus 4?", "Given a question, retrieve passages that answer it.",

@@ -9,6 +9,14 @@ returned (so a caller can start a cache from a prefill). With a cache
 [cache_index, cache_index + T) and the queries attend to every valid slot at or before
 their own (causal in slot order).
 
+A prefix cache {"prefix_k", "prefix_v": [B, P, K, H], "k", "v": [B, S, K, H]} holds a
+fixed prefix (a prefill's keys/values) and a small tail that the new positions are
+written into at [cache_index, cache_index + T) (cache_index counts tail slots). The
+queries see every valid prefix slot and the tail slots at or before their own; the key
+mask then covers P + S slots (prefix first). Only the updated tail {"k", "v"} is
+returned, so a caller (LaSER's soft-token scan) can close over the prefix and carry the
+tail alone. See `prefix_tail_attention`.
+
 Implementations (`ModelConfig.attention_impl`): None / "xla" pass the boolean
 [B, 1, T, S] mask to `jax.nn.dot_product_attention`. "cudnn" sends full-sequence
 (no-cache) calls to cuDNN's fused flash attention through `right_padded_attention`;
@@ -62,6 +70,38 @@ def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementatio
     return jnp.where((mask_BT > 0)[:, :, None, None], out_BTNH, jnp.zeros_like(out_BTNH))
 
 
+def prefix_tail_attention(q_BTNH, prefix_k_BPKH, prefix_v_BPKH, tail_k_BSKH, tail_v_BSKH,
+                          prefix_mask_BTP, tail_mask_BTS, scale):
+    """Attention of T queries over a prefix cache and a tail cache, kept apart.
+
+    Equal to attention over the concatenated keys/values, but the keys/values are never
+    concatenated: that would copy the whole prefix cache at every soft-token step (and,
+    under `lax.scan`'s autodiff, save it per step). Only the [B, K, G, T, P + S] scores
+    are concatenated (small: T is 1 for a soft step), so one float32 softmax normalises
+    over both parts; probabilities @ values is then summed over the two parts.
+    """
+    B, T, N, H = q_BTNH.shape
+    K = prefix_k_BPKH.shape[2]
+    P = prefix_k_BPKH.shape[1]
+    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    neg = jnp.finfo(jnp.float32).min
+
+    def scores(k_BSKH, mask_BTS):
+        s = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH.astype(q_BTNH.dtype),
+                       preferred_element_type=jnp.float32) * scale
+        return jnp.where(mask_BTS[:, None, None], s, neg)
+
+    s_BKGTX = jnp.concatenate([scores(prefix_k_BPKH, prefix_mask_BTP),
+                               scores(tail_k_BSKH, tail_mask_BTS)], axis=-1)
+    p_BKGTX = jax.nn.softmax(s_BKGTX, axis=-1).astype(q_BTNH.dtype)
+
+    def mix(p_BKGTS, v_BSKH):
+        return jnp.einsum("bkgts,bskh->btkgh", p_BKGTS, v_BSKH.astype(q_BTNH.dtype))
+
+    out_BTKGH = mix(p_BKGTX[..., :P], prefix_v_BPKH) + mix(p_BKGTX[..., P:], tail_v_BSKH)
+    return out_BTKGH.reshape(B, T, N, H)
+
+
 class Attention(nn.Module):
     """Qwen3 / Qwen2 / Llama attention: GQA, RoPE, optional q/k biases and q/k RMSNorm."""
 
@@ -98,7 +138,15 @@ class Attention(nn.Module):
             v_BSKH = jax.lax.dynamic_update_slice(cache["v"], v_BTKH.astype(cache["v"].dtype), start)
             q_slot_BT = jnp.broadcast_to(cache_index + jnp.arange(T), (B, T))
             new_cache = {"k": k_BSKH, "v": v_BSKH}
-        if cache is None and cfg.attention_impl in ("cudnn", "xla_right_padded"):
+        if cache is not None and "prefix_k" in cache:
+            # Key slots are the P prefix slots, then the tail's: a query in tail slot s sits
+            # at slot P + s, after every prefix slot.
+            P = cache["prefix_k"].shape[1]
+            mask_BTX = causal_mask(kv_mask_BS, P + q_slot_BT, jnp.arange(P + k_BSKH.shape[1]))
+            out_BTNH = prefix_tail_attention(
+                q_BTNH, cache["prefix_k"], cache["prefix_v"], k_BSKH, v_BSKH,
+                mask_BTX[..., :P], mask_BTX[..., P:], H ** -0.5)
+        elif cache is None and cfg.attention_impl in ("cudnn", "xla_right_padded"):
             out_BTNH = right_padded_attention(
                 q_BTNH, k_BTKH, v_BTKH, kv_mask_BS, H ** -0.5,
                 "cudnn" if cfg.attention_impl == "cudnn" else "xla")

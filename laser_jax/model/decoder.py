@@ -30,9 +30,9 @@ _REMAT_POLICIES = {
 
 @flax.struct.dataclass
 class DecoderOutput:
-    """hidden: [B, T, D] after the final norm; cache: {"k","v"}: [L, B, S, K, H] (or the
-    new keys/values [L, B, T, K, H] when called without a cache); logits: [B, T', V] float32
-    or None."""
+    """hidden: [B, T, D] after the final norm; cache: {"k","v"}: [L, B, S, K, H] (the
+    new keys/values [L, B, T, K, H] when called without a cache; the updated tail alone
+    when called with a prefix cache); logits: [B, T', V] float32 or None."""
 
     hidden: jax.Array
     cache: dict
@@ -146,9 +146,12 @@ class Decoder(nn.Module):
           positions_BT: int RoPE positions of the T inputs.
           kv_mask_BS: 1 for valid key slots. Without a cache S == T (the inputs' mask);
             with a cache S is the cache length (slots not yet written may be 1: causality
-            in slot order hides them).
-          cache: None, or {"k","v"}: [L, B, S, K, H] (see `init_cache`).
-          cache_index: int slot where the T new keys/values are written (with a cache).
+            in slot order hides them); with a prefix cache P + S (prefix slots first).
+          cache: None, {"k","v"}: [L, B, S, K, H] (see `init_cache`), or a prefix cache:
+            those plus {"prefix_k","prefix_v"}: [L, B, P, K, H], a fixed prefix attended
+            without being copied into the cache (see `attention.prefix_tail_attention`).
+          cache_index: int slot where the T new keys/values are written (with a cache;
+            counted within "k"/"v", i.e. within the tail of a prefix cache).
           logits: "none", "last" (last position only, [B, 1, V]) or "all".
 
         Returns:
