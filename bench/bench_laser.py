@@ -54,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--lora-dropout", type=float, default=0.1)
     p.add_argument("--remat", default="none", help="remat policy(ies), comma-separated: none,full,dots,...")
     p.add_argument("--attn", default="", help="ModelConfig.attention_impl: '' (auto), xla, cudnn, xla_right_padded")
+    p.add_argument("--unroll-layers", action="store_true",
+                   help="scan_layers=False: the layer stack unrolled instead of nn.scan")
+    p.add_argument("--prng", default="", help="jax_default_prng_impl (e.g. rbg; '' = JAX's default threefry)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--enc-len", type=int, default=512)
@@ -92,7 +95,8 @@ def model_config(args, remat: str):
     dt = DTYPES[args.dtype]
     return preset(ARCHS[args.arch], param_dtype="float32", compute_dtype=dt, remat_policy=remat,
                   attention_impl=args.attn or None, lora_rank=0 if args.full else args.lora_r,
-                  lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout)
+                  lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                  scan_layers=not args.unroll_layers)
 
 
 def random_batch(args, vocab: int):
@@ -194,6 +198,10 @@ def environment() -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.prng:
+        import jax
+
+        jax.config.update("jax_default_prng_impl", args.prng)
     result = {"env": environment(), "args": vars(args), "results": []}
 
     def flush():

@@ -6,7 +6,7 @@ authors' / paper's settings (spec section 6) for Qwen3-0.6B.
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import ml_collections
 
@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.compute_dtype = "bfloat16"  # matmul and activation dtype (norms, softmax, losses stay float32)
     m.scan_layers = True         # lax.scan over layers (False unrolls: faster compile for tiny models)
     m.remat_policy = "none"      # none | full | dots | dots_no_batch | qkv_proj (activation recompute)
-    m.attention_impl = ""        # "" (JAX picks) | xla | cudnn (flash for full-sequence passes) | xla_right_padded
+    m.attention_impl = "auto"    # auto: cudnn on a GPU in bf16/fp16, else JAX's default | "" (JAX picks) | xla
+                                 # | cudnn (flash for full-sequence passes) | xla_right_padded (testing)
     for name in ARCH_FIELDS:     # 0 = the preset's value; set to shrink a preset (smoke runs)
         setattr(m, name, 0)
 
@@ -102,6 +103,18 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+ATTENTION_CHOICES = ("auto", "", "xla", "cudnn", "xla_right_padded")
+
+
+def resolve_attention_impl(name: str, compute_dtype: str, backend: str) -> Optional[str]:
+    """`model.attention_impl` -> ModelConfig.attention_impl. "auto" picks cuDNN flash
+    attention on a GPU in half precision (measured faster and ~7x less memory for the
+    0.6B train step on an H200, bench/NOTES.md), JAX's default elsewhere."""
+    if name == "auto":
+        return "cudnn" if backend == "gpu" and compute_dtype in ("bfloat16", "float16") else None
+    return name or None
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError naming every invalid field (device-independent checks)."""
     problems: List[str] = []
@@ -119,6 +132,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("param_dtype", "compute_dtype"):
         need(getattr(m, f) in ("float32", "bfloat16", "float16"), f"model.{f}",
              f"{getattr(m, f)!r} is not float32, bfloat16 or float16")
+    need(m.attention_impl in ATTENTION_CHOICES, "model.attention_impl",
+         f"{m.attention_impl!r} is not one of {ATTENTION_CHOICES}")
     need(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
          f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
     for f in ARCH_FIELDS:

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Optional
 
+import jax
 import ml_collections
 
 from laser_jax.data.errors import ConfigError
@@ -13,7 +14,7 @@ from laser_jax.data.options import PipelineOptions
 from laser_jax.encoder import TextFormat
 from laser_jax.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset
-from laser_jax.run_config import ARCH_FIELDS
+from laser_jax.run_config import ARCH_FIELDS, resolve_attention_impl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,8 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
     run-time options and any non-zero architecture overrides."""
     m, lo = config.model, config.lora
     runtime = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, scan_layers=m.scan_layers,
-                   remat_policy=m.remat_policy, attention_impl=m.attention_impl or None,
+                   remat_policy=m.remat_policy,
+                   attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype, jax.default_backend()),
                    lora_rank=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout if training else 0.0,
                    lora_targets=tuple(t.strip() for t in lo.targets.split(",") if t.strip()))
     arch = {f: getattr(m, f) for f in ARCH_FIELDS if getattr(m, f)}

@@ -281,6 +281,7 @@ BAD_CONFIGS = [
     ({"train.nonfinite": "ignore"}, "train.nonfinite: 'ignore' must be stop or skip"),
     ({"eval.batch_size": 0}, "eval.batch_size: must be >= 1"),
     ({"data.bucket_fractions": (0.5, 1.5)}, "data.bucket_fractions: (0.5, 1.5): each fraction must be in (0, 1]"),
+    ({"model.attention_impl": "flash"}, "model.attention_impl: 'flash' is not one of"),
 ]
 
 
@@ -289,6 +290,18 @@ def test_invalid_config_field_exits_2_naming_it(rtask, tmp_path, capsys, overrid
     code, err = run_main(tiny_config(rtask, **overrides), tmp_path / "run", capsys)
     assert code == faults.EXIT_BAD_INPUT and expected in err, err
     assert err.startswith("error: invalid config:") and not os.path.exists(tmp_path / "run")
+
+
+def test_attention_impl_auto_picks_cudnn_only_on_a_gpu_in_half_precision():
+    from laser_jax.run_config import resolve_attention_impl
+
+    assert resolve_attention_impl("auto", "bfloat16", "gpu") == "cudnn"
+    assert resolve_attention_impl("auto", "float16", "gpu") == "cudnn"
+    assert resolve_attention_impl("auto", "float32", "gpu") is None  # cuDNN flash needs half precision
+    assert resolve_attention_impl("auto", "bfloat16", "tpu") is None
+    assert resolve_attention_impl("auto", "bfloat16", "cpu") is None
+    assert resolve_attention_impl("", "bfloat16", "gpu") is None
+    assert resolve_attention_impl("xla_right_padded", "float32", "cpu") == "xla_right_padded"
 
 
 def test_validate_lists_every_invalid_field_at_once(rtask):

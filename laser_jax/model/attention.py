@@ -42,6 +42,9 @@ def causal_mask(kv_mask_BS, q_slot_BT, k_slot_S):
     return (kv_mask_BS[:, None, :] > 0) & (k_slot_S[None, None, :] <= q_slot_BT[:, :, None])
 
 
+SEQ_MULTIPLE = 8  # right_padded_attention pads the time axis to a multiple of this
+
+
 def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementation):
     """Causal self-attention over LEFT-padded rows using the right-padding interface.
 
@@ -51,7 +54,9 @@ def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementatio
     rotated left by its pad count (valid tokens move to slots [0, length)), attended with
     `is_causal=True` plus the lengths, and rotated back. RoPE was already applied with
     the mask's positions, so the rotation does not change any score. Padded output rows
-    are exactly zero.
+    are exactly zero. The time axis is zero-padded at the end to a multiple of
+    `SEQ_MULTIPLE` for the kernel (cuDNN's training kernels reject odd lengths such as the
+    explicit view's 1024 + EOS); the lengths keep those slots out of every score.
     """
     T = q_BTNH.shape[1]
     lengths_B = jnp.maximum(jnp.sum(mask_BT > 0, axis=-1), 1).astype(jnp.int32)
@@ -62,10 +67,15 @@ def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementatio
         return jnp.take_along_axis(x, index_BT[:, :, None, None], axis=1)
 
     to_right_BT = (t_1T + pad_B1) % T  # right-padded slot t reads left-padded slot t + pad
+    tail = -T % SEQ_MULTIPLE
+
+    def to_right(x):
+        return jnp.pad(rotate(x, to_right_BT), ((0, 0), (0, tail), (0, 0), (0, 0)))
+
     out_BTNH = jax.nn.dot_product_attention(
-        rotate(q_BTNH, to_right_BT), rotate(k_BTKH, to_right_BT), rotate(v_BTKH, to_right_BT),
+        to_right(q_BTNH), to_right(k_BTKH), to_right(v_BTKH),
         is_causal=True, query_seq_lengths=lengths_B, key_value_seq_lengths=lengths_B,
-        scale=scale, implementation=implementation)
+        scale=scale, implementation=implementation)[:, :T]
     out_BTNH = rotate(out_BTNH, (t_1T - pad_B1) % T)
     return jnp.where((mask_BT > 0)[:, :, None, None], out_BTNH, jnp.zeros_like(out_BTNH))
 
