@@ -230,7 +230,11 @@ def model_config_from_meta(meta: dict, dtype: Optional[str] = None):
     cfg = ModelConfig(**fields)
     if dtype:
         cfg = cfg.replace(param_dtype=dtype, compute_dtype=dtype)
-    return cfg
+    # The attention kernel is chosen for the machine that runs the model now (a run trained
+    # with cuDNN on a GPU may be evaluated on a CPU or TPU).
+    from laser_jax.run_config import resolve_attention_impl
+
+    return cfg.replace(attention_impl=resolve_attention_impl("auto", cfg.compute_dtype, jax.default_backend()))
 
 
 def restore_variables(step_dir: str, cfg) -> dict:

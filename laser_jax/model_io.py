@@ -53,7 +53,12 @@ def load_hf_dir(path: str, dtype: str) -> LoadedModel:
     from laser_jax import hf_io
     from laser_jax.model.config import from_hf_config
 
-    cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=dtype)
+    import jax
+
+    from laser_jax.run_config import resolve_attention_impl
+
+    cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=dtype,
+                         attention_impl=resolve_attention_impl("auto", dtype, jax.default_backend()))
     tokenizer = load_tokenizer(path)
     params = hf_io.load_params(path, cfg)
     meta = read_laser_meta(path)

@@ -67,3 +67,17 @@ def test_frozen_teacher_gives_no_gradient_through_the_explicit_side(task, lora_r
                                    "laser.teacher_from": teacher_dir})
     _, rows = train(config, tmp_path / "student2")
     assert rows[0]["l2_grads"] > 0 and rows[0]["loss_kl_out"] > 0
+
+
+def test_a_checkpoint_trained_with_cudnn_loads_with_this_machines_attention_kernel():
+    """A GPU run stores attention_impl='cudnn'; inference on CPU must not ask for cuDNN."""
+    import dataclasses
+
+    from laser_jax.checkpoint import model_config_from_meta
+    from laser_jax.model.config import preset
+
+    meta = {"model": dataclasses.asdict(preset("tiny_qwen3", attention_impl="cudnn",
+                                               compute_dtype="bfloat16"))}
+    assert jax.default_backend() == "cpu"
+    assert model_config_from_meta(meta).attention_impl is None
+    assert model_config_from_meta(meta, "float32").attention_impl is None
