@@ -164,7 +164,9 @@ def test_gradient_accumulation_equals_one_large_step_without_in_batch_negatives(
     common = {"laser.in_batch_negatives": False, "train.num_steps": 2}
     _, one = train(small_config(task, **common), tmp_path / "one")
     _, two = train(small_config(task, **common, **{"train.grad_accum_steps": 2}), tmp_path / "two")
-    np.testing.assert_allclose(losses(two), losses(one), rtol=2e-5)
+    # float32: accumulation sums the gradient in a different order, so step 2 starts from
+    # parameters that differ by rounding; atol covers loss terms near zero (kl_out ~0.04).
+    np.testing.assert_allclose(losses(two), losses(one), rtol=2e-5, atol=1e-5)
     np.testing.assert_allclose([r["l2_grads"] for r in two], [r["l2_grads"] for r in one], rtol=2e-5)
 
 
