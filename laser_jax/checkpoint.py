@@ -234,7 +234,7 @@ def model_config_from_meta(meta: dict, dtype: Optional[str] = None):
     # with cuDNN on a GPU may be evaluated on a CPU or TPU).
     from laser_jax.run_config import resolve_attention_impl
 
-    return cfg.replace(attention_impl=resolve_attention_impl("auto", cfg.compute_dtype, jax.default_backend()))
+    return cfg.replace(attention_impl=resolve_attention_impl("auto", cfg.compute_dtype))
 
 
 def restore_variables(step_dir: str, cfg) -> dict:

@@ -53,12 +53,10 @@ def load_hf_dir(path: str, dtype: str) -> LoadedModel:
     from laser_jax import hf_io
     from laser_jax.model.config import from_hf_config
 
-    import jax
-
     from laser_jax.run_config import resolve_attention_impl
 
     cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=dtype,
-                         attention_impl=resolve_attention_impl("auto", dtype, jax.default_backend()))
+                         attention_impl=resolve_attention_impl("auto", dtype))
     tokenizer = load_tokenizer(path)
     params = hf_io.load_params(path, cfg)
     meta = read_laser_meta(path)

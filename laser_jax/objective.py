@@ -76,7 +76,6 @@ def teacher_representations(model: Decoder, teacher_variables, chunk: Mapping[st
     return jax.lax.stop_gradient({"e_emb": e_emb, "e_states": e_states, "teacher_d_emb": t_emb})
 
 
-
 def laser_objective(model: Decoder, variables, batch: Mapping[str, jax.Array], *, num_steps: int,
                     loss_cfg: LossConfig, eos_id: int, rng: Optional[jax.Array] = None,
                     teacher_variables=None):

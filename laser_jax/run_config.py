@@ -103,16 +103,18 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-ATTENTION_CHOICES = ("auto", "", "xla", "cudnn", "xla_right_padded")
-
-
-def resolve_attention_impl(name: str, compute_dtype: str, backend: str) -> Optional[str]:
+def resolve_attention_impl(name: str, compute_dtype: str, backend: Optional[str] = None) -> Optional[str]:
     """`model.attention_impl` -> ModelConfig.attention_impl. "auto" picks cuDNN flash
     attention on a GPU in half precision (measured faster and ~7x less memory for the
-    0.6B train step on an H200, bench/NOTES.md), JAX's default elsewhere."""
-    if name == "auto":
-        return "cudnn" if backend == "gpu" and compute_dtype in ("bfloat16", "float16") else None
-    return name or None
+    0.6B train step on an H200, bench/NOTES.md), JAX's default elsewhere. `backend`
+    defaults to this machine's (`jax.default_backend()`)."""
+    if name != "auto":
+        return name or None
+    if backend is None:
+        import jax
+
+        backend = jax.default_backend()
+    return "cudnn" if backend == "gpu" and compute_dtype in ("bfloat16", "float16") else None
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
@@ -123,7 +125,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         if not ok:
             problems.append(f"{field}: {msg}")
 
-    from laser_jax.model.config import DEFAULT_LORA_TARGETS, PRESETS, PRESET_ALIASES, REMAT_POLICIES
+    from laser_jax.model.config import ATTENTION_IMPLS, DEFAULT_LORA_TARGETS, PRESETS, PRESET_ALIASES, REMAT_POLICIES
 
     m, d, la, t = c.model, c.data, c.laser, c.train
     preset = PRESET_ALIASES.get(m.preset, m.preset)
@@ -132,8 +134,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for f in ("param_dtype", "compute_dtype"):
         need(getattr(m, f) in ("float32", "bfloat16", "float16"), f"model.{f}",
              f"{getattr(m, f)!r} is not float32, bfloat16 or float16")
-    need(m.attention_impl in ATTENTION_CHOICES, "model.attention_impl",
-         f"{m.attention_impl!r} is not one of {ATTENTION_CHOICES}")
+    choices = ("auto", "") + tuple(i for i in ATTENTION_IMPLS if i)  # "" = None: JAX picks
+    need(m.attention_impl in choices, "model.attention_impl", f"{m.attention_impl!r} is not one of {choices}")
     need(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
          f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
     for f in ARCH_FIELDS:

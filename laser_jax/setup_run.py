@@ -6,7 +6,6 @@ import dataclasses
 import os
 from typing import Optional
 
-import jax
 import ml_collections
 
 from laser_jax.data.errors import ConfigError
@@ -64,7 +63,7 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
     m, lo = config.model, config.lora
     runtime = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, scan_layers=m.scan_layers,
                    remat_policy=m.remat_policy,
-                   attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype, jax.default_backend()),
+                   attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype),
                    lora_rank=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout if training else 0.0,
                    lora_targets=tuple(t.strip() for t in lo.targets.split(",") if t.strip()))
     arch = {f: getattr(m, f) for f in ARCH_FIELDS if getattr(m, f)}

@@ -10,7 +10,7 @@ With `cache_chunk_size` > 0 the gradient is computed GradCache-style
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping
 
 import flax
 import flax.linen as nn

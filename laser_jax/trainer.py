@@ -20,6 +20,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import numpy as np
 
 from laser_jax import checkpoint as ckpt_lib
@@ -177,8 +178,6 @@ class Trainer:
     def _global_batch(self, host_batch: dict):
         """Host-local numpy batch -> global jax arrays sharded over (data, fsdp)."""
         if jax.process_count() > 1:  # every host must feed the same shapes
-            from jax.experimental import multihost_utils
-
             local = np.array([host_batch[f"{v}_ids"].shape[1] for v in ("q", "d", "e")])
             widest = np.max(multihost_utils.process_allgather(local), axis=0)
             host_batch = repad_left(host_batch, dict(zip(("q", "d", "e"), widest.tolist())))
@@ -267,17 +266,12 @@ class Trainer:
         """Whether to stop now (`steps_done` steps into this run): this process's signal or,
         in a multi-process run, any process's (compared at the first step and then every
         train.log_every steps, so all processes stop at the same one)."""
-        count = jax.process_count()
-        if count > 1:
-            from jax.experimental import multihost_utils
-
-            agreed = faults.agreed_stop(self.stop.signum, steps_done, self.config.train.log_every, count,
-                                        multihost_utils.process_allgather)
-            if agreed is not None and self.stop.signum is None:
-                self.stop.signum = agreed
-                log.warning("another process received signal %d: stopping with it", agreed)
-            return agreed is not None
-        return self.stop.signum is not None
+        agreed = faults.agreed_stop(self.stop.signum, steps_done, self.config.train.log_every,
+                                    jax.process_count(), multihost_utils.process_allgather)
+        if agreed is not None and self.stop.signum is None:
+            self.stop.signum = agreed
+            log.warning("another process received signal %d: stopping with it", agreed)
+        return agreed is not None
 
     def _finish_pending_save(self):
         """On an error, let an asynchronous save of an earlier (good) step complete, so the
@@ -344,8 +338,6 @@ class Trainer:
         """Trained variables on the host (for evaluation at the end of a run); gathered from
         every process when parameters are split across hosts."""
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             return multihost_utils.process_allgather(self.state.variables(), tiled=True)
         return jax.device_get(self.state.variables())
 

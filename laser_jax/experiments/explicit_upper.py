@@ -13,12 +13,18 @@ evaluation (`laser_jax.evaluate.score_embeddings`).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 from typing import Dict, List, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from laser_jax.encoder import LaserEncoder
+from laser_jax.laser import explicit_view
 
 REASONING_FILE = "reasoning.jsonl"
 
@@ -39,6 +45,20 @@ def read_reasoning(domain_dir: str) -> Dict[str, str]:
     return out
 
 
+class _ExplicitViewBatches(LaserEncoder):
+    """LaserEncoder's batching (length-sorted, bucketed, left-padded) with v* per batch."""
+
+    def __init__(self, loaded, eos_id: int):
+        super().__init__(loaded.cfg, loaded.variables, loaded.tokenizer, loaded.text_format,
+                         loaded.num_thinking_steps)
+        self.eos_id = eos_id
+
+    @functools.partial(jax.jit, static_argnums=(0, 4))
+    def _encode_batch(self, variables, ids, mask, num_steps):
+        seg = jnp.zeros((ids.shape[0], 1), jnp.int32)  # only v* is needed
+        return explicit_view(self.model, variables, ids, mask, seg, self.eos_id)[0]
+
+
 class ExplicitEncoder:
     """Query + gold reasoning -> v* (the explicit view's EOS state), for one loaded model.
 
@@ -48,23 +68,9 @@ class ExplicitEncoder:
     """
 
     def __init__(self, loaded, eos_id: Optional[int] = None):
-        import jax
-
-        from laser_jax.laser import explicit_view
-        from laser_jax.model.decoder import Decoder
-
         self.loaded = loaded
-        self.model = Decoder(loaded.cfg)
         self.eos_id = int(loaded.tokenizer.eos_token_id if eos_id is None else eos_id)
-
-        @jax.jit
-        def encode(variables, ids, mask):
-            import jax.numpy as jnp
-
-            seg = jnp.zeros((ids.shape[0], 1), jnp.int32)  # only v* is needed
-            return explicit_view(self.model, variables, ids, mask, seg, self.eos_id)[0]
-
-        self._encode = encode
+        self._batches = _ExplicitViewBatches(loaded, self.eos_id)
 
     def texts(self, queries: Sequence[str], reasonings: Sequence[str], instruction: str) -> List[str]:
         """The explicit-view texts, formatted exactly as the training pipeline does."""
@@ -82,23 +88,10 @@ class ExplicitEncoder:
     def encode(self, queries: Sequence[str], reasonings: Sequence[str], instruction: str,
                max_length: int = 1024, batch_size: int = 32) -> np.ndarray:
         """float32 [Q, D] L2-normalised v*, rows in input order."""
-        import jax
-
-        from laser_jax.data.tokenize import Bucketing, left_pad, pad_token_id, tokenize_texts
-
         if len(queries) != len(reasonings):
             raise ValueError(f"{len(queries)} queries but {len(reasonings)} reasonings")
-        rows = tokenize_texts(self.loaded.tokenizer, self.texts(queries, reasonings, instruction), max_length)
-        order = np.argsort([-len(r) for r in rows], kind="stable")
-        pad, bucketing = pad_token_id(self.loaded.tokenizer), Bucketing()
-        out = np.zeros((len(rows), self.loaded.cfg.hidden_size), np.float32)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = [rows[i] for i in idx] + [[]] * (batch_size - len(idx))
-            ids, mask = left_pad(batch, bucketing.length(max(len(r) for r in batch), max_length), pad)
-            emb = self._encode(self.loaded.variables, ids, mask)
-            out[idx] = np.asarray(jax.device_get(emb), np.float32)[:len(idx)]
-        return out
+        return self._batches.encode(self.texts(queries, reasonings, instruction), max_length=max_length,
+                                    batch_size=batch_size)
 
 
 def evaluate_explicit_upper(model: str, data_dir: str, *, domains: Optional[Sequence[str]] = None,
@@ -116,7 +109,7 @@ def evaluate_explicit_upper(model: str, data_dir: str, *, domains: Optional[Sequ
     Returns:
       list of `laser_jax.evaluate.DomainResult`, in domain order.
     """
-    from laser_jax.encoder import LaserEncoder, default_dtype
+    from laser_jax.encoder import default_dtype
     from laser_jax.evaluate import score_embeddings
     from laser_jax.model_io import load_for_inference
     from laser_jax.retrieval import bright
