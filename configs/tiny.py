@@ -23,10 +23,12 @@ def get_config(arg=None):
     c.lora.dropout = 0.0
     c.data.synthetic = True            # generate the task into WORKDIR/data when missing
     c.data.chat_template = False       # the tiny tokenizer's texts are short; no chat wrapping
-    c.data.query_max_len = 48          # the task's longest query is 46 tokens
-    c.data.doc_max_len = 40            # longest passage 33
-    c.data.explicit_max_len = 88       # longest query + reasoning 85
-    c.data.pad_multiple = 8
+    # Exactly the generated task's longest texts (meta.json token_lengths; a test holds the
+    # two together), unrounded: on CPU every padded position costs as much as a real one.
+    c.data.query_max_len = 46          # longest formatted query
+    c.data.doc_max_len = 33            # longest passage
+    c.data.explicit_max_len = 85       # longest query + reasoning
+    c.data.pad_multiple = 1
     c.data.bucket_fractions = (1.0,)   # one shape per view: compile once
     c.data.group_size = 2              # 1 positive + 1 near-miss negative (the paper's G)
     c.laser.lambda_kl_out = 1.0

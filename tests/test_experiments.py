@@ -62,9 +62,11 @@ def test_finished_runs_are_reused(micro, task):
     jobs = ablate.plan_jobs(["basic"], [0], ablate.resolve_config_path("configs/tiny.py:smoke"), runs,
                             synthetic.paths(os.path.dirname(task["meta"]), ["steps2"]), "eval", {}, 64, 8)
     assert not jobs[0].done_before()  # another command (eval split, no overrides): not the same run
-    argv = json.load(open(os.path.join(runs, "basic", "seed0",
-                                       "ablation_command_eval_results.json")))["argv"]
-    jobs[0].argv = argv
+    marker = json.load(open(os.path.join(runs, "basic", "seed0", "ablation_command_eval_results.json")))
+    jobs[0].argv = marker["argv"]
+    assert marker["config"]["train"]["num_steps"] == 2 and marker["config"]["model"]["hidden_size"] == 16
+    assert not jobs[0].done_before()  # same command line, another config: an edited config file reruns
+    jobs[0].config = marker["config"]
     ablate.run_jobs(jobs, 1, {}, log=logs.append)
     assert jobs[0].reused and jobs[0].returncode == 0 and "reusing" in logs[0]
 

@@ -313,3 +313,17 @@ def test_same_bytes_from_a_fresh_process(gen, tmp_path):
     a = os.path.dirname(p["meta"])
     assert _files(a) == _files(out)
     assert not filecmp.cmpfiles(a, out, _files(a), shallow=False)[1]
+
+
+def test_tiny_config_lengths_are_exactly_the_default_task_s_longest_texts(tmp_path):
+    """configs/tiny.py truncates nothing of the task it generates, and pads no further than
+    its longest text (on CPU every padded position costs as much as a real one)."""
+    from laser_jax.experiments.ablate import load_config, resolve_config_path
+
+    c = load_config(resolve_config_path("configs/tiny.py"))
+    p = synthetic.generate(str(tmp_path / "task"), seed=c.data.synthetic_seed)
+    lengths = json.load(open(p["meta"]))["token_lengths"]
+    assert c.data.pad_multiple == 1 and tuple(c.data.bucket_fractions) == (1.0,)
+    assert (c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len) == (
+        lengths["query"]["max"], lengths["document"]["max"], lengths["explicit"]["max"])
+    assert c.eval.max_length >= max(lengths["query"]["max"], lengths["document"]["max"])

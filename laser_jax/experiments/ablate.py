@@ -123,6 +123,7 @@ class Job:
     argv: List[str]
     result: str                    # JSON file the job leaves behind when it succeeded
     deps: List[str] = dataclasses.field(default_factory=list)
+    config: Optional[dict] = None  # a training run's resolved config (config file + overrides)
     log: str = ""
     returncode: Optional[int] = None
     seconds: float = 0.0
@@ -136,12 +137,15 @@ class Job:
         return os.path.join(self.workdir, f"ablation_command_{stem}.json")
 
     def done_before(self) -> bool:
-        """True when the workdir holds this exact command's finished result."""
+        """True when the workdir holds this exact command's finished result, trained with the
+        same resolved config (an edited config file behind the same command line reruns)."""
         try:
             with open(self.marker) as f:
-                return json.load(f)["argv"] == self.argv and os.path.isfile(self.result)
-        except (OSError, ValueError, KeyError):
+                marker = json.load(f)
+        except (OSError, ValueError):
             return False
+        return (marker.get("argv") == self.argv and marker.get("config") == self.config
+                and os.path.isfile(self.result))
 
 
 def train_argv(config: str, workdir: str, overrides: dict) -> List[str]:
@@ -174,12 +178,19 @@ def plan_jobs(variants: Sequence[str], seeds: Sequence[int], config: str, runs_d
                 teacher = os.path.join(runs_dir, "explicit_teacher", f"seed{seed}")
                 t_over = {**common, **TEACHER}
                 jobs.append(Job(f"explicit_teacher/seed{seed}", "explicit_teacher", seed, teacher,
-                                train_argv(config, teacher, t_over), os.path.join(teacher, "run_config.json")))
+                                train_argv(config, teacher, t_over), os.path.join(teacher, "run_config.json"),
+                                config=resolved_config(config, t_over)))
                 overrides["laser.teacher_from"] = teacher
                 deps = [f"explicit_teacher/seed{seed}"]
             jobs.append(Job(f"{variant}/seed{seed}", variant, seed, run, train_argv(config, run, overrides),
-                            os.path.join(run, "eval_results.json"), deps))
+                            os.path.join(run, "eval_results.json"), deps,
+                            config=resolved_config(config, overrides)))
     return jobs
+
+
+def resolved_config(config: str, overrides: dict) -> dict:
+    """The config a training job will run, as JSON values (what a reused run must match)."""
+    return json.loads(json.dumps(load_config(config, overrides).to_dict(), sort_keys=True))
 
 
 def child_env(parallel: int, cache_dir: str) -> dict:
@@ -210,7 +221,7 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print) -> None:
             running.remove(job)
             if rc == 0:
                 with open(job.marker, "w") as f:
-                    json.dump({"argv": job.argv, "seconds": job.seconds}, f)
+                    json.dump({"argv": job.argv, "config": job.config, "seconds": job.seconds}, f)
             log(f"[ablate] {job.name}: {'done' if rc == 0 else f'FAILED (exit {rc}), see {job.log}'} "
                 f"in {job.seconds:.0f}s")
         for job in list(pending):
