@@ -1,6 +1,7 @@
 """laser_jax.experiments: the ablation script on a micro budget, the explicit upper bound."""
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -142,3 +143,24 @@ def test_png_without_matplotlib(tmp_path):
     ablate.write_png_bars(path, np.array([10.0, 50.0]), np.array([2.0, 5.0]))
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data.endswith(b"IEND\xaeB`\x82")
+
+
+def test_parallel_runs_are_pinned_to_distinct_cpus(tmp_path):
+    """Each running job holds its own CPU (sched_setaffinity in the child); a finished job's
+    CPU goes to the next one."""
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs Linux and 2 CPUs")
+    cpus = ablate.cpu_slots(2)
+    assert len(cpus) == 2 and set(cpus) <= os.sched_getaffinity(0)
+    assert ablate.cpu_slots(1) == [] and ablate.cpu_slots(10 ** 4) == []
+    script = ("import os, sys, time; time.sleep(0.5); "
+              "open(sys.argv[1], 'w').write(str(sorted(os.sched_getaffinity(0))))")
+    jobs = []
+    for i in range(3):
+        out = str(tmp_path / f"j{i}" / "affinity.txt")
+        jobs.append(ablate.Job(f"j{i}", "basic", i, os.path.dirname(out), [sys.executable, "-c", script, out], out))
+    ablate.run_jobs(jobs, 2, dict(os.environ), log=lambda _: None, cpus=cpus)
+    seen = [json.loads(open(j.result).read()) for j in jobs]
+    assert all(j.returncode == 0 for j in jobs)
+    assert all(len(s) == 1 and s[0] in cpus for s in seen)
+    assert seen[0] != seen[1]  # the first two ran at the same time

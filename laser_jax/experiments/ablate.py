@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import importlib.util
 import json
 import os
@@ -206,11 +207,26 @@ def child_env(parallel: int, cache_dir: str) -> dict:
     return env
 
 
-def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print) -> None:
-    """Run the jobs, `parallel` at a time, each after its dependencies succeeded."""
+def cpu_slots(parallel: int) -> List[int]:
+    """One CPU for each of `parallel` runs when this process may use that many (Linux), else [].
+
+    Pinned single-threaded runs do not contend for a core: on the 2-core machine two tiny-config
+    runs took 0.26 / 0.27 s per step pinned against 0.31 / 0.36 s unpinned (0.16 s alone).
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return []
+    return cpus[:parallel] if parallel > 1 and len(cpus) >= parallel else []
+
+
+def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print, cpus: Sequence[int] = ()) -> None:
+    """Run the jobs, `parallel` at a time, each after its dependencies succeeded; with `cpus`
+    (one per parallel run, see cpu_slots) each run is pinned to a CPU no other run holds."""
     by_name = {j.name: j for j in jobs}
     pending = list(jobs)
     running: List[Job] = []
+    cpu_of: Dict[str, int] = {}
     while pending or running:
         for job in list(running):
             rc = job.proc.poll()
@@ -219,6 +235,7 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print) -> None:
             job.returncode, job.seconds = rc, time.time() - job.started
             job.proc = None
             running.remove(job)
+            cpu_of.pop(job.name, None)
             if rc == 0:
                 with open(job.marker, "w") as f:
                     json.dump({"argv": job.argv, "config": job.config, "seconds": job.seconds}, f)
@@ -246,12 +263,17 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print) -> None:
                 shutil.rmtree(job.workdir)  # stale or different run: start clean
             os.makedirs(job.workdir, exist_ok=True)
             job.log = os.path.join(job.workdir, f"log_{os.path.splitext(os.path.basename(job.result))[0]}.txt")
-            log(f"[ablate] {job.name}: starting")
+            free = [c for c in cpus if c not in cpu_of.values()]
+            pin = None
+            if free:
+                cpu_of[job.name] = free[0]
+                pin = functools.partial(os.sched_setaffinity, 0, {free[0]})
+            log(f"[ablate] {job.name}: starting" + (f" on cpu {free[0]}" if free else ""))
             with open(job.log, "w") as out:
                 out.write(" ".join(shlex.quote(a) for a in job.argv) + "\n")
                 out.flush()
                 job.proc = subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                            cwd=REPO_ROOT)
+                                            cwd=REPO_ROOT, preexec_fn=pin)
             job.started = time.time()
             running.append(job)
         if running:
@@ -438,6 +460,7 @@ def parse_args(argv=None):
                    help="held-out split scored (dev: for tuning; eval: for reporting)")
     p.add_argument("--runs_dir", default="runs/ablation", help="workdirs of the runs (and the task)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (each on one thread)")
+    p.add_argument("--no_pin", action="store_true", help="do not pin each parallel run to its own CPU")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="extra config override for every run, e.g. --set=laser.lambda_kl_out=1")
     p.add_argument("--task_dir", default="", help="an already generated task (laser_jax.data.synthetic) "
@@ -480,7 +503,8 @@ def main(argv=None) -> int:
         return 2
     jobs = plan_jobs(variants, seeds, config, runs_dir, data, args.split, base,
                      max(cfg.eval.max_length, cfg.data.explicit_max_len), cfg.eval.batch_size)
-    run_jobs(jobs, args.parallel, child_env(args.parallel, os.path.join(runs_dir, "xla_cache")))
+    cpus = [] if args.no_pin else cpu_slots(args.parallel)
+    run_jobs(jobs, args.parallel, child_env(args.parallel, os.path.join(runs_dir, "xla_cache")), cpus=cpus)
     summary = summarize_scores(jobs, variants, seeds)
 
     command = "python -m laser_jax.experiments.ablate " + " ".join(shlex.quote(a) for a in
@@ -494,8 +518,9 @@ def main(argv=None) -> int:
               f"config {os.path.relpath(config.partition(':')[0], REPO_ROOT)}"
               + (f" with {', '.join(f'{k}={v}' for k, v in base.items())}" if base else ""))
     trained = [j for j in jobs if j.returncode == 0 and not j.reused]
+    pinned = f", each pinned to one of cpus {cpus}" if cpus else ""
     timing = (f"{(time.time() - t0) / 60:.1f} min wall for the whole script with {args.parallel} runs in "
-              f"parallel (load average 1/5/15 min: {load0} at the start, {_load()} at the end); "
+              f"parallel{pinned} (load average 1/5/15 min: {load0} at the start, {_load()} at the end); "
               f"{len(trained)} jobs ran, {sum(j.reused for j in jobs)} reused; mean job time "
               + ", ".join(f"{v} {np.mean([j.seconds for j in jobs if j.variant == v]):.0f}s"
                           for v in dict.fromkeys(j.variant for j in jobs)))
