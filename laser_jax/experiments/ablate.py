@@ -125,6 +125,7 @@ class Job:
     result: str                    # JSON file the job leaves behind when it succeeded
     deps: List[str] = dataclasses.field(default_factory=list)
     config: Optional[dict] = None  # a training run's resolved config (config file + overrides)
+    cpu: Optional[int] = None      # the CPU the running job is pinned to (run_jobs with cpus)
     log: str = ""
     returncode: Optional[int] = None
     seconds: float = 0.0
@@ -226,7 +227,6 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print, cpus: Sequenc
     by_name = {j.name: j for j in jobs}
     pending = list(jobs)
     running: List[Job] = []
-    cpu_of: Dict[str, int] = {}
     while pending or running:
         for job in list(running):
             rc = job.proc.poll()
@@ -235,7 +235,6 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print, cpus: Sequenc
             job.returncode, job.seconds = rc, time.time() - job.started
             job.proc = None
             running.remove(job)
-            cpu_of.pop(job.name, None)
             if rc == 0:
                 with open(job.marker, "w") as f:
                     json.dump({"argv": job.argv, "config": job.config, "seconds": job.seconds}, f)
@@ -263,12 +262,9 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print, cpus: Sequenc
                 shutil.rmtree(job.workdir)  # stale or different run: start clean
             os.makedirs(job.workdir, exist_ok=True)
             job.log = os.path.join(job.workdir, f"log_{os.path.splitext(os.path.basename(job.result))[0]}.txt")
-            free = [c for c in cpus if c not in cpu_of.values()]
-            pin = None
-            if free:
-                cpu_of[job.name] = free[0]
-                pin = functools.partial(os.sched_setaffinity, 0, {free[0]})
-            log(f"[ablate] {job.name}: starting" + (f" on cpu {free[0]}" if free else ""))
+            job.cpu = next((c for c in cpus if c not in {j.cpu for j in running}), None)
+            pin = None if job.cpu is None else functools.partial(os.sched_setaffinity, 0, {job.cpu})
+            log(f"[ablate] {job.name}: starting" + (f" on cpu {job.cpu}" if pin else ""))
             with open(job.log, "w") as out:
                 out.write(" ".join(shlex.quote(a) for a in job.argv) + "\n")
                 out.flush()
