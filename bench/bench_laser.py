@@ -56,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--attn", default="", help="ModelConfig.attention_impl: '' (auto), xla, cudnn, xla_right_padded")
     p.add_argument("--unroll-layers", action="store_true",
                    help="scan_layers=False: the layer stack unrolled instead of nn.scan")
+    p.add_argument("--unroll-soft-steps", action="store_true",
+                   help="unroll_soft_steps=True: soft-token steps run the layer stack unrolled, the prefill scans")
     p.add_argument("--prng", default="", help="jax_default_prng_impl (e.g. rbg; '' = JAX's default threefry)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--clip", type=float, default=1.0)
@@ -66,6 +68,9 @@ def parse_args(argv=None):
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
+    p.add_argument("--profile", default="", help="trace --profile-iters more runs of each timed program under "
+                   "jax.profiler into DIR/<workload> and store a summary (bench/profile_summary.py) in the row")
+    p.add_argument("--profile-iters", type=int, default=3)
     return p.parse_args(argv)
 
 
@@ -82,6 +87,23 @@ def _median_time(fn, warmup: int, iters: int):
     return statistics.median(times), times
 
 
+def _profile(fn, args, tag: str):
+    """Trace args.profile_iters calls of fn into args.profile/tag; the per-call summary."""
+    import jax
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import profile_summary
+
+    trace_dir = os.path.join(args.profile, tag)
+    with jax.profiler.trace(trace_dir):
+        for _ in range(args.profile_iters):
+            jax.block_until_ready(fn())
+    summary = profile_summary.summarise(profile_summary.load_events(profile_summary.latest_trace(trace_dir)),
+                                        top=25, steps=args.profile_iters)
+    print(f"[profile {tag}]\n{profile_summary.format_summary(summary)}", flush=True)
+    return summary
+
+
 def peak_bytes():
     import jax
 
@@ -96,7 +118,7 @@ def model_config(args, remat: str):
     return preset(ARCHS[args.arch], param_dtype="float32", compute_dtype=dt, remat_policy=remat,
                   attention_impl=args.attn or None, lora_rank=0 if args.full else args.lora_r,
                   lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                  scan_layers=not args.unroll_layers)
+                  scan_layers=not args.unroll_layers, unroll_soft_steps=args.unroll_soft_steps)
 
 
 def random_batch(args, vocab: int):
@@ -144,6 +166,7 @@ def bench_train(args, remat: str) -> dict:
         return holder["metrics"]["loss"]
 
     median, times = _median_time(run, args.warmup, args.iters)
+    profile = _profile(run, args, f"train_{'full' if args.full else 'lora'}_{remat}") if args.profile else None
     n, g, k = args.queries, args.group, args.K
     tokens = n * (args.q_len + k - 1) + n * g * (args.d_len + k - 1) + n * (args.e_len + 1)
     p = cfg.num_params(include_embeddings=False)
@@ -152,7 +175,8 @@ def bench_train(args, remat: str) -> dict:
             "remat": remat, "step_ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
             "compile_s": compile_s, "tokens_per_s": tokens / median, "model_tflops_per_s": 6 * p * tokens / median / 1e12,
             "flops_convention": "6*P*T, P=non-embedding params, T=N(Lq+K-1)+NG(Ld+K-1)+N(Le+1)",
-            "P": p, "T": tokens, "peak_bytes": peak_bytes(), "losses": metrics}
+            "P": p, "T": tokens, "peak_bytes": peak_bytes(), "losses": metrics,
+            **({"profile": profile} if profile else {})}
 
 
 def bench_encode(args) -> list:
@@ -174,12 +198,17 @@ def bench_encode(args) -> list:
             ids = jnp.asarray(np.random.RandomState(k).randint(10, cfg.vocab_size, (b, args.enc_len)), jnp.int32)
             mask = jnp.ones_like(ids)
             fn = jax.jit(lambda v, i, m, k=k: latent_view(model, v, i, m, k)[0])
+            t0 = time.perf_counter()
             compiled = fn.lower(variables, ids, mask).compile()
-            median, _ = _median_time(lambda: compiled(variables, ids, mask), args.warmup, args.iters)
+            compile_s = time.perf_counter() - t0
+            run = functools.partial(compiled, variables, ids, mask)
+            median, _ = _median_time(run, args.warmup, args.iters)
             per_k[k] = median
             rows.append({"workload": "encode", "arch": args.arch, "batch": b, "K": k, "len": args.enc_len,
-                         "ms_per_batch": 1e3 * median, "docs_per_s": b / median,
+                         "ms_per_batch": 1e3 * median, "docs_per_s": b / median, "compile_s": compile_s,
                          "model_tflops_per_s": 2 * p * b * (args.enc_len + k - 1) / median / 1e12})
+            if args.profile:
+                rows[-1]["profile"] = _profile(run, args, f"encode_b{b}_k{k}")
         if 1 in per_k and 3 in per_k:
             rows.append({"workload": "encode_ratio", "arch": args.arch, "batch": b, "K3_over_K1": per_k[3] / per_k[1]})
     return rows

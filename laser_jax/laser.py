@@ -8,7 +8,8 @@ L layers, K kv heads, H head dim.
   full-vocabulary softmax, and the expected input embedding, which is fed back as one
   cached position. The prefill's keys/values are closed over by the step (a prefix
   cache); the scan carries only a tail cache of J-1 slots, so it neither copies nor
-  saves the [L, B, T, K, H] prefill cache per step.
+  saves the [L, B, T, K, H] prefill cache per step. With `unroll_soft_steps` each step
+  runs the layer stack unrolled (the prefill keeps the model's `scan_layers`).
 - `explicit_view`: one pass over query + reasoning with an appended EOS embedding; the
   EOS state and the states at the (pre-computed, downsampled) segment ends.
 """
@@ -79,11 +80,13 @@ def latent_view(model: Decoder, variables, ids_BT, mask_BT, num_steps: int,
             lambda kv: jnp.zeros(kv.shape[:2] + (extra,) + kv.shape[3:], kv.dtype), out.cache)
         kv_mask_BS = jnp.concatenate([mask_BT, jnp.ones((B, extra), mask_BT.dtype)], axis=1)
         last_pos_B1 = positions_BT[:, -1:]
+        cfg = model.cfg
+        step_model = Decoder(cfg.replace(scan_layers=False)) if cfg.unroll_soft_steps else model
 
         def step(carry, j):
             tail, h_BD = carry
-            x_B1D = soft_token(model, variables, h_BD)[:, None]
-            o = model.apply(variables, x_BTD=x_B1D, positions_BT=last_pos_B1 + 1 + j,
+            x_B1D = soft_token(step_model, variables, h_BD)[:, None]
+            o = step_model.apply(variables, x_BTD=x_B1D, positions_BT=last_pos_B1 + 1 + j,
                             kv_mask_BS=kv_mask_BS, cache={**prefix, **tail}, cache_index=j,
                             rngs=_rngs(rng, 1 + j))
             h_BD = o.hidden[:, 0]

@@ -26,6 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"    # stored parameters / optimizer state dtype
     m.compute_dtype = "bfloat16"  # matmul and activation dtype (norms, softmax, losses stay float32)
     m.scan_layers = True         # lax.scan over layers (False unrolls: faster compile for tiny models)
+    m.unroll_soft_steps = False  # soft-token steps with the layer loop unrolled (launch-bound GPUs)
     m.remat_policy = "none"      # none | full | dots | dots_no_batch | qkv_proj (activation recompute)
     m.attention_impl = "auto"    # auto: cudnn on a GPU in bf16/fp16, else JAX's default | "" (JAX picks) | xla
                                  # | cudnn (flash for full-sequence passes) | xla_right_padded (testing)

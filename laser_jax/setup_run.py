@@ -62,7 +62,7 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
     run-time options and any non-zero architecture overrides."""
     m, lo = config.model, config.lora
     runtime = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, scan_layers=m.scan_layers,
-                   remat_policy=m.remat_policy,
+                   unroll_soft_steps=m.unroll_soft_steps, remat_policy=m.remat_policy,
                    attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype),
                    lora_rank=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout if training else 0.0,
                    lora_targets=tuple(t.strip() for t in lo.targets.split(",") if t.strip()))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 
 import laser_oracle as oracle
@@ -103,6 +104,40 @@ def test_latent_view_gradients_equal_full_recompute(pair, tokenizer):
     g_ref = jax.jit(jax.grad(loss(lambda v: recompute_latent(model, v, ids, mask, 3))))(v)
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
         scaled_close(a, b, 1e-5)
+
+
+def _scan_unrolls(jaxpr, depth=0, out=None):
+    """(depth, unroll) of every scan in a closed jaxpr, nested scans one level deeper."""
+    out = [] if out is None else out
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            out.append((depth, eqn.params["unroll"]))
+            _scan_unrolls(eqn.params["jaxpr"].jaxpr, depth + 1, out)
+        else:
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                _scan_unrolls(sub, depth, out)
+    return out
+
+
+def test_unrolled_soft_steps_give_the_same_states_and_gradients(pair, tokenizer):
+    """`unroll_soft_steps`: the soft steps' layer loop is unrolled, the prefill still scans."""
+    _, model, v, _ = pair
+    unrolled = Decoder(model.cfg.replace(unroll_soft_steps=True))
+    ids, mask = tokens(tokenizer, TEXTS, width=40)
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    w = jax.random.normal(jax.random.key(1), (3, 3, model.cfg.hidden_size))
+
+    def value_and_grad(m):
+        return jax.jit(jax.value_and_grad(lambda v: jnp.sum(latent_view(m, v, ids, mask, 3)[1] * w)))(v)
+
+    (ref, g_ref), (out, g) = value_and_grad(model), value_and_grad(unrolled)
+    scaled_close(out, ref, 1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
+        scaled_close(a, b, 1e-5)
+    layers = model.cfg.num_hidden_layers
+    jaxpr = jax.make_jaxpr(lambda v: latent_view(unrolled, v, ids, mask, 3))(v).jaxpr
+    # prefill: a rolled layer scan; the soft-step scan (depth 0) holds an unrolled layer scan
+    assert sorted(_scan_unrolls(jaxpr)) == [(0, 1), (0, 1), (1, layers)]
 
 
 def make_records():

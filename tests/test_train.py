@@ -195,3 +195,14 @@ def test_unknown_or_invalid_config_fields_are_named_before_anything_runs(tmp_pat
     out = run_cli("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.train.batch_size=abc")
     assert out.returncode != 0 and "batch_size" in out.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_model_section_run_time_options_reach_the_model_config(task):
+    from laser_jax.setup_run import model_config
+
+    c = small_config(task, **{"model.scan_layers": True, "model.unroll_soft_steps": True,
+                              "model.remat_policy": "dots", "model.attention_impl": "xla_right_padded"})
+    cfg = model_config(c, None)
+    assert (cfg.scan_layers, cfg.unroll_soft_steps, cfg.remat_policy, cfg.attention_impl) == (
+        True, True, "dots", "xla_right_padded")
+    assert model_config(small_config(task), None).unroll_soft_steps is False

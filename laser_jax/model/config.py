@@ -57,6 +57,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     scan_layers: bool = True
+    # The latent view's soft-token steps (one position each) run the layer stack unrolled:
+    # a straight-line program per step instead of a loop of L tiny iterations, while the
+    # prefill keeps `scan_layers`. Same parameters, same results.
+    unroll_soft_steps: bool = False
     remat_policy: str = "none"
     # Attention kernel: None (JAX picks) or "xla" = masked jax.nn.dot_product_attention;
     # "cudnn" = cuDNN flash attention for full-sequence calls (left padding rotated to
