@@ -21,6 +21,10 @@ baseline computes its losses in bf16 ("as officially") and laser_jax in float32,
 values differ by the baseline's rounding at least. fp32 always runs first (it is the yardstick),
 and needs fp32 in both, so with `--attn cudnn` (bf16/fp16 only) fp32 runs JAX's XLA attention.
 
+The JAX side runs in a child process (`--jax-part`) that never imports torch, so the two
+frameworks' CUDA libraries are never loaded into one process; they meet through a temporary
+directory holding the HF weights (safetensors), the batch (npz) and the JAX losses (json).
+
   python bench/loss_agreement.py SHARED/bench/torch_baseline.py --arch tiny --device cpu
   python bench/loss_agreement.py SHARED/bench/torch_baseline.py --arch qwen3-0.6b --attn cudnn --remat full
 """
@@ -30,6 +34,7 @@ import argparse
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -120,6 +125,35 @@ def jax_losses(model_dir, dtype: str, attn: str, remat: str, lora_r: int, batch,
     return {k: float(metrics[k]) for k in LOSSES}
 
 
+def jax_part(argv) -> None:
+    """Child process: JAX losses for each dtype from WORKDIR/{model,batch.npz} -> WORKDIR/jax.json."""
+    import numpy as np
+
+    p = argparse.ArgumentParser()
+    p.add_argument("workdir")
+    p.add_argument("--dtypes", required=True)
+    p.add_argument("--attn", default="")
+    p.add_argument("--remat", required=True)
+    p.add_argument("--lora-r", type=int, required=True)
+    p.add_argument("--K", type=int, required=True)
+    p.add_argument("--eos-id", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    a = p.parse_args(argv)
+    batch = dict(np.load(os.path.join(a.workdir, "batch.npz")))
+    out = {}
+    for dtype in a.dtypes.split(","):
+        attn = "xla" if dtype == "fp32" and a.attn == "cudnn" else a.attn
+        t0 = time.perf_counter()
+        losses = jax_losses(os.path.join(a.workdir, "model"), dtype, attn, a.remat, a.lora_r, batch, a.K,
+                            a.eos_id, a.seed)
+        out[dtype] = {"losses": losses, "attention_impl": attn or "auto", "seconds": time.perf_counter() - t0}
+    import jax
+
+    out["env"] = {"jax_device": jax.devices()[0].device_kind, "jax": jax.__version__}
+    with open(os.path.join(a.workdir, "jax.json"), "w") as f:
+        json.dump(out, f)
+
+
 def verdicts(results: dict, bf16_rtol: float) -> dict:
     """{dtype: {loss: {"torch", "jax", "diff", "tol", "ok", ...}}}; see the module docstring."""
     exact = results["fp32"]["torch"]
@@ -141,7 +175,12 @@ def verdicts(results: dict, bf16_rtol: float) -> dict:
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    dtypes = ["fp32"] + [d for d in a.dtypes.split(",") if d and d != "fp32"]
+    unknown = sorted(set(dtypes) - set(JAX_DTYPES))
+    if unknown:
+        raise SystemExit(f"--dtypes: {unknown} not in {sorted(JAX_DTYPES)}")
     B = import_baseline(a.baseline)
+    import numpy as np
     import torch
 
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,31 +189,35 @@ def main(argv=None) -> dict:
     model.eval()
     batch, split_id, eos_id = B.make_train_batch(a, model.config.vocab_size, device,
                                                  torch.Generator().manual_seed(a.seed))
-    jbatch = jax_batch(batch, split_id, a.K)
-    dtypes = ["fp32"] + [d for d in a.dtypes.split(",") if d and d != "fp32"]
-    unknown = sorted(set(dtypes) - set(JAX_DTYPES))
-    if unknown:
-        raise SystemExit(f"--dtypes: {unknown} not in {sorted(JAX_DTYPES)}")
     results = {}
-    with tempfile.TemporaryDirectory() as model_dir:
-        model.save_pretrained(model_dir)
+    with tempfile.TemporaryDirectory() as workdir:
+        model.save_pretrained(os.path.join(workdir, "model"))
+        np.savez(os.path.join(workdir, "batch.npz"), **jax_batch(batch, split_id, a.K))
         for dtype in dtypes:
             t0 = time.perf_counter()
             model.to(B.DTYPES[dtype])
-            attn = a.attn if dtype != "fp32" or a.attn not in ("cudnn",) else "xla"
             results[dtype] = {"torch": torch_losses(B, model, batch, a.K, split_id, eos_id),
-                              "jax": jax_losses(model_dir, dtype, attn, a.remat, a.lora_r, jbatch, a.K, eos_id,
-                                                a.seed),
-                              "jax_attention_impl": attn or "auto", "seconds": time.perf_counter() - t0}
+                              "torch_seconds": time.perf_counter() - t0}
+        del model
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        subprocess.run([sys.executable, os.path.abspath(__file__), "--jax-part", workdir, "--dtypes",
+                        ",".join(dtypes), "--attn", a.attn, "--remat", a.remat, "--lora-r", str(a.lora_r),
+                        "--K", str(a.K), "--eos-id", str(eos_id), "--seed", str(a.seed)], check=True)
+        with open(os.path.join(workdir, "jax.json")) as f:
+            jax_out = json.load(f)
+    for dtype in dtypes:
+        results[dtype].update(jax=jax_out[dtype]["losses"], jax_attention_impl=jax_out[dtype]["attention_impl"],
+                              jax_seconds=jax_out[dtype]["seconds"])
     checks = verdicts(results, a.bf16_rtol)
     ok = all(r["ok"] for rows in checks.values() for r in rows.values())
-    import jax
-
-    report = {"env": {"jax_device": jax.devices()[0].device_kind, "torch_device": device, "jax": jax.__version__,
-                      "torch": torch.__version__, "command": " ".join(sys.argv)},
+    report = {"env": {**jax_out["env"], "torch_device": device, "torch": torch.__version__,
+                      "command": " ".join(sys.argv)},
               "args": vars(a), "results": results, "checks": checks, "all_ok": ok}
     for dtype, rows in checks.items():
-        print(f"[{dtype}] jax attention={results[dtype]['jax_attention_impl']}  ({results[dtype]['seconds']:.0f} s)")
+        r = results[dtype]
+        print(f"[{dtype}] jax attention={r['jax_attention_impl']}  (torch {r['torch_seconds']:.0f} s, "
+              f"jax {r['jax_seconds']:.0f} s)")
         print(f"  {'loss':<17} {'torch':>12} {'jax':>12} {'|jax-torch|':>11} {'|torch-fp32|':>12} "
               f"{'|jax-fp32|':>11} {'tol':>9}  ok")
         for k, r in rows.items():
@@ -189,4 +232,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main()["all_ok"] else 1)
+    if sys.argv[1:2] == ["--jax-part"]:
+        jax_part(sys.argv[2:])
+    else:
+        sys.exit(0 if main()["all_ok"] else 1)

@@ -5,7 +5,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from laser_jax.model.attention import causal_mask, prefix_tail_attention, right_padded_attention
+from laser_jax.model.attention import causal_mask, permute_time, prefix_tail_attention, right_padded_attention
 from laser_jax.model.config import preset
 from laser_jax.model.decoder import Decoder, init_variables, positions_from_mask
 
@@ -63,6 +63,28 @@ def test_right_padded_gradients_equal_masked(qkv):
     for a, b in zip(g_out[1:], g_ref[1:]):  # k, v: padded slots get no gradient either way
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
     assert np.all(np.asarray(g_out[0])[~valid_q] == 0.0)
+
+
+def test_permute_time_gradient_is_the_inverse_permutation():
+    rng = np.random.default_rng(0)
+    index = np.stack([rng.permutation(T) for _ in range(B)])
+    inverse = np.argsort(index, axis=1)
+    x = jax.random.normal(jax.random.key(5), (B, T, N, H))
+    w = jax.random.normal(jax.random.key(6), (B, T, N, H))
+    index, inverse = jnp.asarray(index, jnp.int32), jnp.asarray(inverse, jnp.int32)
+    out = permute_time(x, index, inverse)
+    np.testing.assert_array_equal(out, np.take_along_axis(np.asarray(x), np.asarray(index)[:, :, None, None], 1))
+    grad = jax.grad(lambda x: jnp.sum(permute_time(x, index, inverse) * w))(x)
+    autodiff = jax.grad(lambda x: jnp.sum(jnp.take_along_axis(x, index[:, :, None, None], 1) * w))(x)
+    np.testing.assert_array_equal(grad, autodiff)
+
+
+def test_right_padded_attention_backward_has_no_scatter(qkv):
+    """The rotations' gradients are gathers: a scatter-add would run as GPU atomics."""
+    q, k, v, w, mask = qkv
+    grad = jax.grad(lambda q, k, v: jnp.sum(right_padded(q, k, v, mask) * w), argnums=(0, 1, 2))
+    hlo = jax.jit(grad).lower(q, k, v).as_text()
+    assert "gather" in hlo and "scatter" not in hlo
 
 
 def test_decoder_with_right_padded_attention_equals_default():

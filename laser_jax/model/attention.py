@@ -45,6 +45,27 @@ def causal_mask(kv_mask_BS, q_slot_BT, k_slot_S):
 SEQ_MULTIPLE = 8  # right_padded_attention pads the time axis to a multiple of this
 
 
+@jax.custom_vjp
+def permute_time(x_BT__, index_BT, inverse_BT):
+    """x[b, index[b, t]] along axis 1, where each row of `index` is a permutation of 0..T-1
+    and `inverse` its inverse. The gradient is the inverse permutation, a gather again:
+    autodiff of a gather would give a scatter-add with non-unique indices, which runs as
+    atomic adds on a GPU (per layer, per pass, for q, k, v and the output)."""
+    return jnp.take_along_axis(x_BT__, index_BT.reshape(index_BT.shape + (1,) * (x_BT__.ndim - 2)), axis=1)
+
+
+def _permute_time_fwd(x_BT__, index_BT, inverse_BT):
+    return permute_time(x_BT__, index_BT, inverse_BT), (index_BT, inverse_BT)
+
+
+def _permute_time_bwd(residuals, g_BT__):
+    index_BT, inverse_BT = residuals
+    return permute_time(g_BT__, inverse_BT, index_BT), None, None
+
+
+permute_time.defvjp(_permute_time_fwd, _permute_time_bwd)
+
+
 def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementation):
     """Causal self-attention over LEFT-padded rows using the right-padding interface.
 
@@ -63,20 +84,18 @@ def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementatio
     pad_B1 = (T - lengths_B)[:, None]
     t_1T = jnp.arange(T)[None, :]
 
-    def rotate(x, index_BT):
-        return jnp.take_along_axis(x, index_BT[:, :, None, None], axis=1)
-
     to_right_BT = (t_1T + pad_B1) % T  # right-padded slot t reads left-padded slot t + pad
+    to_left_BT = (t_1T - pad_B1) % T  # its inverse
     tail = -T % SEQ_MULTIPLE
 
     def to_right(x):
-        return jnp.pad(rotate(x, to_right_BT), ((0, 0), (0, tail), (0, 0), (0, 0)))
+        return jnp.pad(permute_time(x, to_right_BT, to_left_BT), ((0, 0), (0, tail), (0, 0), (0, 0)))
 
     out_BTNH = jax.nn.dot_product_attention(
         to_right(q_BTNH), to_right(k_BTKH), to_right(v_BTKH),
         is_causal=True, query_seq_lengths=lengths_B, key_value_seq_lengths=lengths_B,
         scale=scale, implementation=implementation)[:, :T]
-    out_BTNH = rotate(out_BTNH, (t_1T - pad_B1) % T)
+    out_BTNH = permute_time(out_BTNH, to_left_BT, to_right_BT)
     return jnp.where((mask_BT > 0)[:, :, None, None], out_BTNH, jnp.zeros_like(out_BTNH))
 
 
