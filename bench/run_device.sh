@@ -50,7 +50,7 @@ step jax_q06_full_cudnn 80 python bench/bench_laser.py $COMMON --only train --fu
 step torch_q06_full 60 python "$BASELINE" $COMMON --only train --full --out "$OUT/torch_q06_full.json"
 # Qwen3-8B: encoding (never measured yet), then training
 step jax_q8b_enc 150 python bench/bench_laser.py --arch qwen3-8b --warmup 1 --iters 3 --only encode --attn cudnn \
-  --unroll-soft-steps --enc-batches 8,64 --out "$OUT/jax_q8b_enc.json"
+  --enc-batches 8,64 --out "$OUT/jax_q8b_enc.json"
 step torch_q8b_enc 120 python "$BASELINE" --arch qwen3-8b --warmup 1 --iters 3 --only encode --enc-batches 8,64 \
   --out "$OUT/torch_q8b_enc.json"
 step jax_q8b_train_cudnn 180 python bench/bench_laser.py --arch qwen3-8b --warmup 1 --iters 3 \

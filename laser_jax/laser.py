@@ -87,8 +87,8 @@ def latent_view(model: Decoder, variables, ids_BT, mask_BT, num_steps: int,
             tail, h_BD = carry
             x_B1D = soft_token(step_model, variables, h_BD)[:, None]
             o = step_model.apply(variables, x_BTD=x_B1D, positions_BT=last_pos_B1 + 1 + j,
-                            kv_mask_BS=kv_mask_BS, cache={**prefix, **tail}, cache_index=j,
-                            rngs=_rngs(rng, 1 + j))
+                                 kv_mask_BS=kv_mask_BS, cache={**prefix, **tail}, cache_index=j,
+                                 rngs=_rngs(rng, 1 + j))
             h_BD = o.hidden[:, 0]
             return (o.cache, h_BD), h_BD
 
