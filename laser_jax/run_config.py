@@ -28,8 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.scan_layers = True         # lax.scan over layers (False unrolls: faster compile for tiny models)
     m.unroll_soft_steps = False  # soft-token steps with the layer loop unrolled (launch-bound GPUs)
     m.remat_policy = "none"      # none | full | dots | dots_no_batch | qkv_proj (activation recompute)
-    m.attention_impl = "auto"    # auto: cudnn on a GPU in bf16/fp16, else JAX's default | "" (JAX picks) | xla
-                                 # | cudnn (flash for full-sequence passes) | xla_right_padded (testing)
+    m.attention_impl = "auto"    # auto: cudnn on a GPU in bf16/fp16, splash on a TPU, else JAX's default
+                                 # | "" (JAX picks) | xla | cudnn (flash for full-sequence passes)
+                                 # | splash (Pallas TPU kernel) | xla_right_padded (testing)
     for name in ARCH_FIELDS:     # 0 = the preset's value; set to shrink a preset (smoke runs)
         setattr(m, name, 0)
 
@@ -107,14 +108,17 @@ def base_config() -> ml_collections.ConfigDict:
 def resolve_attention_impl(name: str, compute_dtype: str, backend: Optional[str] = None) -> Optional[str]:
     """`model.attention_impl` -> ModelConfig.attention_impl. "auto" picks cuDNN flash
     attention on a GPU in half precision (measured faster and ~7x less memory for the
-    0.6B train step on an H200, bench/NOTES.md), JAX's default elsewhere. `backend`
-    defaults to this machine's (`jax.default_backend()`)."""
+    0.6B train step on an H200, bench/NOTES.md), the Pallas splash kernel on a TPU (not
+    yet run on one: "xla" is the fallback), JAX's default elsewhere. `backend` defaults
+    to this machine's (`jax.default_backend()`)."""
     if name != "auto":
         return name or None
     if backend is None:
         import jax
 
         backend = jax.default_backend()
+    if backend == "tpu":
+        return "splash"
     return "cudnn" if backend == "gpu" and compute_dtype in ("bfloat16", "float16") else None
 
 

@@ -109,5 +109,7 @@ def batch_sharded_activations(mesh: Mesh):
         out, cache = next_fun(constrain(x), *rest, **kwargs)
         return constrain(out), cache
 
-    with nn.intercept_methods(interceptor):
+    # The mesh is also made the ambient abstract mesh, for code that must place a kernel
+    # under shard_map itself (a Pallas kernel cannot be partitioned by XLA).
+    with nn.intercept_methods(interceptor), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         yield

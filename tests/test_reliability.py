@@ -298,7 +298,7 @@ def test_attention_impl_auto_picks_cudnn_only_on_a_gpu_in_half_precision():
     assert resolve_attention_impl("auto", "bfloat16", "gpu") == "cudnn"
     assert resolve_attention_impl("auto", "float16", "gpu") == "cudnn"
     assert resolve_attention_impl("auto", "float32", "gpu") is None  # cuDNN flash needs half precision
-    assert resolve_attention_impl("auto", "bfloat16", "tpu") is None
+    assert resolve_attention_impl("auto", "bfloat16", "tpu") == "splash"
     assert resolve_attention_impl("auto", "bfloat16", "cpu") is None
     assert resolve_attention_impl("", "bfloat16", "gpu") is None
     assert resolve_attention_impl("xla_right_padded", "float32", "cpu") == "xla_right_padded"

@@ -22,10 +22,15 @@ Implementations (`ModelConfig.attention_impl`): None / "xla" pass the boolean
 (no-cache) calls to cuDNN's fused flash attention through `right_padded_attention`;
 cached calls keep the masked XLA path, since cuDNN takes no arbitrary mask.
 "xla_right_padded" runs `right_padded_attention` with the XLA implementation, so the
-cuDNN code path (everything but the kernel) can be tested on CPU.
+cuDNN code path (everything but the kernel) can be tested on CPU. "splash" sends
+full-sequence calls to the Pallas splash-attention kernel for TPUs (`splash_attention`:
+left padding as segment ids, no rotation); off a TPU the same kernel runs in Pallas'
+interpret mode (slow; for tests).
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Optional
 
 import flax.linen as nn
@@ -64,6 +69,79 @@ def _permute_time_bwd(residuals, g_BT__):
 
 
 permute_time.defvjp(_permute_time_fwd, _permute_time_bwd)
+
+
+SPLASH_SEQ_MULTIPLE = 128  # splash_attention pads the time axis to a multiple of this
+SPLASH_BATCH_AXES = ("data", "fsdp")  # mesh axes a batch is split over (laser_jax.sharding.BATCH)
+SPLASH_HEAD_AXIS = "tensor"  # mesh axis the heads are split over
+
+
+def _splash_kernel(t_padded: int, group: int, block: int, interpret: bool):
+    """A causal splash-attention kernel for one kv head and its `group` query heads.
+
+    Built afresh at each trace (the block-mask bookkeeping is numpy work of a few blocks):
+    the kernel holds its block-mask arrays, which must belong to the trace that uses them.
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    mask = splash.MultiHeadMask([splash.CausalMask((t_padded, t_padded))] * group)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                              block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
+                              block_kv_dq=block)
+    return splash.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
+
+
+def _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
+    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
+
+    B, T, N, H = q_BTNH.shape
+    K = k_BTKH.shape[2]
+    tp = -(-T // SPLASH_SEQ_MULTIPLE) * SPLASH_SEQ_MULTIPLE
+    block = next(b for b in (512, 256, 128) if tp % b == 0)
+    kernel = _splash_kernel(tp, N // K, block, jax.default_backend() != "tpu")
+    pad = ((0, 0), (0, tp - T), (0, 0), (0, 0))
+    q_BKGTH = jnp.pad(q_BTNH * jnp.asarray(scale, q_BTNH.dtype), pad).reshape(
+        B, tp, K, N // K, H).transpose(0, 2, 3, 1, 4)
+    k_BKTH = jnp.pad(k_BTKH.astype(q_BTNH.dtype), pad).transpose(0, 2, 1, 3)
+    v_BKTH = jnp.pad(v_BTKH.astype(q_BTNH.dtype), pad).transpose(0, 2, 1, 3)
+    # Real tokens are segment 1, left and tail padding segment 0: with the causal mask a
+    # real token sees exactly the real tokens at or before it; a pad sees pads only.
+    seg_BT = jnp.pad((mask_BT > 0).astype(jnp.int32), ((0, 0), (0, tp - T)))
+    per_kv_head = jax.vmap(kernel, in_axes=(0, 0, 0, None))
+    out_BKGTH = jax.vmap(per_kv_head)(q_BKGTH, k_BKTH, v_BKTH, SegmentIds(q=seg_BT, kv=seg_BT))
+    out_BTNH = out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, tp, N, H)[:, :T]
+    return jnp.where((mask_BT > 0)[:, :, None, None], out_BTNH, jnp.zeros_like(out_BTNH))
+
+
+def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
+    """Causal self-attention over LEFT-padded rows with the Pallas splash kernel (TPU).
+
+    Padding is expressed as segment ids (real tokens 1, pads 0), which splash ands with
+    its static causal mask, so no rotation is needed; the time axis is zero-padded at the
+    end to a multiple of `SPLASH_SEQ_MULTIPLE` (those slots come after every real query,
+    so causality hides them). q is pre-scaled (the kernel takes no scale). Grouped
+    queries: the MQA kernel runs once per kv head (vmapped) on its group of query heads.
+    Padded output rows are exactly zero.
+
+    A Pallas kernel cannot be partitioned by XLA, so when an abstract mesh is set (the
+    train step sets one, `laser_jax.sharding.batch_sharded_activations`) the call runs
+    under `shard_map`: batch split over the data axes, kv heads over the tensor axis
+    (each only where it divides).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.axis_sizes) == 1:
+        return _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale)
+    from jax.sharding import PartitionSpec as P
+
+    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+    batch = tuple(a for a in SPLASH_BATCH_AXES if a in sizes)
+    batch = batch if batch and q_BTNH.shape[0] % math.prod(sizes[a] for a in batch) == 0 else None
+    heads = SPLASH_HEAD_AXIS if k_BTKH.shape[2] % sizes.get(SPLASH_HEAD_AXIS, 1) == 0 else None
+    heads = heads if SPLASH_HEAD_AXIS in sizes else None
+    spec = P(batch, None, heads, None)
+    fn = jax.shard_map(functools.partial(_splash_local, scale=scale), mesh=mesh,
+                       in_specs=(spec, spec, spec, P(batch, None)), out_specs=spec, check_vma=False)
+    return fn(q_BTNH, k_BTKH, v_BTKH, mask_BT)
 
 
 def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementation):
@@ -175,12 +253,14 @@ class Attention(nn.Module):
             out_BTNH = prefix_tail_attention(
                 q_BTNH, cache["prefix_k"], cache["prefix_v"], k_BSKH, v_BSKH,
                 mask_BTX[..., :P], mask_BTX[..., P:], H ** -0.5)
+        elif cache is None and cfg.attention_impl == "splash":
+            out_BTNH = splash_attention(q_BTNH, k_BTKH, v_BTKH, kv_mask_BS, H ** -0.5)
         elif cache is None and cfg.attention_impl in ("cudnn", "xla_right_padded"):
             out_BTNH = right_padded_attention(
                 q_BTNH, k_BTKH, v_BTKH, kv_mask_BS, H ** -0.5,
                 "cudnn" if cfg.attention_impl == "cudnn" else "xla")
         else:
-            # cuDNN cannot take this mask: cached calls always use XLA unless the config
+            # cuDNN and splash cannot take this mask: cached calls always use XLA unless the config
             # names the plain "xla" implementation or leaves it to JAX (None).
             impl = cfg.attention_impl if cfg.attention_impl in (None, "xla") else "xla"
             mask_BTS = causal_mask(kv_mask_BS, q_slot_BT, jnp.arange(k_BSKH.shape[1]))

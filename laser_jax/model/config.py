@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional, Tuple
 FAMILIES = ("qwen3", "qwen2", "llama")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj")
-ATTENTION_IMPLS = (None, "xla", "cudnn", "xla_right_padded")
+ATTENTION_IMPLS = (None, "xla", "cudnn", "xla_right_padded", "splash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,9 @@ class ModelConfig:
     # Attention kernel: None (JAX picks) or "xla" = masked jax.nn.dot_product_attention;
     # "cudnn" = cuDNN flash attention for full-sequence calls (left padding rotated to
     # right padding, see attention.right_padded_attention), masked XLA for cached calls;
-    # "xla_right_padded" = the same rotation with the XLA kernel (testing, CPU).
+    # "xla_right_padded" = the same rotation with the XLA kernel (testing, CPU);
+    # "splash" = the Pallas splash kernel on TPU for full-sequence calls (interpret mode
+    # elsewhere, for tests), masked XLA for cached calls.
     attention_impl: Optional[str] = None
     lora_rank: int = 0
     lora_alpha: float = 32.0
