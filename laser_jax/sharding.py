@@ -18,6 +18,7 @@ from laser_jax.data.errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
+TENSOR = "tensor"
 
 LOGICAL_RULES: Tuple[Tuple[str, object], ...] = (
     ("batch", BATCH),

@@ -72,8 +72,6 @@ permute_time.defvjp(_permute_time_fwd, _permute_time_bwd)
 
 
 SPLASH_SEQ_MULTIPLE = 128  # splash_attention pads the time axis to a multiple of this
-SPLASH_BATCH_AXES = ("data", "fsdp")  # mesh axes a batch is split over (laser_jax.sharding.BATCH)
-SPLASH_HEAD_AXIS = "tensor"  # mesh axis the heads are split over
 
 
 def _splash_kernel(t_padded: int, group: int, block: int, interpret: bool):
@@ -133,11 +131,12 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
         return _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale)
     from jax.sharding import PartitionSpec as P
 
+    from laser_jax.sharding import BATCH, TENSOR
+
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    batch = tuple(a for a in SPLASH_BATCH_AXES if a in sizes)
+    batch = tuple(a for a in BATCH if a in sizes)
     batch = batch if batch and q_BTNH.shape[0] % math.prod(sizes[a] for a in batch) == 0 else None
-    heads = SPLASH_HEAD_AXIS if k_BTKH.shape[2] % sizes.get(SPLASH_HEAD_AXIS, 1) == 0 else None
-    heads = heads if SPLASH_HEAD_AXIS in sizes else None
+    heads = TENSOR if TENSOR in sizes and k_BTKH.shape[2] % sizes[TENSOR] == 0 else None
     spec = P(batch, None, heads, None)
     fn = jax.shard_map(functools.partial(_splash_local, scale=scale), mesh=mesh,
                        in_specs=(spec, spec, spec, P(batch, None)), out_specs=spec, check_vma=False)
@@ -260,8 +259,8 @@ class Attention(nn.Module):
                 q_BTNH, k_BTKH, v_BTKH, kv_mask_BS, H ** -0.5,
                 "cudnn" if cfg.attention_impl == "cudnn" else "xla")
         else:
-            # cuDNN and splash cannot take this mask: cached calls always use XLA unless the config
-            # names the plain "xla" implementation or leaves it to JAX (None).
+            # cuDNN and splash cannot take this mask: cached calls always use XLA unless the
+            # config names the plain "xla" implementation or leaves it to JAX (None).
             impl = cfg.attention_impl if cfg.attention_impl in (None, "xla") else "xla"
             mask_BTS = causal_mask(kv_mask_BS, q_slot_BT, jnp.arange(k_BSKH.shape[1]))
             out_BTNH = jax.nn.dot_product_attention(
