@@ -36,11 +36,9 @@ ARCHS = {"tiny": "tiny_qwen3", "qwen3-0.6b": "qwen3_0_6b", "qwen3-4b": "qwen3_4b
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="qwen3-0.6b", choices=sorted(ARCHS))
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    p.add_argument("--only", default="all", choices=["all", "train", "encode"])
+def add_batch_shape_args(p: argparse.ArgumentParser) -> None:
+    """The train batch's shape flags (paper defaults), named as the PyTorch baseline names
+    them, so one command line's flags fit both (bench/run_device.sh, loss_agreement.py)."""
     p.add_argument("--queries", type=int, default=8)
     p.add_argument("--group", type=int, default=2)
     p.add_argument("--q-len", type=int, default=512)
@@ -48,6 +46,21 @@ def parse_args(argv=None):
     p.add_argument("--e-len", type=int, default=1024)
     p.add_argument("--K", type=int, default=3)
     p.add_argument("--segments", type=int, default=8)
+
+
+def write_json(path: str, obj) -> None:
+    """obj as indented JSON at path, creating its directory."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="qwen3-0.6b", choices=sorted(ARCHS))
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--only", default="all", choices=["all", "train", "encode"])
+    add_batch_shape_args(p)
     p.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     p.add_argument("--lora-r", type=int, default=64)
     p.add_argument("--lora-alpha", type=float, default=32.0)
@@ -91,8 +104,7 @@ def _profile(fn, args, tag: str):
     """Trace args.profile_iters calls of fn into args.profile/tag; the per-call summary."""
     import jax
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import profile_summary
+    import profile_summary  # beside this script (its folder is on sys.path when it runs)
 
     trace_dir = os.path.join(args.profile, tag)
     with jax.profiler.trace(trace_dir):
@@ -235,9 +247,7 @@ def main(argv=None):
 
     def flush():
         if args.out:
-            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-            with open(args.out, "w") as f:
-                json.dump(result, f, indent=1)
+            write_json(args.out, result)
 
     print(json.dumps(result["env"]), flush=True)
     if args.only in ("all", "encode"):

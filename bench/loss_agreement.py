@@ -40,8 +40,8 @@ import tempfile
 import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_laser import add_batch_shape_args, write_json  # noqa: E402 (also puts the repo root on sys.path)
 
 LOSSES = ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid")
 JAX_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -53,13 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--arch", default="qwen3-0.6b")
     p.add_argument("--device", default="", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtypes", default="bf16", help="checked against fp32, which always runs")
-    p.add_argument("--queries", type=int, default=8)
-    p.add_argument("--group", type=int, default=2)
-    p.add_argument("--q-len", type=int, default=512)
-    p.add_argument("--d-len", type=int, default=512)
-    p.add_argument("--e-len", type=int, default=1024)
-    p.add_argument("--K", type=int, default=3)
-    p.add_argument("--segments", type=int, default=8)
+    add_batch_shape_args(p)
     p.add_argument("--attn", default="", help="laser_jax attention_impl for bf16 ('' = auto)")
     p.add_argument("--remat", default="full")
     p.add_argument("--lora-r", type=int, default=64)
@@ -101,18 +95,18 @@ def jax_batch(batch, split_id, K):
     return host
 
 
-def jax_losses(model_dir, dtype: str, attn: str, remat: str, lora_r: int, batch, K, eos_id, seed: int):
+def jax_losses(base_cfg, params, dtype: str, attn: str, remat: str, lora_r: int, batch, K, eos_id, seed: int):
+    """The five losses with the float32 `params` computed in `dtype` on the given path."""
     import jax
     import jax.numpy as jnp
 
-    from laser_jax.hf_io import load_pretrained
     from laser_jax.losses import LossConfig
     from laser_jax.model.decoder import Decoder, init_variables
     from laser_jax.objective import laser_objective
     from laser_jax.train_step import split_variables
 
-    cfg, params = load_pretrained(model_dir, param_dtype="float32", compute_dtype=JAX_DTYPES[dtype],
-                                  attention_impl=attn or None, remat_policy=remat, lora_rank=lora_r)
+    cfg = base_cfg.replace(compute_dtype=JAX_DTYPES[dtype], attention_impl=attn or None, remat_policy=remat,
+                           lora_rank=lora_r)
     variables = {**init_variables(cfg, jax.random.key(seed)), "params": params}
     trainable, frozen = split_variables(cfg, variables)
     model = Decoder(cfg)
@@ -139,13 +133,15 @@ def jax_part(argv) -> None:
     p.add_argument("--eos-id", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
     a = p.parse_args(argv)
+    from laser_jax.hf_io import load_pretrained
+
     batch = dict(np.load(os.path.join(a.workdir, "batch.npz")))
+    base_cfg, params = load_pretrained(os.path.join(a.workdir, "model"), param_dtype="float32")  # read once
     out = {}
     for dtype in a.dtypes.split(","):
         attn = "xla" if dtype == "fp32" and a.attn == "cudnn" else a.attn
         t0 = time.perf_counter()
-        losses = jax_losses(os.path.join(a.workdir, "model"), dtype, attn, a.remat, a.lora_r, batch, a.K,
-                            a.eos_id, a.seed)
+        losses = jax_losses(base_cfg, params, dtype, attn, a.remat, a.lora_r, batch, a.K, a.eos_id, a.seed)
         out[dtype] = {"losses": losses, "attention_impl": attn or "auto", "seconds": time.perf_counter() - t0}
     import jax
 
@@ -225,9 +221,7 @@ def main(argv=None) -> dict:
             print(f"  {k:<17} {r['torch']:12.6f} {r['jax']:12.6f} {r['diff']:11.2e} {near} {r['tol']:9.2e}  {r['ok']}")
     print(f"losses agree: {ok}")
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(a.out, report)
     return report
 
 
