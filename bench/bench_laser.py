@@ -156,9 +156,9 @@ def bench_train(args, remat: str) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from laser_jax.losses import LossConfig
+    from laser_jax.method.losses import LossConfig
     from laser_jax.model.decoder import Decoder
-    from laser_jax.train_step import StepConfig, init_state, make_optimizer, train_step
+    from laser_jax.train.step import StepConfig, init_state, make_optimizer, train_step
 
     cfg = model_config(args, remat)
     train_cfg = types.SimpleNamespace(learning_rate=args.lr, warmup_ratio=0.0, max_grad_norm=args.clip,
@@ -196,7 +196,7 @@ def bench_encode(args) -> list:
     import jax.numpy as jnp
     import numpy as np
 
-    from laser_jax.laser import latent_view
+    from laser_jax.method.views import latent_view
     from laser_jax.model.decoder import Decoder, init_variables
 
     cfg = model_config(args, "none").replace(lora_rank=0, param_dtype=DTYPES[args.dtype])

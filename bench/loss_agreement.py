@@ -2,13 +2,13 @@
 """Do laser_jax's fast train-step path and the PyTorch baseline compute the same LaSER loss?
 
 One random-init Hugging Face model (built by the baseline's own `build_model`), its weights
-loaded into laser_jax through `laser_jax.hf_io`, one random batch (the baseline's own
+loaded into laser_jax through `laser_jax.model.hf_io`, one random batch (the baseline's own
 `make_train_batch`: N queries, N*G documents, N explicit rows with "\\n\\n" segment ids), and
 the five losses computed by both without dropout:
 
   torch: the baseline's reference (`laser_torch.latent_encode` / `explicit_encode` /
          `laser_losses`) under no_grad, in each --dtypes entry (the model cast to it);
-  jax:   `laser_jax.objective.laser_objective` under jit, with the bench's fast-path
+  jax:   `laser_jax.method.objective.laser_objective` under jit, with the bench's fast-path
          settings (--attn, --remat, LoRA r=--lora-r: adapters start at B = 0, so they add
          nothing, but the LoRA code path and the base weights held in the compute dtype are
          the ones the train step runs).
@@ -100,10 +100,10 @@ def jax_losses(base_cfg, params, dtype: str, attn: str, remat: str, lora_r: int,
     import jax
     import jax.numpy as jnp
 
-    from laser_jax.losses import LossConfig
+    from laser_jax.method.losses import LossConfig
     from laser_jax.model.decoder import Decoder, init_variables
-    from laser_jax.objective import laser_objective
-    from laser_jax.train_step import split_variables
+    from laser_jax.method.objective import laser_objective
+    from laser_jax.train.step import split_variables
 
     cfg = base_cfg.replace(compute_dtype=JAX_DTYPES[dtype], attention_impl=attn or None, remat_policy=remat,
                            lora_rank=lora_r)
@@ -133,7 +133,7 @@ def jax_part(argv) -> None:
     p.add_argument("--eos-id", type=int, required=True)
     p.add_argument("--seed", type=int, required=True)
     a = p.parse_args(argv)
-    from laser_jax.hf_io import load_pretrained
+    from laser_jax.model.hf_io import load_pretrained
 
     batch = dict(np.load(os.path.join(a.workdir, "batch.npz")))
     base_cfg, params = load_pretrained(os.path.join(a.workdir, "model"), param_dtype="float32")  # read once

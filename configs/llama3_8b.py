@@ -1,6 +1,6 @@
 """LaSER on Llama-3.1-8B (llama3 RoPE scaling, untied head), the paper's settings.
 `:smoke` shrinks it to a tiny random Llama on the synthetic task."""
-from laser_jax.run_config import apply_variant, base_config
+from laser_jax.train.config import apply_variant, base_config
 
 
 def get_config(arg=None):

@@ -7,7 +7,7 @@ bf16; K=3; tau 0.02 / tau_kd 0.02 / tau_mid 0.05; lambda 1 / 10 / 0.1).
 
 Variant `:smoke` shrinks it to a tiny random model on the synthetic task (CPU, seconds).
 """
-from laser_jax.run_config import apply_variant, base_config
+from laser_jax.train.config import apply_variant, base_config
 
 
 def get_config(arg=None):

@@ -1,5 +1,5 @@
 """LaSER on Qwen3-8B, the paper's settings (see configs/qwen3_0p6b.py). `:smoke` shrinks it."""
-from laser_jax.run_config import apply_variant, base_config
+from laser_jax.train.config import apply_variant, base_config
 
 
 def get_config(arg=None):

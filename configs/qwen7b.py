@@ -5,7 +5,7 @@
 
 `:smoke` shrinks it to a tiny random model on the synthetic task.
 """
-from laser_jax.run_config import apply_variant, base_config
+from laser_jax.train.config import apply_variant, base_config
 
 
 def get_config(arg=None):

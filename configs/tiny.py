@@ -3,7 +3,7 @@ multi-step arithmetic retrieval task (laser_jax.data.synthetic), on CPU in minut
 
     python -m laser_jax.train --config=configs/tiny.py --workdir=runs/tiny
 """
-from laser_jax.run_config import base_config
+from laser_jax.train.config import base_config
 
 
 def get_config(arg=None):

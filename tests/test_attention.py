@@ -6,7 +6,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
-from laser_jax import sharding
+from laser_jax.train import sharding
 from laser_jax.model.attention import (causal_mask, permute_time, prefix_tail_attention, right_padded_attention,
                                        splash_attention)
 from laser_jax.model.config import preset

@@ -8,12 +8,13 @@ import numpy as np
 import optax
 import pytest
 
-from laser_jax.cached_step import cached_gradients, student_representations
-from laser_jax.losses import LossConfig, laser_loss
+from laser_jax.train.cached_step import cached_gradients, student_representations
+from laser_jax.method.losses import LossConfig, laser_loss
 from laser_jax.model.config import preset
 from laser_jax.model.decoder import Decoder
-from laser_jax.objective import laser_objective
-from laser_jax.train_step import StepConfig, init_state, split_microbatches, train_step
+from laser_jax.method.objective import laser_objective
+from laser_jax.train.microbatches import split_microbatches
+from laser_jax.train.step import StepConfig, init_state, train_step
 
 B, G, J, EOS = 4, 2, 3, 1
 
@@ -137,8 +138,8 @@ def test_a_batch_too_big_for_the_plain_step_fits_cached():
     """laser_jax.plan on one device: the cached step's temporaries grow with the chunk (4
     queries), the plain step's with the batch (32); a device between the two peaks holds
     only the cached step."""
-    from laser_jax.plan import plan_step
-    from laser_jax.run_config import base_config, shrink_for_smoke
+    from laser_jax.train.plan import plan_step
+    from laser_jax.train.config import base_config, shrink_for_smoke
 
     plans = {}
     for chunk in (0, 4):

@@ -8,8 +8,8 @@ import jax
 
 import laser_oracle as oracle
 from laser_jax import LaserEncoder
-from laser_jax.export_hf import export_hf
-from laser_jax.final_eval import encoder_from_trainer
+from laser_jax.inference.export_hf import export_hf
+from laser_jax.train.final_eval import encoder_from_trainer
 from test_train import small_config, task, train  # noqa: F401  (task is a fixture)
 
 TEXTS = ["Take 3. Add 4, then double it.", "The number 14 is even.", "7 plus 2 is 9\n\n9 doubled is 18"]
@@ -73,7 +73,7 @@ def test_a_checkpoint_trained_with_cudnn_loads_with_this_machines_attention_kern
     """A GPU run stores attention_impl='cudnn'; inference on CPU must not ask for cuDNN."""
     import dataclasses
 
-    from laser_jax.checkpoint import model_config_from_meta
+    from laser_jax.train.checkpoint import model_config_from_meta
     from laser_jax.model.config import preset
 
     meta = {"model": dataclasses.asdict(preset("tiny_qwen3", attention_impl="cudnn",

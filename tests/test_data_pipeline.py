@@ -9,7 +9,8 @@ import torch
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.pipeline import (PipelineOptions, steps_per_epoch, tokenize_batch,
                                      train_dataset, train_iterator)
-from laser_jax.data.records import Record, open_records
+from laser_jax.data.records import Record
+from laser_jax.data.sources import open_records
 from laser_jax.data.sampling import choose_documents, epoch_order
 from laser_jax.data.tokenize import batch_lengths, repad_left
 

@@ -7,7 +7,8 @@ import pytest
 from laser_jax.data import convert
 from laser_jax.data.array_record_source import write_array_record
 from laser_jax.data.errors import DataError, Problem
-from laser_jax.data.records import Record, normalise_passage, open_records, parse_record
+from laser_jax.data.records import Record, normalise_passage, parse_record
+from laser_jax.data.sources import open_records
 
 
 def good(i=0, **changes):

@@ -7,7 +7,7 @@ pytest.importorskip("importlib_resources")   # tensorflow_datasets' builders nee
 tfds_reasonemb = pytest.importorskip("laser_jax.data.tfds_reasonemb")
 
 from laser_jax.data.errors import DataError  # noqa: E402
-from laser_jax.data.records import open_records  # noqa: E402
+from laser_jax.data.sources import open_records  # noqa: E402
 
 
 def raw_records(n=6):

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from laser_jax import evaluate
+from laser_jax.inference import evaluate
 from laser_jax.retrieval.bright import INSTRUCTIONS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -240,9 +240,9 @@ def test_cli_model_path_uses_laser_encoder(tmp_path, monkeypatch, capsys):
             calls.append(("d", num_thinking_steps, max_length, batch_size))
             return np.stack([hash_vec(t) for t in docs]).astype(np.float32)
 
-    fake = types.ModuleType("laser_jax.encoder")
+    fake = types.ModuleType("laser_jax.inference.encoder")
     fake.LaserEncoder = LaserEncoder
-    monkeypatch.setitem(sys.modules, "laser_jax.encoder", fake)
+    monkeypatch.setitem(sys.modules, "laser_jax.inference.encoder", fake)
     out = tmp_path / "r.json"
     rc = evaluate.main(["evaluate", "--model=/m", f"--data={root}", "--domains=pony",
                         "--num_thinking_steps=2", "--max_length=64", "--batch_size=4",

@@ -83,8 +83,8 @@ def test_explicit_upper_on_the_trained_micro_model(micro, task):
 
 
 def test_explicit_encoder_formats_like_training_and_reads_gold_reasoning(micro, task):
-    from laser_jax.encoder import default_dtype
-    from laser_jax.model_io import load_for_inference
+    from laser_jax.inference.encoder import default_dtype
+    from laser_jax.inference.load import load_for_inference
 
     _, _, runs = micro
     loaded = load_for_inference(os.path.join(runs, "laser", "seed0"), default_dtype())

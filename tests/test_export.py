@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from hf_models import build_hf_model
-from laser_jax import export
-from laser_jax.encoder import LaserEncoder
+from laser_jax.inference import export
+from laser_jax.inference.encoder import LaserEncoder
 
 # One shape for the texts: rows of 8, every text longer than 16 tokens so every batch is
 # 32 wide (then a row's embedding does not depend on its batch, and exports match

@@ -9,8 +9,10 @@ import pytest
 from safetensors import safe_open
 
 from hf_models import build_hf_model
-from laser_jax import export_hf, model_io, torch_encoder
-from laser_jax.encoder import LaserEncoder, TextFormat
+from laser_jax.inference import export_hf
+from laser_jax.inference import load as model_io
+from laser_jax.inference import torch_encoder
+from laser_jax.inference.encoder import LaserEncoder, TextFormat
 from laser_jax.model.decoder import abstract_variables
 
 QUERIES = ["What is 3 plus 4?", "What is 11 plus 2?", "What is 0 plus 6?"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from hf_models import build_hf_model
-from laser_jax import export
-from laser_jax.encoder import LaserEncoder
+from laser_jax.inference import export
+from laser_jax.inference.encoder import LaserEncoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, CHUNK = 160, 16
@@ -20,8 +20,8 @@ ARGS = ["--kind=document", "--max_length=32", "--batch_size=8", f"--chunk_size={
 # The CLI, with each batch slowed down so that the kill lands in the middle of the run.
 SLOW_CLI = textwrap.dedent("""
     import sys, time
-    from laser_jax.encoder import LaserEncoder
-    from laser_jax import export
+    from laser_jax.inference.encoder import LaserEncoder
+    from laser_jax.inference import export
     fast = LaserEncoder.iter_batches
     def slow(self, *args, **kwargs):
         for item in fast(self, *args, **kwargs):

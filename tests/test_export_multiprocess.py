@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from hf_models import build_hf_model
-from laser_jax import export
-from laser_jax.encoder import LaserEncoder
+from laser_jax.inference import export
+from laser_jax.inference.encoder import LaserEncoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(REPO, "launch", "local.py")

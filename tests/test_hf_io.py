@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hf_models import build_hf_model
-from laser_jax import hf_io
+from laser_jax.model import hf_io
 from laser_jax.model.decoder import Decoder, init_variables, positions_from_mask
 
 

@@ -11,16 +11,16 @@ import jax.numpy as jnp
 
 import laser_oracle as oracle
 from hf_models import build_hf_model
-from laser_jax import hf_io
+from laser_jax.model import hf_io
 from laser_jax.data.batch import build_batch
 from laser_jax.data.options import PipelineOptions
 from laser_jax.data.records import Record
 from laser_jax.data.segments import split_token_ids
-from laser_jax.laser import explicit_view, latent_view
-from laser_jax.losses import LossConfig
+from laser_jax.method.views import explicit_view, latent_view
+from laser_jax.method.losses import LossConfig
 from laser_jax.model.decoder import Decoder, positions_from_mask
-from laser_jax.objective import laser_objective
-from laser_jax.objective import laser_objective as _objective
+from laser_jax.method.objective import laser_objective
+from laser_jax.method.objective import laser_objective as _objective
 
 
 @pytest.fixture(scope="module", params=["qwen3", "llama"])

@@ -113,8 +113,9 @@ def test_left_padding_does_not_change_rows(models, tokenizer, family, dtype, K, 
     model = models[family, dtype]
     ids, mask = _batch(tokenizer, TEXTS)
     assert (mask == 0).any()
-    # float32: the padded batch and the lone row run different matmul shapes
-    atol = 2 * atol if dtype == "float32" else atol
+    # float32: the padded batch and the lone row run different matmul shapes (torch's CPU
+    # kernels differ by shape; 2.9e-5 seen on one of 128 state elements with torch 2.13)
+    atol = 5 * atol if dtype == "float32" else atol
     with torch.no_grad():
         emb, states = latent_view(model, ids, mask, K=K)
         for b, text in enumerate(TEXTS):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from hf_models import FAMILIES, build_hf_model
-from laser_jax import hf_io
+from laser_jax.model import hf_io
 from laser_jax.model import lora as lora_lib
 from laser_jax.model.config import PRESETS, from_hf_config, preset, to_hf_config
 from laser_jax.model.decoder import Decoder, init_cache, init_variables, positions_from_mask

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from hf_models import build_hf_model
-from laser_jax.encoder import LaserEncoder
-from laser_jax.mteb_encoder import DEFAULT_INSTRUCTION, LaserMtebEncoder, bright_domain
+from laser_jax.inference.encoder import LaserEncoder
+from laser_jax.inference.mteb import DEFAULT_INSTRUCTION, LaserMtebEncoder, bright_domain
 from laser_jax.retrieval.bright import INSTRUCTIONS
 
 OPTS = dict(max_length=32, batch_size=8)

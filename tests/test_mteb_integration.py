@@ -5,8 +5,8 @@ import pytest
 mteb = pytest.importorskip("mteb")
 
 from hf_models import build_hf_model  # noqa: E402
-from laser_jax.encoder import LaserEncoder  # noqa: E402
-from laser_jax.mteb_encoder import LaserMtebEncoder  # noqa: E402
+from laser_jax.inference.encoder import LaserEncoder  # noqa: E402
+from laser_jax.inference.mteb import LaserMtebEncoder  # noqa: E402
 from laser_jax.retrieval.bright import INSTRUCTIONS  # noqa: E402
 
 OPTS = dict(max_length=32, batch_size=8)

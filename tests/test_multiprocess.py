@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from laser_jax.data.synthetic import ensure_generated
-from laser_jax.metrics_writer import read_metrics
+from laser_jax.train.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(REPO, "launch", "local.py")
 LOSS_KEYS = ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid", "l2_grads")
 
 CONFIG = '''
-from laser_jax.run_config import base_config
+from laser_jax.train.config import base_config
 
 
 def get_config():

@@ -8,8 +8,8 @@ import sys
 import jax
 import pytest
 
-from laser_jax.plan import ACCELERATORS, GIB, plan_step, tpu_topology_name, tree_bytes
-from laser_jax.run_config import base_config, shrink_for_smoke
+from laser_jax.train.plan import ACCELERATORS, GIB, plan_step, tpu_topology_name, tree_bytes
+from laser_jax.train.config import base_config, shrink_for_smoke
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,10 +58,10 @@ def test_parameter_and_optimizer_bytes_follow_the_sharding(full_plan):
 def test_per_device_bytes_equal_total_over_the_sharding_factor():
     import flax.linen as nn
 
-    from laser_jax import sharding
-    from laser_jax.plan import _sharded
-    from laser_jax.setup_run import model_config
-    from laser_jax.train_step import init_state, make_optimizer
+    from laser_jax.train import sharding
+    from laser_jax.train.plan import _sharded
+    from laser_jax.train.setup import model_config
+    from laser_jax.train.step import init_state, make_optimizer
 
     c = smoke()
     cfg = model_config(c, None)
@@ -121,10 +121,10 @@ def test_activations_stay_split_over_the_batch_on_an_fsdp_mesh():
     import flax.linen as nn
     import jax.numpy as jnp
 
-    from laser_jax import sharding
+    from laser_jax.train import sharding
     from laser_jax.model.config import preset
     from laser_jax.model.decoder import Decoder, init_variables, positions_from_mask
-    from laser_jax.plan import _sharded
+    from laser_jax.train.plan import _sharded
 
     cfg = preset("tiny_qwen3", vocab_size=64, hidden_size=256, intermediate_size=2048, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, compute_dtype="bfloat16")
@@ -152,7 +152,7 @@ def test_activations_stay_split_over_the_batch_on_an_fsdp_mesh():
 
 
 def test_a_tpu_out_of_memory_refusal_becomes_a_does_not_fit_figure():
-    from laser_jax.plan import out_of_memory_temporaries
+    from laser_jax.train.plan import out_of_memory_temporaries
 
     message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
                "(18.02G) exceeds available HBM (15.75G).")

@@ -15,11 +15,13 @@ import sys
 import numpy as np
 import pytest
 
-from laser_jax import evaluate, export, faults
+from laser_jax.inference import evaluate
+from laser_jax.inference import export
+from laser_jax.train import faults
 from laser_jax.data.synthetic import ensure_generated
-from laser_jax.run_config import base_config, validate
-from laser_jax.train import train_main
-from laser_jax.trainer import Trainer
+from laser_jax.train.config import base_config, validate
+from laser_jax.train.main import train_main
+from laser_jax.train.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TASK = {}
@@ -223,7 +225,7 @@ def test_init_from_an_incomplete_hf_dir_exits_2_naming_the_field(rtask, tmp_path
 
 
 def test_evaluate_cli_with_an_incomplete_hf_dir_fails_with_a_message(rtask, tmp_path, capsys):
-    from laser_jax.encoder import LaserEncoder
+    from laser_jax.inference.encoder import LaserEncoder
 
     no_config = _hf_dir(tmp_path, rtask, config=False)
     with pytest.raises(FileNotFoundError, match="no config.json"):
@@ -293,7 +295,7 @@ def test_invalid_config_field_exits_2_naming_it(rtask, tmp_path, capsys, overrid
 
 
 def test_attention_impl_auto_picks_cudnn_only_on_a_gpu_in_half_precision():
-    from laser_jax.run_config import resolve_attention_impl
+    from laser_jax.train.config import resolve_attention_impl
 
     assert resolve_attention_impl("auto", "bfloat16", "gpu") == "cudnn"
     assert resolve_attention_impl("auto", "float16", "gpu") == "cudnn"

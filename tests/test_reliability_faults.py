@@ -12,10 +12,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from laser_jax import checkpoint as ckpt_lib
-from laser_jax import faults
-from laser_jax.metrics_writer import MetricsWriter, read_metrics
-from laser_jax.trainer import Trainer
+from laser_jax.train import checkpoint as ckpt_lib
+from laser_jax.train import faults
+from laser_jax.train.metrics import MetricsWriter, read_metrics
+from laser_jax.train.trainer import Trainer
 from test_reliability import rtask, run_main, tiny_config  # noqa: F401 (fixture)
 
 LOSS_KEYS = ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid")

@@ -20,8 +20,8 @@ import threading
 import numpy as np
 import pytest
 
-from laser_jax.metrics_writer import read_metrics
-from laser_jax.trainer import Trainer
+from laser_jax.train.metrics import read_metrics
+from laser_jax.train.trainer import Trainer
 from test_reliability import rtask, tiny_config  # noqa: F401 (fixture)
 from test_reliability_faults import LOSS_KEYS, steps_on_disk
 
@@ -53,7 +53,7 @@ async def _blocked(self):
         await asyncio.sleep(3600)
     return await _finalize(self)
 atomicity.AtomicRenameTemporaryPath.finalize = _blocked
-from laser_jax.train import run
+from laser_jax.train.main import run
 run()
 '''
 

@@ -13,9 +13,9 @@ import jax
 import laser_oracle as oracle
 from hf_models import build_hf_model
 from laser_jax.data.synthetic import ensure_generated
-from laser_jax.metrics_writer import read_metrics
-from laser_jax.run_config import base_config, validate
-from laser_jax.trainer import Trainer
+from laser_jax.train.metrics import read_metrics
+from laser_jax.train.config import base_config, validate
+from laser_jax.train.trainer import Trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_KEYS = ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid")
@@ -210,7 +210,7 @@ def test_unknown_or_invalid_config_fields_are_named_before_anything_runs(tmp_pat
 
 
 def test_model_section_run_time_options_reach_the_model_config(task):
-    from laser_jax.setup_run import model_config
+    from laser_jax.train.setup import model_config
 
     c = small_config(task, **{"model.scan_layers": True, "model.unroll_soft_steps": True,
                               "model.remat_policy": "dots", "model.attention_impl": "xla_right_padded"})

@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 from laser_jax.data.array_record_source import write_array_record
 from laser_jax.data.errors import DataError
-from laser_jax.data.records import open_records
+from laser_jax.data.sources import open_records
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -3,7 +3,7 @@
 Each held-out query is formatted exactly as in training (query template with the domain's
 instruction, chat wrapping when the model was trained with it), the gold reasoning of
 `<domain>/reasoning.jsonl` is appended (`laser_jax.data.formatting.explicit_text`), the
-model runs its explicit view (`laser_jax.laser.explicit_view`: one pass with the EOS
+model runs its explicit view (`laser_jax.method.views.explicit_view`: one pass with the EOS
 embedding appended) and v* is the query embedding. Documents go through the latent view
 (`LaserEncoder.encode_documents`), as at inference. Scoring is the project's BRIGHT
 evaluation (`laser_jax.evaluate.score_embeddings`).
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from laser_jax.encoder import LaserEncoder
-from laser_jax.laser import explicit_view
+from laser_jax.inference.encoder import LaserEncoder
+from laser_jax.method.views import explicit_view
 
 REASONING_FILE = "reasoning.jsonl"
 
@@ -63,7 +63,7 @@ class ExplicitEncoder:
     """Query + gold reasoning -> v* (the explicit view's EOS state), for one loaded model.
 
     Args:
-      loaded: a `laser_jax.model_io.LoadedModel` (e.g. from `load_for_inference`).
+      loaded: a `laser_jax.inference.load.LoadedModel` (e.g. from `load_for_inference`).
       eos_id: the token whose embedding the explicit view appends (default: the tokenizer's EOS).
     """
 
@@ -109,9 +109,9 @@ def evaluate_explicit_upper(model: str, data_dir: str, *, domains: Optional[Sequ
     Returns:
       list of `laser_jax.evaluate.DomainResult`, in domain order.
     """
-    from laser_jax.encoder import default_dtype
-    from laser_jax.evaluate import score_embeddings
-    from laser_jax.model_io import load_for_inference
+    from laser_jax.inference.encoder import default_dtype
+    from laser_jax.inference.evaluate import score_embeddings
+    from laser_jax.inference.load import load_for_inference
     from laser_jax.retrieval import bright
 
     if loaded is None:
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max_length", type=int, default=1024)
     parser.add_argument("--batch_size", type=int, default=32)
     args = parser.parse_args(argv)
-    from laser_jax.evaluate import format_table, summarize
+    from laser_jax.inference.evaluate import format_table, summarize
 
     results = evaluate_explicit_upper(args.model, args.data, max_length=args.max_length,
                                       batch_size=args.batch_size)

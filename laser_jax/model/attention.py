@@ -122,7 +122,7 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
     Padded output rows are exactly zero.
 
     A Pallas kernel cannot be partitioned by XLA, so when an abstract mesh is set (the
-    train step sets one, `laser_jax.sharding.batch_sharded_activations`) the call runs
+    train step sets one, `laser_jax.train.sharding.batch_sharded_activations`) the call runs
     under `shard_map`: batch split over the data axes, kv heads over the tensor axis
     (each only where it divides).
     """
@@ -131,7 +131,7 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
         return _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale)
     from jax.sharding import PartitionSpec as P
 
-    from laser_jax.sharding import BATCH, TENSOR
+    from laser_jax.train.sharding import BATCH, TENSOR
 
     sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
     batch = tuple(a for a in BATCH if a in sizes)

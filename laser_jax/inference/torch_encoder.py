@@ -4,7 +4,7 @@ A model written by `laser_jax.export_hf` is an ordinary transformers checkpoint;
 is the reference for encoding with it outside laser_jax (the exported README shows the same
 functions). torch and transformers are imported inside the functions only.
 
-    from laser_jax import torch_encoder
+    from laser_jax.inference import torch_encoder
     model, tokenizer, meta = torch_encoder.load("path/to/hf_export")
     q = torch_encoder.latent_embed(model, tokenizer, torch_encoder.format_texts(
             tokenizer, ["why is the sky blue?"], meta, instruction="Given a question, ..."),

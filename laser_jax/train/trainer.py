@@ -23,16 +23,18 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 
-from laser_jax import checkpoint as ckpt_lib
-from laser_jax import faults, setup_run, sharding
+from laser_jax.train import checkpoint as ckpt_lib
+from laser_jax.train import faults
+from laser_jax.train import setup as setup_run
+from laser_jax.train import sharding
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.pipeline import steps_per_epoch, train_iterator
-from laser_jax.data.records import open_records
+from laser_jax.data.sources import open_records
 from laser_jax.data.tokenize import repad_left
-from laser_jax.flops import device_peak_tflops, step_tokens, train_flops
-from laser_jax.metrics_writer import MetricsWriter
+from laser_jax.train.flops import device_peak_tflops, step_tokens, train_flops
+from laser_jax.train.metrics import MetricsWriter
 from laser_jax.model.decoder import Decoder
-from laser_jax.train_step import BATCH_KEYS, StepConfig, init_state, jit_train_step, learning_rate_schedule, \
+from laser_jax.train.step import BATCH_KEYS, StepConfig, init_state, jit_train_step, learning_rate_schedule, \
     make_optimizer
 
 log = logging.getLogger("laser_jax")
@@ -43,7 +45,7 @@ class Trainer:
     """Everything a run holds: config, mesh, data, model, optimizer, state, checkpointer.
 
     Args:
-      config: the run config (laser_jax.run_config).
+      config: the run config (laser_jax.train.config).
       workdir: checkpoints, metrics and the tokenizer go here.
       stop: the stop-signal recorder; pass one installed before construction (as the CLI
         does) so a signal during set-up also counts. Default: installed by `run`.
@@ -128,7 +130,7 @@ class Trainer:
         path = self.config.laser.teacher_from
         if not path:
             return None, None
-        from laser_jax.model_io import load_for_inference
+        from laser_jax.inference.load import load_for_inference
 
         loaded = load_for_inference(path, self.model_cfg.compute_dtype)
         if (loaded.cfg.hidden_size, loaded.cfg.vocab_size) != (self.model_cfg.hidden_size, self.model_cfg.vocab_size):
@@ -157,7 +159,7 @@ class Trainer:
         if not c.model.init_from:
             init = jax.jit(lambda r: init_state(self.model_cfg, self.tx, r), out_shardings=self.state_shardings)
             return init(rng)
-        from laser_jax import hf_io
+        from laser_jax.model import hf_io
 
         params_shardings = (self.state_shardings.frozen if self.model_cfg.lora_rank
                             else self.state_shardings.trainable)["params"]

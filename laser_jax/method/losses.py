@@ -13,7 +13,7 @@ from typing import Dict, Tuple
 import jax
 import jax.numpy as jnp
 
-from laser_jax.laser import l2_normalize
+from laser_jax.method.views import l2_normalize
 
 
 @dataclasses.dataclass(frozen=True)

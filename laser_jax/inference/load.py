@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from laser_jax.encoder import TextFormat
+from laser_jax.inference.encoder import TextFormat
 
 LASER_META = "laser.json"
 
@@ -50,10 +50,10 @@ def write_laser_meta(path: str, text_format: TextFormat, num_thinking_steps: int
 
 
 def load_hf_dir(path: str, dtype: str) -> LoadedModel:
-    from laser_jax import hf_io
+    from laser_jax.model import hf_io
     from laser_jax.model.config import from_hf_config
 
-    from laser_jax.run_config import resolve_attention_impl
+    from laser_jax.train.config import resolve_attention_impl
 
     cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=dtype,
                          attention_impl=resolve_attention_impl("auto", dtype))
@@ -68,7 +68,7 @@ def load_for_inference(path: str, dtype: str) -> LoadedModel:
     """Load an HF directory, a training workdir (latest checkpoint) or a checkpoint step."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model directory")
-    from laser_jax import checkpoint
+    from laser_jax.train import checkpoint
 
     found = checkpoint.find_checkpoint(path)
     if found is None and os.path.isfile(os.path.join(path, "config.json")):

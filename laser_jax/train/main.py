@@ -62,11 +62,11 @@ def train_main(config, workdir: str) -> int:
     """Validate, set up and run; print one "error: ..." and return the exit code on the
     faults docs/faults.md lists (2 bad input, 3 non-finite, 4 disk full, 128+N signal N).
     Anything else propagates with its traceback (exit 1)."""
-    from laser_jax import faults
-    from laser_jax.checkpoint import CheckpointRestoreError, NonFiniteStateError
+    from laser_jax.train import faults
+    from laser_jax.train.checkpoint import CheckpointRestoreError, NonFiniteStateError
     from laser_jax.data.errors import ConfigError, DataError
-    from laser_jax.hf_io import CheckpointMismatchError
-    from laser_jax.run_config import validate
+    from laser_jax.model.hf_io import CheckpointMismatchError
+    from laser_jax.train.config import validate
 
     def fail(code: int, e: BaseException) -> int:
         print(f"error: {e}", file=sys.stderr)
@@ -76,7 +76,7 @@ def train_main(config, workdir: str) -> int:
         log.info("setting up the run in %s", workdir)
         try:
             validate(config)
-            from laser_jax.trainer import Trainer
+            from laser_jax.train.trainer import Trainer
 
             trainer = Trainer(config, workdir, stop=stop)
         except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError) as e:
@@ -99,7 +99,7 @@ def train_main(config, workdir: str) -> int:
         if stop.signum is not None:
             return faults.exit_code_for_signal(stop.signum)
     if trainer.paths.eval_dir:
-        from laser_jax.final_eval import evaluate_trained
+        from laser_jax.train.final_eval import evaluate_trained
 
         evaluate_trained(trainer)
     return faults.EXIT_OK

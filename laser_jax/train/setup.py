@@ -10,10 +10,10 @@ import ml_collections
 
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.options import PipelineOptions
-from laser_jax.encoder import TextFormat
-from laser_jax.losses import LossConfig
+from laser_jax.inference.encoder import TextFormat
+from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset
-from laser_jax.run_config import ARCH_FIELDS, resolve_attention_impl
+from laser_jax.train.config import ARCH_FIELDS, resolve_attention_impl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataPaths:
 
 def load_tokenizer(paths: DataPaths):
     """The run's tokenizer; ConfigError naming the field when the directory has none."""
-    from laser_jax.model_io import load_tokenizer as load
+    from laser_jax.inference.load import load_tokenizer as load
 
     if not os.path.isdir(paths.tokenizer):
         raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: no such directory")
@@ -96,7 +96,7 @@ def check_init_weights(config: ml_collections.ConfigDict) -> None:
     """Fail at set-up (not after compiling) when `model.init_from` has no weight files."""
     if not config.model.init_from:
         return
-    from laser_jax.hf_io import SafetensorsDir
+    from laser_jax.model.hf_io import SafetensorsDir
 
     try:
         SafetensorsDir(config.model.init_from)

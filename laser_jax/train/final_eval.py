@@ -7,8 +7,8 @@ import os
 
 import jax
 
-from laser_jax.encoder import LaserEncoder
-from laser_jax.evaluate import evaluate_dir, format_table, summarize
+from laser_jax.inference.encoder import LaserEncoder
+from laser_jax.inference.evaluate import evaluate_dir, format_table, summarize
 
 log = logging.getLogger("laser_jax")
 RESULTS_FILE = "eval_results.json"

@@ -1,7 +1,7 @@
 """An encoder for mteb 2.x (its `EncoderProtocol`) backed by LaserEncoder.
 
     import mteb
-    from laser_jax.mteb_encoder import LaserMtebEncoder
+    from laser_jax.inference.mteb import LaserMtebEncoder
 
     model = LaserMtebEncoder("path/to/hf_dir_or_workdir", num_thinking_steps=3)
     results = mteb.evaluate(model, mteb.get_tasks(tasks=["BrightRetrieval"]))
@@ -124,7 +124,7 @@ class LaserMtebEncoder:
         if encoder is None:
             if not model_name:
                 raise ValueError("give model_name (a model path) or an encoder")
-            from laser_jax.encoder import LaserEncoder
+            from laser_jax.inference.encoder import LaserEncoder
 
             encoder = LaserEncoder.from_pretrained(model_name, dtype=dtype)
         self.encoder = encoder

@@ -11,8 +11,8 @@ from typing import Dict, Mapping, Optional
 import jax
 import jax.numpy as jnp
 
-from laser_jax.laser import explicit_view, latent_view
-from laser_jax.losses import LossConfig, laser_loss
+from laser_jax.method.views import explicit_view, latent_view
+from laser_jax.method.losses import LossConfig, laser_loss
 from laser_jax.model.decoder import Decoder
 
 

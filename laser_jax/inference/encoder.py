@@ -22,7 +22,7 @@ import numpy as np
 
 from laser_jax.data.formatting import DEFAULT_QUERY_TEMPLATE, chat_wrap, format_query
 from laser_jax.data.tokenize import Bucketing, left_pad, pad_token_id, tokenize_texts
-from laser_jax.laser import latent_view
+from laser_jax.method.views import latent_view
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder
 
@@ -68,7 +68,7 @@ class LaserEncoder:
             default J (a training checkpoint carries its own; an HF directory defaults to
             the spec's template without chat wrapping and J = 3).
         """
-        from laser_jax.model_io import load_for_inference
+        from laser_jax.inference.load import load_for_inference
 
         dtype = dtype or default_dtype()
         loaded = load_for_inference(path, dtype)

@@ -5,7 +5,7 @@ gradient accumulation over micro-batches), clips, and applies AdamW. A non-finit
 gradient leaves the state unchanged (the host then stops or skips, by config), so NaN
 parameters are never produced. `jit_train_step` wraps it with shardings and donation.
 With `cache_chunk_size` > 0 the gradient is computed GradCache-style
-(`laser_jax.cached_step`), still over the whole batch.
+(`laser_jax.train.cached_step`), still over the whole batch.
 """
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from laser_jax import sharding
-from laser_jax.losses import LossConfig
+from laser_jax.train import sharding
+from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder, init_variables
 from laser_jax.model.layers import LORA, dtype_of
-from laser_jax.objective import laser_objective
+from laser_jax.method.objective import laser_objective
+from laser_jax.train.cached_step import cached_gradients
+from laser_jax.train.microbatches import split_microbatches
 
 BATCH_KEYS = ("q_ids", "q_mask", "d_ids", "d_mask", "e_ids", "e_mask", "e_seg")
 
@@ -99,19 +101,6 @@ def init_state(cfg: ModelConfig, tx, rng, base_params=None, boxed: bool = False)
     return state if boxed else nn.unbox(state)
 
 
-def split_microbatches(batch: Mapping[str, jax.Array], n: int) -> Dict[str, jax.Array]:
-    """[B, ...] views -> [n, B/n, ...]; micro-batch a takes queries a, a+n, a+2n, ... (strided,
-    so every device keeps its share) and the G documents of exactly those queries."""
-    out = {}
-    b = batch["q_ids"].shape[0]
-    for key, x in batch.items():
-        rows = x.shape[0]
-        g = rows // b  # 1 for query-aligned arrays, G for documents
-        x = x.reshape((b // n, n, g) + x.shape[1:]).swapaxes(0, 1)
-        out[key] = x.reshape((n, (b // n) * g) + x.shape[3:])
-    return out
-
-
 def _tree_where(pred, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
@@ -121,7 +110,7 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
     """One optimizer step. Returns (new state, metrics dict of float32 scalars).
 
     With `step_cfg.cache_chunk_size` > 0 the gradient comes from the cached three-pass
-    computation of `laser_jax.cached_step` (same value, activation memory of one chunk).
+    computation of `laser_jax.train.cached_step` (same value, activation memory of one chunk).
     """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     batch = {k: v for k, v in batch.items() if k in BATCH_KEYS}
@@ -135,8 +124,6 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     n = step_cfg.grad_accum_steps
     if step_cfg.cache_chunk_size:
-        from laser_jax.cached_step import cached_gradients
-
         grads, metrics = cached_gradients(model, step_cfg, state.trainable, state.frozen, batch, rng,
                                           teacher_variables)
     elif n == 1:

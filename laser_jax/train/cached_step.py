@@ -27,9 +27,10 @@ from typing import Dict, Mapping, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from laser_jax.losses import laser_loss
+from laser_jax.method.losses import laser_loss
 from laser_jax.model.decoder import Decoder
-from laser_jax.objective import student_representations, teacher_representations
+from laser_jax.method.objective import student_representations, teacher_representations
+from laser_jax.train.microbatches import split_microbatches
 
 
 def _merge_chunks(x):
@@ -52,8 +53,6 @@ def cached_gradients(model: Decoder, step_cfg, trainable, frozen, batch: Mapping
     Returns:
       (grads shaped like `trainable`, metrics of `laser_loss` over the whole batch).
     """
-    from laser_jax.train_step import split_microbatches
-
     size, b = step_cfg.cache_chunk_size, batch["q_ids"].shape[0]
     if size < 1 or b % size:
         raise ValueError(f"cache_chunk_size={size} does not divide the batch of {b} queries")

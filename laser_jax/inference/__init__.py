@@ -1,0 +1,1 @@
+"""Loading trained models and serving them: encoder, export, evaluation, other clients."""

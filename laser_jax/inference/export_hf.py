@@ -1,0 +1,204 @@
+"""Export a LaSER model as a standalone Hugging Face checkpoint (LoRA merged).
+
+  python -m laser_jax.export_hf --model=WORKDIR_OR_CHECKPOINT_OR_HFDIR --out=HF_DIR \
+      [--dtype=bfloat16] [--num_thinking_steps=K] [--overwrite]
+
+The model is loaded through `laser_jax.inference.load.load_for_inference(path, "float32")`
+(a training workdir's latest checkpoint, one checkpoint step, or an HF directory); LoRA
+adapters, when present, are folded into the base weights; then HF_DIR gets:
+
+  config.json, model*.safetensors   loadable by transformers.AutoModelForCausalLM
+  tokenizer files                   the model's tokenizer
+  laser.json                        num_thinking_steps K, query_template, chat_template
+  README.md                         a model card: how to encode with K latent steps, with
+                                    laser_jax and with plain PyTorch (laser_jax.inference.torch_encoder)
+
+In process: `export_loaded(loaded_model, out_dir, dtype=...)` or `export_hf(path, out_dir)`.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from typing import Optional, Sequence
+
+from absl import flags, logging
+
+from laser_jax.cli import run_cli
+
+__all__ = ["export_loaded", "export_hf", "model_card", "main"]
+
+DTYPES = ("bfloat16", "float16", "float32")
+MODEL_DIR_PLACEHOLDER = "path/to/this/model"
+
+
+def _check_out_dir(out_dir: str, overwrite: bool, source: Optional[str] = None) -> None:
+    if source is not None and os.path.exists(source) and os.path.exists(out_dir) \
+            and os.path.samefile(source, out_dir):
+        raise ValueError(f"--out={out_dir} is the model directory itself; export elsewhere")
+    if os.path.isfile(out_dir):
+        raise ValueError(f"--out={out_dir} is a file, not a directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise ValueError(f"--out={out_dir} exists and is not empty; pass --overwrite to replace "
+                         "the model files in it")
+
+
+def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
+                  num_thinking_steps: Optional[int] = None, overwrite: bool = False,
+                  source: Optional[str] = None) -> str:
+    """Write a loaded model as an HF checkpoint + tokenizer + laser.json + README.md.
+
+    Args:
+      loaded: a `laser_jax.inference.load.LoadedModel` (cfg, variables {"params", optionally
+        "lora"}, tokenizer, text_format, num_thinking_steps). LoRA is merged with the
+        config's lora_alpha / lora_rank.
+      out_dir: output directory (created).
+      dtype: dtype of the written tensors: "bfloat16", "float16" or "float32".
+      num_thinking_steps: K recorded in laser.json (default: the model's own).
+      overwrite: allow a non-empty out_dir.
+      source: where the model came from (for the model card and the same-directory check).
+
+    Returns:
+      out_dir.
+    """
+    from laser_jax.model import hf_io
+    from laser_jax.inference.load import write_laser_meta
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype={dtype!r} must be one of {DTYPES}")
+    steps = int(num_thinking_steps or loaded.num_thinking_steps)
+    if steps < 1:
+        raise ValueError(f"num_thinking_steps must be >= 1, got {steps}")
+    _check_out_dir(out_dir, overwrite, source)
+    lora = loaded.variables.get("lora")
+    if lora and not loaded.cfg.lora_rank:
+        raise ValueError("the variables carry LoRA adapters but the config has lora_rank=0, so "
+                         "their scale (lora_alpha / lora_rank) is unknown")
+    hf_io.save_pretrained(out_dir, loaded.variables["params"], loaded.cfg, tokenizer=loaded.tokenizer,
+                          lora=lora, dtype=dtype)
+    write_laser_meta(out_dir, loaded.text_format, steps)
+    with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(loaded.cfg, loaded.text_format, steps, dtype=dtype, source=source,
+                           merged_lora=bool(lora)))
+    logging.info("exported %s (%s, K=%d) to %s", source or "model", dtype, steps, out_dir)
+    return out_dir
+
+
+def export_hf(model_path: str, out_dir: str, *, dtype: str = "bfloat16",
+              num_thinking_steps: Optional[int] = None, overwrite: bool = False) -> str:
+    """Load `model_path` (workdir, checkpoint step or HF dir) in float32 and export it.
+
+    Returns:
+      out_dir.
+    """
+    from laser_jax.inference.load import load_for_inference
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype={dtype!r} must be one of {DTYPES}")
+    _check_out_dir(out_dir, overwrite, model_path)  # fail before the (slow) load
+    loaded = load_for_inference(model_path, "float32")
+    return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
+                         overwrite=overwrite, source=model_path)
+
+
+def _torch_snippet(steps: int) -> str:
+    from laser_jax.inference import torch_encoder
+
+    functions = "\n\n".join(inspect.getsource(fn) for fn in (torch_encoder.format_texts,
+                                                              torch_encoder.latent_embed))
+    return f'''import json
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+{functions}
+
+model_dir = "{MODEL_DIR_PLACEHOLDER}"
+model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+tokenizer = AutoTokenizer.from_pretrained(model_dir)
+with open(f"{{model_dir}}/laser.json") as f:
+    meta = json.load(f)  # num_thinking_steps ({steps}), query_template, chat_template
+
+instruction = "Given a question, retrieve passages that answer it."
+queries = format_texts(tokenizer, ["What is 3 plus 4?"], meta, instruction=instruction)
+documents = format_texts(tokenizer, ["The number 7 is the sum of two smaller numbers."], meta)
+q = latent_embed(model, tokenizer, queries, num_thinking_steps=meta["num_thinking_steps"])
+d = latent_embed(model, tokenizer, documents, num_thinking_steps=meta["num_thinking_steps"])
+scores = q @ d.T  # cosine similarities
+'''
+
+
+def model_card(cfg, text_format, num_thinking_steps: int, *, dtype: str = "bfloat16",
+               source: Optional[str] = None, merged_lora: bool = False) -> str:
+    """README.md text of an exported model (markdown with two runnable python blocks)."""
+    origin = f" from `{source}`" if source else ""
+    lora = " LoRA adapters were merged into the weights." if merged_lora else ""
+    return f'''# LaSER latent-view retriever ({cfg.family})
+
+Exported by `laser_jax.export_hf`{origin}; weights in {dtype}.{lora}
+
+A LaSER dense retriever (Jin et al., SIGIR 2026) "thinks" K soft tokens before pooling:
+one pass over the text keeps the KV cache, h_1 is the last token's final hidden state; then
+K-1 times the soft token softmax(lm_head(h)) @ E is appended as one new position; the
+embedding is the L2-normalised mean of h_1..h_K. Score with the dot product (cosine).
+
+| setting | value |
+|---|---|
+| num_thinking_steps (K) | {num_thinking_steps} |
+| query template | `{text_format.query_template!r}` |
+| chat template wrapping | {text_format.chat_template} |
+| hidden size | {cfg.hidden_size} |
+
+These settings are also in `laser.json`. Queries fill the template with a task
+instruction; documents are used as they are (both chat-wrapped when the flag is on).
+Texts are left padded; position ids are `cumsum(mask) - 1`.
+
+## With laser_jax (JAX)
+
+```python
+from laser_jax import LaserEncoder
+
+enc = LaserEncoder.from_pretrained("{MODEL_DIR_PLACEHOLDER}")  # reads laser.json (K = {num_thinking_steps})
+q = enc.encode_queries(["What is 3 plus 4?"],
+                       instruction="Given a question, retrieve passages that answer it.")
+d = enc.encode_documents(["The number 7 is the sum of two smaller numbers."])
+scores = q @ d.T
+```
+
+Corpora: `python -m laser_jax.export --model={MODEL_DIR_PLACEHOLDER} --input=docs.jsonl --output=docs.npy`.
+
+## With PyTorch and transformers only
+
+The same latent loop (`laser_jax/torch_encoder.py`):
+
+```python
+{_torch_snippet(num_thinking_steps)}```
+'''
+
+
+# ----------------------------------------------------------------------------------- CLI
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "Training workdir, checkpoint step directory or HF directory.",
+                    flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Output Hugging Face directory.", flag_values=FLAGS)
+flags.DEFINE_enum("dtype", "bfloat16", DTYPES, "dtype of the written weights.", flag_values=FLAGS)
+flags.DEFINE_integer("num_thinking_steps", None, "K written to laser.json (default: the "
+                     "model's own).", flag_values=FLAGS)
+flags.DEFINE_boolean("overwrite", False, "Allow a non-empty --out directory.", flag_values=FLAGS)
+flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_name="h")
+
+
+def _run(f: flags.FlagValues) -> str:
+    if not f.model or not f.out:
+        raise ValueError("--model and --out are required")
+    return export_hf(f.model, f.out, dtype=f.dtype, num_thinking_steps=f.num_thinking_steps, overwrite=f.overwrite)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; argv[0] is the program name. Returns the exit status."""
+    return run_cli(FLAGS, _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""LaSER itself: the two views of one backbone, the losses, the training objective."""

@@ -1,0 +1,1 @@
+"""Training: config, set-up, the jitted step, the loop, checkpoints, faults, plans."""
