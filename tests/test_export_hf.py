@@ -12,7 +12,8 @@ from hf_models import build_hf_model
 from laser_jax.inference import export_hf
 from laser_jax.inference import load as model_io
 from laser_jax.inference import torch_encoder
-from laser_jax.inference.encoder import LaserEncoder, TextFormat
+from laser_jax.data.formatting import TextFormat
+from laser_jax.inference.encoder import LaserEncoder
 from laser_jax.model.decoder import abstract_variables
 
 QUERIES = ["What is 3 plus 4?", "What is 11 plus 2?", "What is 0 plus 6?"]

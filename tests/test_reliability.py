@@ -295,7 +295,7 @@ def test_invalid_config_field_exits_2_naming_it(rtask, tmp_path, capsys, overrid
 
 
 def test_attention_impl_auto_picks_cudnn_only_on_a_gpu_in_half_precision():
-    from laser_jax.train.config import resolve_attention_impl
+    from laser_jax.model.config import resolve_attention_impl
 
     assert resolve_attention_impl("auto", "bfloat16", "gpu") == "cudnn"
     assert resolve_attention_impl("auto", "float16", "gpu") == "cudnn"

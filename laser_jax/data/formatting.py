@@ -6,6 +6,7 @@ the explicit text is the (wrapped) query text followed by the reasoning.
 """
 from __future__ import annotations
 
+import dataclasses
 import string
 
 from laser_jax.data.errors import ConfigError
@@ -96,3 +97,11 @@ def explicit_text(wrapped_query: str, reasoning: str, raw_query: str) -> str:
     if len(reasoning) < MIN_REASONING_CHARS:
         reasoning = raw_query
     return wrapped_query + reasoning
+
+
+@dataclasses.dataclass(frozen=True)
+class TextFormat:
+    """How queries and documents become model text (spec section 5)."""
+
+    query_template: str = DEFAULT_QUERY_TEMPLATE
+    chat_template: bool = False

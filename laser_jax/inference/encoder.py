@@ -20,19 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from laser_jax.data.formatting import DEFAULT_QUERY_TEMPLATE, chat_wrap, format_query
+from laser_jax.data.formatting import TextFormat, chat_wrap, format_query
 from laser_jax.data.tokenize import Bucketing, left_pad, pad_token_id, tokenize_texts
 from laser_jax.method.views import latent_view
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder
-
-
-@dataclasses.dataclass(frozen=True)
-class TextFormat:
-    """How queries and documents become model text (spec section 5)."""
-
-    query_template: str = DEFAULT_QUERY_TEMPLATE
-    chat_template: bool = False
 
 
 def default_dtype() -> str:

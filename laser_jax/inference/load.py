@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from laser_jax.inference.encoder import TextFormat
+from laser_jax.data.formatting import TextFormat
 
 LASER_META = "laser.json"
 
@@ -53,7 +53,7 @@ def load_hf_dir(path: str, dtype: str) -> LoadedModel:
     from laser_jax.model import hf_io
     from laser_jax.model.config import from_hf_config
 
-    from laser_jax.train.config import resolve_attention_impl
+    from laser_jax.model.config import resolve_attention_impl
 
     cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=dtype,
                          attention_impl=resolve_attention_impl("auto", dtype))

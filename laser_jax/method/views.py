@@ -23,6 +23,20 @@ import jax.numpy as jnp
 from laser_jax.model.decoder import Decoder, positions_from_mask
 
 
+def resolve_num_thinking_steps(given: Optional[int], default: int) -> int:
+    """K for a call: `given` when set, else the model's own `default`.
+
+    Raises:
+      ValueError: when the K that would be used is < 1 (an explicit 0 is an error, never
+        "use the default").
+    """
+    steps = default if given is None else given
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"num_thinking_steps must be an integer >= 1 (K=1 is a plain last-token "
+                         f"retriever), got {steps!r}")
+    return int(steps)
+
+
 def l2_normalize(x, axis=-1, eps=1e-12):
     """x / max(||x||, eps) in float32 (as torch.nn.functional.normalize)."""
     x = x.astype(jnp.float32)
@@ -61,8 +75,7 @@ def latent_view(model: Decoder, variables, ids_BT, mask_BT, num_steps: int,
       (embedding [B, D] float32, L2-normalised mean of the J states;
        states [B, J, D] unnormalised, in the compute dtype).
     """
-    if num_steps < 1:
-        raise ValueError(f"num_thinking_steps must be >= 1, got {num_steps}")
+    num_steps = resolve_num_thinking_steps(num_steps, num_steps)
     B, T = ids_BT.shape
     extra = num_steps - 1
     positions_BT = positions_from_mask(mask_BT)

@@ -232,7 +232,7 @@ def model_config_from_meta(meta: dict, dtype: Optional[str] = None):
         cfg = cfg.replace(param_dtype=dtype, compute_dtype=dtype)
     # The attention kernel is chosen for the machine that runs the model now (a run trained
     # with cuDNN on a GPU may be evaluated on a CPU or TPU).
-    from laser_jax.train.config import resolve_attention_impl
+    from laser_jax.model.config import resolve_attention_impl
 
     return cfg.replace(attention_impl=resolve_attention_impl("auto", cfg.compute_dtype))
 
@@ -263,7 +263,7 @@ def restore_variables(step_dir: str, cfg) -> dict:
 
 def load_for_inference(step_dir: str, dtype: str):
     """LoadedModel (see model_io) from a checkpoint step directory."""
-    from laser_jax.inference.encoder import TextFormat
+    from laser_jax.data.formatting import TextFormat
     from laser_jax.inference.load import LoadedModel, load_tokenizer
 
     meta = read_meta(step_dir)

@@ -105,23 +105,6 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def resolve_attention_impl(name: str, compute_dtype: str, backend: Optional[str] = None) -> Optional[str]:
-    """`model.attention_impl` -> ModelConfig.attention_impl. "auto" picks cuDNN flash
-    attention on a GPU in half precision (measured faster and ~7x less memory for the
-    0.6B train step on an H200, bench/NOTES.md), the Pallas splash kernel on a TPU (not
-    yet run on one: "xla" is the fallback), JAX's default elsewhere. `backend` defaults
-    to this machine's (`jax.default_backend()`)."""
-    if name != "auto":
-        return name or None
-    if backend is None:
-        import jax
-
-        backend = jax.default_backend()
-    if backend == "tpu":
-        return "splash"
-    return "cudnn" if backend == "gpu" and compute_dtype in ("bfloat16", "float16") else None
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError naming every invalid field (device-independent checks)."""
     problems: List[str] = []

@@ -10,10 +10,10 @@ import ml_collections
 
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.options import PipelineOptions
-from laser_jax.inference.encoder import TextFormat
+from laser_jax.data.formatting import TextFormat
 from laser_jax.method.losses import LossConfig
-from laser_jax.model.config import ModelConfig, from_hf_config, preset
-from laser_jax.train.config import ARCH_FIELDS, resolve_attention_impl
+from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
+from laser_jax.train.config import ARCH_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
