@@ -7,10 +7,14 @@ median of --iters repetitions with the device synchronised (block_until_ready):
        query+reasoning rows (Le, --segments "\\n\\n" boundaries), the four losses, backward,
        clipping, AdamW; LoRA r=--lora-r on all projections (default) or --full;
   (ii) encode: latent view under jit for each (--enc-batches x --enc-K) at --enc-len.
-Shapes and FLOP conventions match the PyTorch baseline (shared/bench/torch_baseline.py):
+Shapes and the 6PT convention match the PyTorch baseline (shared/bench/torch_baseline.py):
   P = parameters without the embedding / LM-head matrices,
-  T = N(Lq+K-1) + NG(Ld+K-1) + N(Le+1), train model FLOPs = 6 P T,
+  T = N(Lq+K-1) + NG(Ld+K-1) + N(Le+1), train model FLOPs = 6 P T (`flops_6pt`),
   encode model FLOPs = 2 P B (L+K-1).
+`flops_executed` counts the matmuls the chosen LoRA/remat setting really runs; MFU is
+reported against the data-sheet and the measured peak (laser_jax.train.flops; the trainer
+reports the same fields). Each row is written to --out the moment it is measured; a failed
+--profile is noted in its row (`profile_error`) and the timing kept.
 Inputs are random ids of exactly these lengths, all-ones masks (no padding).
 
   python bench/bench_laser.py --arch qwen3-0.6b --out bench/results/q06.json
@@ -116,6 +120,19 @@ def _profile(fn, args, tag: str):
     return summary
 
 
+def add_profile(row: dict, fn, args, tag: str, sink) -> None:
+    """With --profile, trace `fn` and store the summary in `row`; a failed or missing trace is
+    noted in the row (`profile_error`) and the timing already in it is kept. `sink(row)` is
+    called after, so the row on disk has the outcome."""
+    if not args.profile:
+        return
+    try:
+        row["profile"] = _profile(fn, args, tag)
+    except Exception as e:  # the profiler is optional: never lose the timing to it
+        row["profile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    sink(row)
+
+
 def peak_bytes():
     import jax
 
@@ -152,7 +169,19 @@ def random_batch(args, vocab: int):
             "e_ids": e_ids, "e_mask": ones(n, args.e_len), "e_seg": e_seg}
 
 
-def bench_train(args, remat: str) -> dict:
+def flops_fields(flops, seconds: float) -> dict:
+    """Both FLOP counts, per-device TFLOP/s and MFU against the data-sheet and measured peaks
+    (laser_jax.train.flops: the trainer reports the same fields)."""
+    import jax
+
+    from laser_jax.train.flops import peak_rates, throughput
+
+    peaks = peak_rates(jax.devices()[0].device_kind)
+    return {"flops_executed": flops.executed, "flops_6pt": flops.model_6pt,
+            **throughput(flops, seconds, 1, peaks)}
+
+
+def bench_train(args, remat: str, sink) -> dict:
     import jax
     import jax.numpy as jnp
 
@@ -178,20 +207,24 @@ def bench_train(args, remat: str) -> dict:
         return holder["metrics"]["loss"]
 
     median, times = _median_time(run, args.warmup, args.iters)
-    profile = _profile(run, args, f"train_{'full' if args.full else 'lora'}_{remat}") if args.profile else None
-    n, g, k = args.queries, args.group, args.K
-    tokens = n * (args.q_len + k - 1) + n * g * (args.d_len + k - 1) + n * (args.e_len + 1)
-    p = cfg.num_params(include_embeddings=False)
+    from laser_jax.train.flops import step_tokens, train_step_flops
+
+    shapes = {key: tuple(v.shape) for key, v in batch.items()}
+    tokens = step_tokens(shapes, args.K, True)
+    flops = train_step_flops(cfg, shapes, args.K, explicit=True)
     metrics = {key: float(v) for key, v in jax.device_get(holder["metrics"]).items()}
-    return {"workload": "train", "arch": args.arch, "mode": "full" if args.full else f"lora_r{args.lora_r}",
-            "remat": remat, "step_ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
-            "compile_s": compile_s, "tokens_per_s": tokens / median, "model_tflops_per_s": 6 * p * tokens / median / 1e12,
-            "flops_convention": "6*P*T, P=non-embedding params, T=N(Lq+K-1)+NG(Ld+K-1)+N(Le+1)",
-            "P": p, "T": tokens, "peak_bytes": peak_bytes(), "losses": metrics,
-            **({"profile": profile} if profile else {})}
+    row = {"workload": "train", "arch": args.arch, "mode": "full" if args.full else f"lora_r{args.lora_r}",
+           "remat": remat, "step_ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
+           "compile_s": compile_s, "tokens_per_s": tokens / median, **flops_fields(flops, median),
+           "flops_convention": "flops_6pt = 6*P*T, P=non-embedding params, T=N(Lq+K-1)+NG(Ld+K-1)+N(Le+1); "
+                               "flops_executed = the matmuls this LoRA/remat setting runs (laser_jax.train.flops)",
+           "P": cfg.num_params(include_embeddings=False), "T": tokens, "peak_bytes": peak_bytes(), "losses": metrics}
+    sink(row)
+    add_profile(row, run, args, f"train_{'full' if args.full else 'lora'}_{remat}", sink)
+    return row
 
 
-def bench_encode(args) -> list:
+def bench_encode(args, sink) -> list:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -199,30 +232,38 @@ def bench_encode(args) -> list:
     from laser_jax.method.views import latent_view
     from laser_jax.model.decoder import Decoder, init_variables
 
+    from laser_jax.train.flops import encode_flops
+
     cfg = model_config(args, "none").replace(lora_rank=0, param_dtype=DTYPES[args.dtype])
     variables = jax.jit(lambda r: init_variables(cfg, r))(jax.random.key(args.seed))
     model = Decoder(cfg)
-    p = cfg.num_params(include_embeddings=False)
     rows = []
     for b in [int(x) for x in args.enc_batches.split(",")]:
         per_k = {}
         for k in [int(x) for x in args.enc_K.split(",")]:
-            ids = jnp.asarray(np.random.RandomState(k).randint(10, cfg.vocab_size, (b, args.enc_len)), jnp.int32)
-            mask = jnp.ones_like(ids)
-            fn = jax.jit(lambda v, i, m, k=k: latent_view(model, v, i, m, k)[0])
-            t0 = time.perf_counter()
-            compiled = fn.lower(variables, ids, mask).compile()
-            compile_s = time.perf_counter() - t0
-            run = functools.partial(compiled, variables, ids, mask)
-            median, _ = _median_time(run, args.warmup, args.iters)
+            try:  # one (batch, K) failing (e.g. out of memory) is recorded; the others still run
+                ids = jnp.asarray(np.random.RandomState(k).randint(10, cfg.vocab_size, (b, args.enc_len)), jnp.int32)
+                mask = jnp.ones_like(ids)
+                fn = jax.jit(lambda v, i, m, k=k: latent_view(model, v, i, m, k)[0])
+                t0 = time.perf_counter()
+                compiled = fn.lower(variables, ids, mask).compile()
+                compile_s = time.perf_counter() - t0
+                run = functools.partial(compiled, variables, ids, mask)
+                median, _ = _median_time(run, args.warmup, args.iters)
+            except Exception as e:
+                rows.append({"workload": "encode", "arch": args.arch, "batch": b, "K": k,
+                             "error": f"{type(e).__name__}: {str(e)[:500]}"})
+                sink(rows[-1])
+                continue
             per_k[k] = median
             rows.append({"workload": "encode", "arch": args.arch, "batch": b, "K": k, "len": args.enc_len,
                          "ms_per_batch": 1e3 * median, "docs_per_s": b / median, "compile_s": compile_s,
-                         "model_tflops_per_s": 2 * p * b * (args.enc_len + k - 1) / median / 1e12})
-            if args.profile:
-                rows[-1]["profile"] = _profile(run, args, f"encode_b{b}_k{k}")
+                         **flops_fields(encode_flops(cfg, b, args.enc_len, k), median)})
+            sink(rows[-1])
+            add_profile(rows[-1], run, args, f"encode_b{b}_k{k}", sink)
         if 1 in per_k and 3 in per_k:
             rows.append({"workload": "encode_ratio", "arch": args.arch, "batch": b, "K3_over_K1": per_k[3] / per_k[1]})
+            sink(rows[-1])
     return rows
 
 
@@ -244,30 +285,42 @@ def main(argv=None):
 
         jax.config.update("jax_default_prng_impl", args.prng)
     result = {"env": environment(), "args": vars(args), "results": []}
-
-    def flush():
-        if args.out:
-            write_json(args.out, result)
-
+    sink = RowSink(result, args.out)
     print(json.dumps(result["env"]), flush=True)
+    sink.flush()
     if args.only in ("all", "encode"):
         try:
-            for row in bench_encode(args):
-                result["results"].append(row)
-                print(json.dumps(row), flush=True)
-        except Exception as e:  # record and go on (e.g. out of memory)
-            result["results"].append({"workload": "encode", "error": f"{type(e).__name__}: {str(e)[:500]}"})
-        flush()
+            bench_encode(args, sink)
+        except Exception as e:  # set-up failed (e.g. out of memory): record it and go on
+            sink({"workload": "encode", "error": f"{type(e).__name__}: {str(e)[:500]}"})
     if args.only in ("all", "train"):
         for remat in args.remat.split(","):
             try:
-                row = bench_train(args, remat)
+                bench_train(args, remat, sink)
             except Exception as e:
-                row = {"workload": "train", "remat": remat, "error": f"{type(e).__name__}: {str(e)[:500]}"}
-            result["results"].append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "times_ms"}), flush=True)
-            flush()
+                sink({"workload": "train", "remat": remat, "error": f"{type(e).__name__}: {str(e)[:500]}"})
     return result
+
+
+class RowSink:
+    """Puts each row into result["results"] (once) and rewrites the JSON file at once, so a
+    timeout or a crash later in the run never loses a timing already measured. Calling it again
+    with the same row (e.g. after its profile was added) rewrites the file with the update."""
+
+    def __init__(self, result: dict, path: str):
+        self.result, self.path = result, path
+
+    def __call__(self, row: dict) -> None:
+        if not any(r is row for r in self.result["results"]):
+            self.result["results"].append(row)
+            print(json.dumps({k: v for k, v in row.items() if k not in ("times_ms", "profile")}), flush=True)
+        self.flush()
+
+    def flush(self) -> None:
+        if self.path:
+            tmp = self.path + ".tmp"
+            write_json(tmp, self.result)
+            os.replace(tmp, self.path)
 
 
 if __name__ == "__main__":

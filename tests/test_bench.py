@@ -59,3 +59,83 @@ def test_summary_reads_the_newest_trace_file_and_reports_cpu_only_traces(tmp_pat
     assert s["kernels"] == 0 and "no device kernel" in s["note"]
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nothing")):
         profile_summary.latest_trace(str(tmp_path / "nothing"))
+
+
+# --------------------------------------------------------------------------- the GPU call plan
+import re  # noqa: E402
+import shlex  # noqa: E402
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+# The flags the shared PyTorch baseline accepts (its README), so a step never dies on a typo.
+BASELINE_FLAGS = {"--arch", "--device", "--dtype", "--attn", "--only", "--queries", "--group", "--q-len",
+                  "--d-len", "--e-len", "--K", "--segments", "--full", "--lora-r", "--lora-alpha",
+                  "--lora-dropout", "--lr", "--clip", "--ckpt", "--enc-len", "--enc-batches", "--enc-K",
+                  "--warmup", "--iters", "--seed", "--out"}
+
+
+def _phase_steps(phase):
+    """(name, cap, argv) of every `step` of one phase of run_device.sh, variables expanded."""
+    text = open(os.path.join(BENCH, "run_device.sh")).read().replace("\\\n", " ")
+    variables = dict(re.findall(r'^\s*(Q06|Q8)="([^"]*)"', text, re.M))
+    body = text.split("if [[ $PHASE == q06 ]]; then")[1]
+    q06, q8b = body.split("\nelse\n")
+    steps = []
+    for line in (q06 if phase == "q06" else q8b.split("\nfi\n")[0]).splitlines():
+        line = line.strip()
+        if not line.startswith("step "):
+            continue
+        for var, value in variables.items():
+            line = line.replace(f"${var}", value)
+        words = shlex.split(line.replace('"$BASELINE"', "BASELINE").replace('"', "").replace("$", ""))
+        steps.append((words[1], int(words[2]), words[3:]))
+    return steps
+
+
+@pytest.mark.parametrize("phase,budget", [("q06", 540), ("q8b", 300)])
+def test_device_call_plan_fits_its_budget_and_every_command_parses(phase, budget):
+    import bench_laser
+    import loss_agreement
+
+    steps = _phase_steps(phase)
+    assert sum(cap for _, cap, _ in steps) <= budget
+    names = [name for name, _, _ in steps]
+    for kind in ("lora", "enc") + (("full",) if phase == "q06" else ()):  # every workload as a pair
+        assert any(n.startswith("jax_") and kind in n for n in names), (phase, kind)
+        assert any(n.startswith("torch_") and kind in n for n in names), (phase, kind)
+    for name, _, argv in steps:
+        assert argv[0] == "python"
+        if argv[1] == "bench/bench_laser.py":
+            bench_laser.parse_args(argv[2:])
+        elif argv[1] == "bench/loss_agreement.py":
+            loss_agreement.parse_args(argv[2:])
+        else:
+            assert argv[1] == "BASELINE", name
+            flags = {a for a in argv[2:] if a.startswith("--")}
+            assert flags <= BASELINE_FLAGS, (name, flags - BASELINE_FLAGS)
+    if phase == "q8b":  # like for like: the baseline keeps its KV cache (--ckpt views), as ours does
+        (argv,) = [a for n, _, a in steps if n == "torch_q8b_lora"]
+        assert argv[argv.index("--ckpt") + 1] == "views"
+
+
+def test_rows_reach_the_json_the_moment_they_are_measured_and_a_failed_profile_keeps_the_timing(tmp_path):
+    import json
+    import types
+
+    import bench_laser
+
+    out = tmp_path / "r.json"
+    result = {"env": {}, "args": {}, "results": []}
+    sink = bench_laser.RowSink(result, str(out))
+    row = {"workload": "train", "step_ms": 12.5}
+    sink(row)
+    assert json.loads(out.read_text())["results"] == [row]  # on disk before anything else runs
+
+    def broken_trace():
+        raise RuntimeError("profiler unavailable")
+
+    args = types.SimpleNamespace(profile=str(tmp_path / "prof"), profile_iters=1)
+    bench_laser.add_profile(row, broken_trace, args, "train", sink)
+    saved = json.loads(out.read_text())["results"]
+    assert len(saved) == 1 and saved[0]["step_ms"] == 12.5
+    assert "profiler unavailable" in saved[0]["profile_error"]
+    bench_laser.add_profile(row, broken_trace, types.SimpleNamespace(profile=""), "train", sink)  # off: no-op
