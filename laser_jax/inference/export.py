@@ -150,9 +150,7 @@ def _formatter(encoder, kind: str, instruction: str) -> Callable[[List[str]], Li
         return lambda texts: encoder.format_queries(texts, instruction)
     if kind == "document":
         return encoder.format_documents
-    if kind == "raw":
-        return list
-    raise ValueError(f"--kind={kind!r} must be one of {KINDS}")
+    return list  # "raw" (ExportSettings.check allows nothing else)
 
 
 def _model_signature(encoder, fmt, steps: int, max_length: int, batch_size: int,
