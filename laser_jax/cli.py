@@ -24,10 +24,10 @@ def run_cli(flag_values: flags.FlagValues, run: Callable[[flags.FlagValues], Opt
     try:
         flag_values(argv)
     except flags.Error as e:
-        print(f"error: {e}\n\n{flag_values.main_module_help()}", file=sys.stderr)
+        print(f"error: {e}\n\n{flag_values.get_help(include_special_flags=False)}", file=sys.stderr)
         return 2
     if flag_values.help:
-        print(flag_values.main_module_help())
+        print(flag_values.get_help(include_special_flags=False))
         return 0
     logging.set_verbosity(logging.INFO)
     try:

@@ -73,7 +73,7 @@ def test_a_checkpoint_trained_with_cudnn_loads_with_this_machines_attention_kern
     """A GPU run stores attention_impl='cudnn'; inference on CPU must not ask for cuDNN."""
     import dataclasses
 
-    from laser_jax.train.checkpoint import model_config_from_meta
+    from laser_jax.inference.load import model_config_from_meta
     from laser_jax.model.config import preset
 
     meta = {"model": dataclasses.asdict(preset("tiny_qwen3", attention_impl="cudnn",

@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -240,9 +239,7 @@ def test_cli_model_path_uses_laser_encoder(tmp_path, monkeypatch, capsys):
             calls.append(("d", num_thinking_steps, max_length, batch_size))
             return np.stack([hash_vec(t) for t in docs]).astype(np.float32)
 
-    fake = types.ModuleType("laser_jax.inference.encoder")
-    fake.LaserEncoder = LaserEncoder
-    monkeypatch.setitem(sys.modules, "laser_jax.inference.encoder", fake)
+    monkeypatch.setattr(evaluate, "LaserEncoder", LaserEncoder)
     out = tmp_path / "r.json"
     rc = evaluate.main(["evaluate", "--model=/m", f"--data={root}", "--domains=pony",
                         "--num_thinking_steps=2", "--max_length=64", "--batch_size=4",

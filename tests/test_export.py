@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hf_models import build_hf_model
+from laser_jax.data.errors import DataError
 from laser_jax.inference import export
 from laser_jax.inference.encoder import LaserEncoder
 
@@ -263,14 +264,14 @@ def test_bad_lines_name_file_line_and_field(tmp_path, content, line, field, mess
     path.write_text(content)
     where = f"{path}:{line}: " if line else f"{path}: "
     what = f"field '{field}': " if field else ""
-    with pytest.raises(export.ExportInputError, match=f"^{where}{what}{message}"):
+    with pytest.raises(DataError, match=f"^{where}{what}{message}"):
         export.scan_input(str(path), 4)
 
 
 def test_bad_input_fails_before_encoding(encoder, tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"id": "a", "text": "x"}, {"id": "b", "text": None}])
     calls = []
-    with pytest.raises(export.ExportInputError, match=":2: field 'text'"):
+    with pytest.raises(DataError, match=":2: field 'text'"):
         export.export_embeddings(encoder, path, str(tmp_path / "o.npy"), on_chunk=calls.append, **KW)
     assert calls == [] and sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
     # The CLI validates before it even loads the model.

@@ -4,8 +4,9 @@ import os
 
 import pytest
 
+from laser_jax.data.errors import DataError
 from laser_jax.retrieval import bright
-from laser_jax.retrieval.bright import BrightFormatError, load_bright, load_domain
+from laser_jax.retrieval.bright import load_bright, load_domain
 
 DOCS = [{"id": "d1", "content": "cats"}, {"id": "d2", "content": "dogs"},
         {"id": "d3", "content": "birds"}]
@@ -93,7 +94,7 @@ def test_load_bright_dir_and_selection(tmp_path):
 
 def _error(tmp_path, queries=QUERIES, docs=DOCS):
     d = make_domain(str(tmp_path), queries=queries, docs=docs)
-    with pytest.raises(BrightFormatError) as info:
+    with pytest.raises(DataError) as info:
         load_domain(d)
     return info.value, str(info.value)
 
@@ -123,7 +124,8 @@ def _error(tmp_path, queries=QUERIES, docs=DOCS):
 ])
 def test_validation_errors_name_file_line_field(tmp_path, queries, docs, file, line, field, text):
     err, msg = _error(tmp_path, queries, docs)
-    assert os.path.basename(err.path) == file and err.line == line and err.field == field
+    (problem,) = err.problems
+    assert os.path.basename(problem.source) == file and problem.line == line and problem.field == field
     where = f"{file}:{line}: " if line is not None else f"{file}: "
     assert where in msg
     if field:

@@ -13,7 +13,7 @@ import numpy as np
 
 from laser_jax.data.errors import Problem
 from laser_jax.data.paths import expand_files
-from laser_jax.data.record_source import Decoded, decode_json_bytes
+from laser_jax.data.jsonl import Decoded, decode_json_bytes
 
 
 class ArrayRecordReader:

@@ -1,8 +1,9 @@
-"""Reader of JSONL files (one JSON object per line), random access by byte offset.
+"""Reader of JSONL training files (one JSON object per line), random access by byte offset.
 
-Only the byte offset of each line is kept in memory; a record is re-read from disk when
-it is asked for, so large files cost little memory. Blank lines are ignored and counted
-in the load summary's notes; every other line is one raw entry.
+Lines are read and decoded by `laser_jax.data.jsonl`. Only the byte offset of each line
+is kept in memory; a record is re-read from disk when it is asked for, so large files
+cost little memory. Blank lines are ignored and counted in the load summary's notes;
+every other line is one raw entry.
 """
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
+from laser_jax.data import jsonl
 from laser_jax.data.errors import Problem
+from laser_jax.data.jsonl import Decoded
 from laser_jax.data.paths import expand_files
-from laser_jax.data.record_source import Decoded, decode_json_bytes
-
-_BOM = b"\xef\xbb\xbf"
 
 
 class JsonlReader:
@@ -34,16 +34,14 @@ class JsonlReader:
         for f, path in enumerate(self._files):
             count = 0
             with open(path, "rb") as fh:
-                offset = 0
-                for line_no, line in enumerate(fh, start=1):
-                    if line.strip():
-                        file_ids.append(f)
-                        lines.append(line_no)
-                        offsets.append(offset)
-                        count += 1
-                    else:
-                        blank.append(f"{path}: line {line_no}")
-                    offset += len(line)
+                for line in jsonl.lines(fh):
+                    if line.blank:
+                        blank.append(f"{path}: line {line.number}")
+                        continue
+                    file_ids.append(f)
+                    lines.append(line.number)
+                    offsets.append(line.offset)
+                    count += 1
             if count == 0:
                 self._problems.append(Problem(path, "", None, "file is empty (no records)"))
         self._file_ids = np.asarray(file_ids, np.int32)
@@ -60,25 +58,21 @@ class JsonlReader:
     def __len__(self) -> int:
         return len(self._lines)
 
-    def _decode(self, data: bytes, index: int) -> Decoded:
-        if self._lines[index] == 1 and data.startswith(_BOM):
-            data = data[len(_BOM):]
-        return decode_json_bytes(data)
-
     def scan(self) -> Iterator[Tuple[int, Decoded]]:
         index = 0
         for path in self._files:
             with open(path, "rb") as fh:
-                for line in fh:
-                    if line.strip():
-                        yield index, self._decode(line, index)
+                for line in jsonl.lines(fh):
+                    if not line.blank:
+                        yield index, jsonl.decode_line(line)
                         index += 1
 
     def read(self, index: int) -> Decoded:
         path = self._files[self._file_ids[index]]
+        offset = int(self._offsets[index])
         with open(path, "rb") as fh:
-            fh.seek(int(self._offsets[index]))
-            return self._decode(fh.readline(), index)
+            fh.seek(offset)
+            return jsonl.decode_line(jsonl.Line(int(self._lines[index]), offset, fh.readline()))
 
     def where(self, index: int) -> Tuple[str, str]:
         return self._files[self._file_ids[index]], f"line {int(self._lines[index])}"

@@ -8,44 +8,13 @@ which), and then serves `Record`s by index, which is what `grain.MapDataset.sour
 from __future__ import annotations
 
 import dataclasses
-import json
-from typing import Any, Iterator, Protocol, Sequence, Tuple, Union
+from typing import Iterator, Protocol, Sequence, Tuple
 
 import numpy as np
 
 from laser_jax.data.errors import DataError, Problem
+from laser_jax.data.jsonl import Decoded, DecodeFailure
 from laser_jax.data.records import Record, parse_record
-
-# A decoded raw entry, or the message saying why it could not be decoded.
-Decoded = Union[Any, "DecodeFailure"]
-
-
-@dataclasses.dataclass(frozen=True)
-class DecodeFailure:
-    """A raw entry that is not valid UTF-8 / JSON; `message` says why."""
-
-    message: str
-
-
-def decode_json_bytes(data: bytes) -> Decoded:
-    """Decode UTF-8 JSON bytes.
-
-    Args:
-      data: the raw bytes of one record (a JSONL line or an ArrayRecord entry).
-
-    Returns:
-      The decoded JSON value, or a `DecodeFailure` naming the bad byte / JSON position.
-    """
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return DecodeFailure(f"not valid UTF-8: byte 0x{data[e.start]:02x} at byte offset "
-                             f"{e.start} ({e.reason})")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        return DecodeFailure(f"malformed JSON: {e.msg} at column {e.colno}")
-
 
 class Reader(Protocol):
     """What `RecordSource` needs from a storage format."""

@@ -6,13 +6,12 @@ instruction, chat wrapping when the model was trained with it), the gold reasoni
 model runs its explicit view (`laser_jax.method.views.explicit_view`: one pass with the EOS
 embedding appended) and v* is the query embedding. Documents go through the latent view
 (`LaserEncoder.encode_documents`), as at inference. Scoring is the project's BRIGHT
-evaluation (`laser_jax.evaluate.score_embeddings`).
+evaluation (`laser_jax.inference.evaluate.score_embeddings`).
 
     python -m laser_jax.experiments.explicit_upper --model=WORKDIR --data=EVAL_DIR [--output=R.json]
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -22,45 +21,46 @@ from typing import Dict, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
-from laser_jax.inference.encoder import LaserEncoder
+from laser_jax.cli import run_cli
+from laser_jax.data.formatting import chat_wrap, explicit_text, format_query
+from laser_jax.data.jsonl import get_id, get_text, read_objects
+from laser_jax.inference.encoder import LaserEncoder, default_dtype, encode_texts
+from laser_jax.inference.evaluate import format_table, score_embeddings, summarize
+from laser_jax.inference.load import load_for_inference
 from laser_jax.method.views import explicit_view
+from laser_jax.model.decoder import Decoder
+from laser_jax.retrieval import bright
 
 REASONING_FILE = "reasoning.jsonl"
 
 
 def read_reasoning(domain_dir: str) -> Dict[str, str]:
-    """{query id: gold reasoning} from `<domain_dir>/reasoning.jsonl`."""
+    """{query id: gold reasoning} from `<domain_dir>/reasoning.jsonl` ({"id", "reasoning"} lines).
+
+    Raises:
+      FileNotFoundError: the file is missing; DataError naming file, line and field.
+    """
     path = os.path.join(domain_dir, REASONING_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no gold reasoning for this domain")
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                row = json.loads(line)
-                if not isinstance(row.get("id"), str) or not isinstance(row.get("reasoning"), str):
-                    raise ValueError(f"{path}:{line_no}: need string fields 'id' and 'reasoning'")
-                out[row["id"]] = row["reasoning"]
-    return out
+    return {get_id(path, line, row, "id"): get_text(path, line, row, "reasoning")
+            for line, row in read_objects(path)}
 
 
-class _ExplicitViewBatches(LaserEncoder):
-    """LaserEncoder's batching (length-sorted, bucketed, left-padded) with v* per batch."""
-
-    def __init__(self, loaded, eos_id: int):
-        super().__init__(loaded.cfg, loaded.variables, loaded.tokenizer, loaded.text_format,
-                         loaded.num_thinking_steps)
-        self.eos_id = eos_id
-
-    @functools.partial(jax.jit, static_argnums=(0, 4))
-    def _encode_batch(self, variables, ids, mask, num_steps):
-        seg = jnp.zeros((ids.shape[0], 1), jnp.int32)  # only v* is needed
-        return explicit_view(self.model, variables, ids, mask, seg, self.eos_id)[0]
+@functools.partial(jax.jit, static_argnames=("model", "eos_id"))
+def encode_explicit(model: Decoder, variables, ids, mask, eos_id: int):
+    """v* [B, D] float32 (the explicit view's EOS state) of a left-padded batch of explicit texts."""
+    seg = jnp.zeros((ids.shape[0], 1), jnp.int32)  # only v* is needed
+    return explicit_view(model, variables, ids, mask, seg, eos_id)[0]
 
 
 class ExplicitEncoder:
     """Query + gold reasoning -> v* (the explicit view's EOS state), for one loaded model.
+
+    Batches as LaserEncoder does (`laser_jax.inference.encoder.iter_batches`: length-sorted,
+    bucketed, left-padded).
 
     Args:
       loaded: a `laser_jax.inference.load.LoadedModel` (e.g. from `load_for_inference`).
@@ -70,12 +70,10 @@ class ExplicitEncoder:
     def __init__(self, loaded, eos_id: Optional[int] = None):
         self.loaded = loaded
         self.eos_id = int(loaded.tokenizer.eos_token_id if eos_id is None else eos_id)
-        self._batches = _ExplicitViewBatches(loaded, self.eos_id)
+        self.model = Decoder(loaded.cfg)
 
     def texts(self, queries: Sequence[str], reasonings: Sequence[str], instruction: str) -> List[str]:
         """The explicit-view texts, formatted exactly as the training pipeline does."""
-        from laser_jax.data.formatting import chat_wrap, explicit_text, format_query
-
         fmt, tok = self.loaded.text_format, self.loaded.tokenizer
         out = []
         for q, r in zip(queries, reasonings):
@@ -90,8 +88,9 @@ class ExplicitEncoder:
         """float32 [Q, D] L2-normalised v*, rows in input order."""
         if len(queries) != len(reasonings):
             raise ValueError(f"{len(queries)} queries but {len(reasonings)} reasonings")
-        return self._batches.encode(self.texts(queries, reasonings, instruction), max_length=max_length,
-                                    batch_size=batch_size)
+        encode_fn = functools.partial(encode_explicit, self.model, self.loaded.variables, eos_id=self.eos_id)
+        return encode_texts(self.loaded.tokenizer, self.texts(queries, reasonings, instruction), encode_fn,
+                            self.loaded.cfg.hidden_size, max_length=max_length, batch_size=batch_size)
 
 
 def evaluate_explicit_upper(model: str, data_dir: str, *, domains: Optional[Sequence[str]] = None,
@@ -107,13 +106,8 @@ def evaluate_explicit_upper(model: str, data_dir: str, *, domains: Optional[Sequ
       loaded: an already loaded `LoadedModel` (tests, or to reuse one).
 
     Returns:
-      list of `laser_jax.evaluate.DomainResult`, in domain order.
+      list of `laser_jax.inference.evaluate.DomainResult`, in domain order.
     """
-    from laser_jax.inference.encoder import default_dtype
-    from laser_jax.inference.evaluate import score_embeddings
-    from laser_jax.inference.load import load_for_inference
-    from laser_jax.retrieval import bright
-
     if loaded is None:
         loaded = load_for_inference(model, default_dtype())
     explicit = ExplicitEncoder(loaded)
@@ -134,25 +128,32 @@ def evaluate_explicit_upper(model: str, data_dir: str, *, domains: Optional[Sequ
     return results
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="training workdir, checkpoint or HF directory")
-    parser.add_argument("--data", required=True, help="BRIGHT-format directory with reasoning.jsonl per domain")
-    parser.add_argument("--output", default="", help="write the summary JSON here")
-    parser.add_argument("--max_length", type=int, default=1024)
-    parser.add_argument("--batch_size", type=int, default=32)
-    args = parser.parse_args(argv)
-    from laser_jax.inference.evaluate import format_table, summarize
+# ----------------------------------------------------------------------------------- CLI
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "Training workdir, checkpoint or HF directory.", flag_values=FLAGS)
+flags.DEFINE_string("data", None, "BRIGHT-format directory with reasoning.jsonl per domain.", flag_values=FLAGS)
+flags.DEFINE_string("output", "", "Write the summary JSON here.", flag_values=FLAGS)
+flags.DEFINE_integer("max_length", 1024, "Max tokens per explicit text / document.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 32, "Encoding batch size.", flag_values=FLAGS)
+flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_name="h")
 
-    results = evaluate_explicit_upper(args.model, args.data, max_length=args.max_length,
-                                      batch_size=args.batch_size)
+
+def run(f: flags.FlagValues) -> None:
+    """Evaluates what the parsed flags describe; prints the table, writes --output."""
+    if not f.model or not f.data:
+        raise ValueError("--model and --data are required")
+    results = evaluate_explicit_upper(f.model, f.data, max_length=f.max_length, batch_size=f.batch_size)
     print(format_table(results), flush=True)
-    if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(summarize(results), f, indent=2)
-            f.write("\n")
-    return 0
+    if f.output:
+        os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
+        with open(f.output, "w", encoding="utf-8") as out:
+            json.dump(summarize(results), out, indent=2)
+            out.write("\n")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; argv[0] is the program name. Returns the exit status."""
+    return run_cli(FLAGS, run, argv)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,18 @@
 Texts are sorted by length, cut into batches of `batch_size` rows (the last one padded
 with empty rows), left padded to a few length buckets, so a long corpus compiles one
 program per bucket; rows come back in input order whatever the batching.
+
+The parts, for other views of the model (`laser_jax.experiments.explicit_upper`):
+  encode_latent(model, variables, ids, mask, num_steps)   the jitted latent view ([B, D])
+  iter_batches(tokenizer, texts, encode_fn, ...)          the batching above, over any
+                                                          jitted encode_fn(ids, mask) -> [B, D]
+  encode_texts(tokenizer, texts, encode_fn, dim, ...)     all rows, in input order
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -22,13 +28,63 @@ import numpy as np
 
 from laser_jax.data.formatting import TextFormat, chat_wrap, format_query
 from laser_jax.data.tokenize import Bucketing, left_pad, pad_token_id, tokenize_texts
-from laser_jax.method.views import latent_view
+from laser_jax.inference.load import load_for_inference
+from laser_jax.method.views import latent_view, resolve_num_thinking_steps
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder
+
+# encode_fn(ids [B, T] int32, mask [B, T] int32) -> embeddings [B, D]
+EncodeFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps"))
+def encode_latent(model: Decoder, variables, ids, mask, num_steps: int):
+    """Latent-view embeddings [B, D] float32 of a left-padded batch (one compile per model
+    config, K and batch shape: a Decoder is hashed by its frozen config)."""
+    emb, _ = latent_view(model, variables, ids, mask, num_steps)
+    return emb
+
+
+def iter_batches(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, *, max_length: int = 512,
+                 batch_size: int = 32, bucketing: Bucketing = Bucketing()
+                 ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """Yield (row indices into `texts`, float32 embeddings) batch by batch, longest first.
+
+    Args:
+      tokenizer: the model's tokenizer (texts are tokenized as given, right truncated).
+      texts: the formatted texts.
+      encode_fn: (ids, mask) -> [B, D], e.g. `functools.partial(encode_latent, model,
+        variables, num_steps=K)`; called on batches of exactly `batch_size` rows (the last
+        one padded with empty rows) whose width is a length bucket of `max_length`.
+      max_length: truncation length in tokens.
+      batch_size: rows per call.
+      bucketing: how batch widths are chosen.
+    """
+    if batch_size < 1 or max_length < 1:
+        raise ValueError(f"batch_size ({batch_size}) and max_length ({max_length}) must be >= 1")
+    rows = tokenize_texts(tokenizer, list(texts), max_length)
+    order = np.argsort([-len(r) for r in rows], kind="stable")
+    pad = pad_token_id(tokenizer)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = [rows[i] for i in idx] + [[]] * (batch_size - len(idx))
+        width = bucketing.length(max(len(r) for r in batch), max_length)
+        ids, mask = left_pad(batch, width, pad)
+        emb = encode_fn(jnp.asarray(ids), jnp.asarray(mask))
+        yield idx, np.asarray(jax.device_get(emb), np.float32)[:len(idx)]
+
+
+def encode_texts(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, dim: int, **batching
+                 ) -> np.ndarray:
+    """float32 [N, dim]: every text through `iter_batches(..., **batching)`, in input order."""
+    out = np.zeros((len(texts), dim), np.float32)
+    for idx, emb in iter_batches(tokenizer, texts, encode_fn, **batching):
+        out[idx] = emb
+    return out
 
 
 class LaserEncoder:
@@ -60,42 +116,27 @@ class LaserEncoder:
             default J (a training checkpoint carries its own; an HF directory defaults to
             the spec's template without chat wrapping and J = 3).
         """
-        from laser_jax.inference.load import load_for_inference
-
         dtype = dtype or default_dtype()
         loaded = load_for_inference(path, dtype)
         fmt = loaded.text_format
         fmt = dataclasses.replace(
             fmt, **{k: v for k, v in dict(chat_template=chat_template, query_template=query_template).items()
                     if v is not None})
-        steps = num_thinking_steps or loaded.num_thinking_steps
+        steps = resolve_num_thinking_steps(num_thinking_steps, loaded.num_thinking_steps)
         return cls(loaded.cfg, loaded.variables, loaded.tokenizer, fmt, steps)
 
     # ------------------------------------------------------------------ encoding
-    @functools.partial(jax.jit, static_argnums=(0, 4))
-    def _encode_batch(self, variables, ids, mask, num_steps):
-        emb, _ = latent_view(self.model, variables, ids, mask, num_steps)
-        return emb
+    def encode_fn(self, num_thinking_steps: Optional[int] = None) -> EncodeFn:
+        """(ids, mask) -> latent-view embeddings with K steps (default: the model's own)."""
+        steps = resolve_num_thinking_steps(num_thinking_steps, self.num_thinking_steps)
+        return functools.partial(encode_latent, self.model, self.variables, num_steps=steps)
 
     def iter_batches(self, texts: Sequence[str], num_thinking_steps: Optional[int] = None,
                      max_length: int = 512, batch_size: int = 32
                      ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         """Yield (row indices into `texts`, float32 embeddings) batch by batch, longest first."""
-        steps = num_thinking_steps or self.num_thinking_steps
-        if steps < 1:
-            raise ValueError(f"num_thinking_steps must be >= 1, got {steps}")
-        if batch_size < 1 or max_length < 1:
-            raise ValueError(f"batch_size ({batch_size}) and max_length ({max_length}) must be >= 1")
-        rows = tokenize_texts(self.tokenizer, list(texts), max_length)
-        order = np.argsort([-len(r) for r in rows], kind="stable")
-        pad = pad_token_id(self.tokenizer)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            batch = [rows[i] for i in idx] + [[]] * (batch_size - len(idx))
-            width = self.bucketing.length(max(len(r) for r in batch), max_length)
-            ids, mask = left_pad(batch, width, pad)
-            emb = self._encode_batch(self.variables, jnp.asarray(ids), jnp.asarray(mask), steps)
-            yield idx, np.asarray(jax.device_get(emb), np.float32)[:len(idx)]
+        return iter_batches(self.tokenizer, texts, self.encode_fn(num_thinking_steps), max_length=max_length,
+                            batch_size=batch_size, bucketing=self.bucketing)
 
     def encode(self, texts: Sequence[str], num_thinking_steps: Optional[int] = None, max_length: int = 512,
                batch_size: int = 32) -> np.ndarray:
@@ -104,10 +145,8 @@ class LaserEncoder:
         Returns:
           float32 [N, D], L2-normalised rows in input order.
         """
-        out = np.zeros((len(texts), self.cfg.hidden_size), np.float32)
-        for idx, emb in self.iter_batches(texts, num_thinking_steps, max_length, batch_size):
-            out[idx] = emb
-        return out
+        return encode_texts(self.tokenizer, texts, self.encode_fn(num_thinking_steps), self.cfg.hidden_size,
+                            max_length=max_length, batch_size=batch_size, bucketing=self.bucketing)
 
     def format_queries(self, queries: Sequence[str], instruction: str) -> list:
         texts = [format_query(self.text_format.query_template, instruction, q) for q in queries]
@@ -126,9 +165,3 @@ class LaserEncoder:
     def encode_documents(self, docs: Sequence[str], **kw) -> np.ndarray:
         """Documents as they are (chat-wrapped when configured)."""
         return self.encode(self.format_documents(docs), **kw)
-
-    def __hash__(self):
-        return id(self)
-
-    def __eq__(self, other):
-        return self is other

@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags, logging
 
 from laser_jax.cli import run_cli
-
+from laser_jax.inference.encoder import LaserEncoder
 from laser_jax.retrieval import bright
 from laser_jax.retrieval.metrics import DEFAULT_METRICS, evaluate_run, run_from_topk
 from laser_jax.retrieval.search import DEFAULT_BLOCK_SIZE, exact_topk
@@ -267,9 +267,8 @@ flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_
 
 
 def _laser_encoder_fns(model_path: str, num_thinking_steps: int, max_length: int, batch_size: int):
-    """(encode_queries_fn, encode_documents_fn) backed by LaserEncoder."""
-    from laser_jax.inference.encoder import LaserEncoder  # noqa: PLC0415  (heavy; only this path needs it)
-
+    """(encode_queries_fn, encode_documents_fn) backed by LaserEncoder (which resolves K
+    through laser_jax.method.views.resolve_num_thinking_steps)."""
     enc = LaserEncoder.from_pretrained(model_path, dtype=None)
 
     def encode_queries(texts, instruction):

@@ -25,6 +25,9 @@ from typing import Optional, Sequence
 from absl import flags, logging
 
 from laser_jax.cli import run_cli
+from laser_jax.inference import load, torch_encoder
+from laser_jax.method.views import resolve_num_thinking_steps
+from laser_jax.model import hf_io
 
 __all__ = ["export_loaded", "export_hf", "model_card", "main"]
 
@@ -61,14 +64,9 @@ def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
     Returns:
       out_dir.
     """
-    from laser_jax.model import hf_io
-    from laser_jax.inference.load import write_laser_meta
-
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r} must be one of {DTYPES}")
-    steps = int(num_thinking_steps or loaded.num_thinking_steps)
-    if steps < 1:
-        raise ValueError(f"num_thinking_steps must be >= 1, got {steps}")
+    steps = resolve_num_thinking_steps(num_thinking_steps, loaded.num_thinking_steps)
     _check_out_dir(out_dir, overwrite, source)
     lora = loaded.variables.get("lora")
     if lora and not loaded.cfg.lora_rank:
@@ -76,7 +74,7 @@ def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
                          "their scale (lora_alpha / lora_rank) is unknown")
     hf_io.save_pretrained(out_dir, loaded.variables["params"], loaded.cfg, tokenizer=loaded.tokenizer,
                           lora=lora, dtype=dtype)
-    write_laser_meta(out_dir, loaded.text_format, steps)
+    load.write_laser_meta(out_dir, loaded.text_format, steps)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(loaded.cfg, loaded.text_format, steps, dtype=dtype, source=source,
                            merged_lora=bool(lora)))
@@ -91,19 +89,15 @@ def export_hf(model_path: str, out_dir: str, *, dtype: str = "bfloat16",
     Returns:
       out_dir.
     """
-    from laser_jax.inference.load import load_for_inference
-
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r} must be one of {DTYPES}")
     _check_out_dir(out_dir, overwrite, model_path)  # fail before the (slow) load
-    loaded = load_for_inference(model_path, "float32")
+    loaded = load.load_for_inference(model_path, "float32")
     return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
                          overwrite=overwrite, source=model_path)
 
 
 def _torch_snippet(steps: int) -> str:
-    from laser_jax.inference import torch_encoder
-
     functions = "\n\n".join(inspect.getsource(fn) for fn in (torch_encoder.format_texts,
                                                               torch_encoder.latent_embed))
     return f'''import json

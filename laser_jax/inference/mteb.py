@@ -28,6 +28,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import numpy as np
 from absl import logging
 
+from laser_jax.inference.encoder import LaserEncoder
+from laser_jax.method.views import resolve_num_thinking_steps
 from laser_jax.retrieval import bright
 
 __all__ = ["LaserMtebEncoder", "bright_domain", "DEFAULT_INSTRUCTION"]
@@ -124,15 +126,11 @@ class LaserMtebEncoder:
         if encoder is None:
             if not model_name:
                 raise ValueError("give model_name (a model path) or an encoder")
-            from laser_jax.inference.encoder import LaserEncoder
-
             encoder = LaserEncoder.from_pretrained(model_name, dtype=dtype)
         self.encoder = encoder
         self.model_name = _label(model_name)
         self.revision = revision
-        self.num_thinking_steps = int(num_thinking_steps or encoder.num_thinking_steps)
-        if self.num_thinking_steps < 1:
-            raise ValueError(f"num_thinking_steps must be >= 1, got {self.num_thinking_steps}")
+        self.num_thinking_steps = resolve_num_thinking_steps(num_thinking_steps, encoder.num_thinking_steps)
         self.max_length = max_length
         self.batch_size = batch_size
         self.instructions: Dict[str, str] = dict(instructions or {})
@@ -205,7 +203,7 @@ class LaserMtebEncoder:
     def mteb_model_meta(self):
         """mteb.models.ModelMeta describing this model (needs mteb installed)."""
         if self._meta is None:
-            try:
+            try:  # deferred: mteb is an optional, heavy dependency
                 from mteb.models.model_meta import ModelMeta, ScoringFunction
             except ImportError as e:
                 raise ImportError("mteb_model_meta needs mteb (pip install mteb)") from e

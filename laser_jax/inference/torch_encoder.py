@@ -30,6 +30,7 @@ def load(model_dir: str, dtype: str = "float32", device: str = "cpu"):
       (AutoModelForCausalLM, AutoTokenizer, dict with num_thinking_steps, query_template,
       chat_template; the spec's defaults when laser.json is absent).
     """
+    # Deferred: torch is an optional, heavy dependency (laser_jax itself never needs it).
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,6 +83,8 @@ def latent_embed(model, tokenizer, texts, num_thinking_steps=3, max_length=512, 
     Returns:
       numpy float32 [N, D].
     """
+    # Imported here: torch is an optional, heavy dependency, and this function's source is
+    # copied into exported models' README as a standalone snippet (laser_jax.export_hf).
     import inspect
 
     import numpy as np

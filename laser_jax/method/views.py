@@ -32,7 +32,7 @@ def resolve_num_thinking_steps(given: Optional[int], default: int) -> int:
     """
     steps = default if given is None else given
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"num_thinking_steps must be an integer >= 1 (K=1 is a plain last-token "
+        raise ValueError(f"num_thinking_steps must be >= 1, an integer (K=1 is a plain last-token "
                          f"retriever), got {steps!r}")
     return int(steps)
 

@@ -8,9 +8,10 @@ A data directory holds one sub-directory per domain (or is itself one domain dir
   DOMAIN/instruction.txt  optional: overrides the domain's query instruction
   domains.json            optional, beside the domains: {domain: instruction}
 
-Every problem is reported as a BrightFormatError naming the file, the line (1-based) and the
-field. Excluded ids that name no document (BRIGHT writes "N/A") are ignored; gold ids must
-name documents of the domain.
+The files are read by `laser_jax.data.jsonl`; every problem is a
+`laser_jax.data.errors.DataError` naming the file, the line (1-based) and the field.
+Excluded ids that name no document (BRIGHT writes "N/A") are ignored; gold ids must name
+documents of the domain.
 """
 from __future__ import annotations
 
@@ -19,8 +20,11 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
+from laser_jax.data.errors import DataError
+from laser_jax.data.jsonl import get_id, get_id_list, get_text, read_objects
+
 __all__ = [
-    "BRIGHT_DOMAINS", "INSTRUCTIONS", "BrightFormatError", "BrightDomain", "domain_instruction",
+    "BRIGHT_DOMAINS", "INSTRUCTIONS", "BrightDomain", "domain_instruction",
     "is_domain_dir", "list_domains", "load_domain", "load_bright",
 ]
 
@@ -54,17 +58,6 @@ INSTRUCTIONS: Dict[str, str] = {
     "theoremqa_questions": _MATH_EXAMPLES,
     "theoremqa_theorems": "Given a Math problem, retrieve relevant theorems that help answer the problem.",
 }
-
-
-class BrightFormatError(ValueError):
-    """A BRIGHT-format file is malformed; the message names file, line and field."""
-
-    def __init__(self, path: str, message: str, line: Optional[int] = None,
-                 field: Optional[str] = None):
-        where = path if line is None else f"{path}:{line}"
-        what = f"field '{field}': " if field else ""
-        super().__init__(f"{where}: {what}{message}")
-        self.path, self.line, self.field = path, line, field
 
 
 @dataclasses.dataclass
@@ -128,7 +121,7 @@ def domain_instruction(name: str, domain_dir: Optional[str] = None) -> Optional[
             with open(path, encoding="utf-8") as f:
                 text = f.read().strip()
             if not text:
-                raise BrightFormatError(path, "instruction file is empty")
+                raise DataError.at(path, "instruction file is empty")
             return text
         table_path = os.path.join(os.path.dirname(os.path.abspath(domain_dir)), DOMAINS_FILE)
         if os.path.isfile(table_path):
@@ -136,73 +129,20 @@ def domain_instruction(name: str, domain_dir: Optional[str] = None) -> Optional[
                 try:
                     table = json.load(f)
                 except json.JSONDecodeError as e:
-                    raise BrightFormatError(table_path, f"malformed JSON: {e.msg} (line {e.lineno})") from None
+                    raise DataError.at(table_path, f"malformed JSON: {e.msg} (line {e.lineno})") from None
             if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
-                raise BrightFormatError(table_path, "must be a JSON object {domain: instruction}")
+                raise DataError.at(table_path, "must be a JSON object {domain: instruction}")
             if table.get(name):
                 return table[name]
     return INSTRUCTIONS.get(name)
 
 
 def _read_jsonl(path: str):
-    """Yields (line number, dict) for each non-blank line; errors name file and line."""
+    """(line number, object) of each non-blank line; a clear error when the file is missing."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: file not found (a BRIGHT domain needs "
                                 f"{QUERIES_FILE} and {DOCUMENTS_FILE})")
-    count = 0
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BrightFormatError(path, f"malformed JSON ({e.msg} at column {e.colno})",
-                                        lineno) from None
-            if not isinstance(record, dict):
-                raise BrightFormatError(path, f"expected a JSON object, got {type(record).__name__}",
-                                        lineno)
-            count += 1
-            yield lineno, record
-    if count == 0:
-        raise BrightFormatError(path, "file is empty (no records)")
-
-
-def _get_id(path, lineno, record, field):
-    if field not in record:
-        raise BrightFormatError(path, "missing", lineno, field)
-    value = record[field]
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise BrightFormatError(path, f"expected a string id, got {type(value).__name__}",
-                                lineno, field)
-    value = str(value)
-    if not value:
-        raise BrightFormatError(path, "empty id", lineno, field)
-    return value
-
-
-def _get_text(path, lineno, record, field):
-    if field not in record:
-        raise BrightFormatError(path, "missing", lineno, field)
-    if not isinstance(record[field], str):
-        raise BrightFormatError(path, f"expected a string, got {type(record[field]).__name__}",
-                                lineno, field)
-    return record[field]
-
-
-def _get_id_list(path, lineno, record, field, required):
-    if field not in record:
-        if required:
-            raise BrightFormatError(path, "missing", lineno, field)
-        return []
-    value = record[field]
-    if not isinstance(value, list):
-        raise BrightFormatError(path, f"expected a list of ids, got {type(value).__name__}",
-                                lineno, field)
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise BrightFormatError(path, f"expected string ids, got {item!r}", lineno, field)
-    return [str(item) for item in value]
+    return read_objects(path)
 
 
 def is_domain_dir(path: str) -> bool:
@@ -241,39 +181,39 @@ def load_domain(domain_dir: str, name: Optional[str] = None) -> BrightDomain:
 
     Raises:
       FileNotFoundError: a file is missing.
-      BrightFormatError: malformed JSON, missing or mistyped fields, duplicate ids, gold ids
+      DataError: malformed JSON, missing or mistyped fields, duplicate ids, gold ids
         naming unknown documents, empty files.
     """
     name = name or os.path.basename(os.path.normpath(domain_dir))
     doc_path = os.path.join(domain_dir, DOCUMENTS_FILE)
     doc_ids, documents, doc_line = [], [], {}
     for lineno, record in _read_jsonl(doc_path):
-        did = _get_id(doc_path, lineno, record, "id")
+        did = get_id(doc_path, lineno, record, "id")
         if did in doc_line:
-            raise BrightFormatError(doc_path, f"duplicate document id {did!r} (first on line "
+            raise DataError.at(doc_path, f"duplicate document id {did!r} (first on line "
                                     f"{doc_line[did]})", lineno, "id")
         doc_line[did] = lineno
         doc_ids.append(did)
-        documents.append(_get_text(doc_path, lineno, record, "content"))
+        documents.append(get_text(doc_path, lineno, record, "content"))
 
     q_path = os.path.join(domain_dir, QUERIES_FILE)
     query_ids, queries, gold, excluded, q_line = [], [], [], [], {}
     for lineno, record in _read_jsonl(q_path):
-        qid = _get_id(q_path, lineno, record, "id")
+        qid = get_id(q_path, lineno, record, "id")
         if qid in q_line:
-            raise BrightFormatError(q_path, f"duplicate query id {qid!r} (first on line "
+            raise DataError.at(q_path, f"duplicate query id {qid!r} (first on line "
                                     f"{q_line[qid]})", lineno, "id")
         q_line[qid] = lineno
-        text = _get_text(q_path, lineno, record, "query")
-        gold_ids = _get_id_list(q_path, lineno, record, "gold_ids", required=True)
+        text = get_text(q_path, lineno, record, "query")
+        gold_ids = get_id_list(q_path, lineno, record, "gold_ids", required=True)
         if not gold_ids:
-            raise BrightFormatError(q_path, "empty: every query needs at least one gold id",
+            raise DataError.at(q_path, "empty: every query needs at least one gold id",
                                     lineno, "gold_ids")
         for did in gold_ids:
             if did not in doc_line:
-                raise BrightFormatError(q_path, f"gold id {did!r} names no document in "
+                raise DataError.at(q_path, f"gold id {did!r} names no document in "
                                         f"{doc_path}", lineno, "gold_ids")
-        excl = _get_id_list(q_path, lineno, record, "excluded_ids", required=False)
+        excl = get_id_list(q_path, lineno, record, "excluded_ids", required=False)
         query_ids.append(qid)
         queries.append(text)
         gold.append(list(dict.fromkeys(gold_ids)))

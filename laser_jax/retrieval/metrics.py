@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pytrec_eval
 
 __all__ = ["DEFAULT_METRICS", "evaluate_run", "run_from_topk", "remove_excluded"]
 
@@ -57,8 +58,6 @@ def evaluate_run(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Map
       query with no retrieved documents scores 0); mean {metric: float} over those queries
       (0.0 for empty qrels).
     """
-    import pytrec_eval  # noqa: PLC0415  (kept local: only evaluation needs it)
-
     parsed = [(m, *_parse(m)) for m in metrics]
     cuts: Dict[str, set] = {}
     for _, name, cut in parsed:

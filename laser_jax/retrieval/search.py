@@ -138,7 +138,7 @@ def _jax_topk(queries, corpus, k, block_size, exclude, query_block_size, precisi
 
 def _faiss_topk(queries, corpus, k, block_size, exclude):
     try:
-        import faiss  # noqa: PLC0415
+        import faiss  # noqa: PLC0415  (deferred: faiss is an optional dependency, not installed by default)
     except ImportError as e:
         raise ImportError(
             "exact_topk(backend='faiss') needs the faiss package (pip install faiss-cpu, or a "

@@ -3,7 +3,8 @@
 Layout: WORKDIR/checkpoints/<step>/{state, data, meta}. `state` is the TrainState (restored
 onto whatever mesh the restoring run uses: Orbax reshards), `data` the grain iterator
 position (one file per host), `meta` the resolved run config, the model config and the
-text format, so a checkpoint alone is enough for inference (with WORKDIR/tokenizer).
+text format (`laser_jax.inference.load.make_meta`), so a checkpoint alone is enough for
+inference (with WORKDIR/tokenizer), where `laser_jax.inference.load` reads it.
 
 Saves are asynchronous; Orbax writes into a temporary directory and renames it when
 complete, so a kill during a save leaves the previous checkpoint intact and the partial
@@ -16,7 +17,6 @@ raises `DiskFullError` naming the directory.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -28,8 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-CHECKPOINTS = "checkpoints"
-TOKENIZER = "tokenizer"
+# The layout and the meta format are defined with their reader; TOKENIZER and make_meta are
+# used through this module by the trainer.
+from laser_jax.inference.load import CHECKPOINTS, TOKENIZER, make_meta, step_dirs  # noqa: F401
+
 CORRUPT = "corrupt_checkpoints"  # WORKDIR/corrupt_checkpoints/<step>-<time>: checkpoints that failed to restore
 log = logging.getLogger("laser_jax")
 
@@ -102,7 +104,7 @@ class Checkpointer:
             raise faults.disk_full_error(self.directory, what, note) from e
 
     def _complete_steps(self) -> list:
-        return [int(s) for s in _step_dirs(self.directory)] if "://" not in self.directory else []
+        return [int(s) for s in step_dirs(self.directory)] if "://" not in self.directory else []
 
     def restore(self, abstract_state, data_iterator=None) -> Optional[Tuple[Any, int]]:
         """Restore the newest readable checkpoint onto `abstract_state`'s shardings.
@@ -188,97 +190,6 @@ class Checkpointer:
     def close(self):
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-# ---------------------------------------------------------------------------------------
-# Inference from a checkpoint
-# ---------------------------------------------------------------------------------------
-def _step_dirs(directory: str):
-    if not os.path.isdir(directory):
-        return []
-    steps = [d for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state"))]
-    return sorted(steps, key=int)
-
-
-def find_checkpoint(path: str) -> Optional[str]:
-    """The checkpoint step directory meant by `path`: a workdir (its newest checkpoint),
-    its `checkpoints` directory, or a step directory itself; None if none is found."""
-    if os.path.isdir(os.path.join(path, "state")) and os.path.isdir(os.path.join(path, "meta")):
-        return path
-    for directory in (os.path.join(path, CHECKPOINTS), path):
-        steps = _step_dirs(directory)
-        if steps:
-            return os.path.join(directory, steps[-1])
-    return None
-
-
-def read_meta(step_dir: str) -> dict:
-    path = os.path.join(step_dir, "meta", "metadata")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{step_dir}: checkpoint has no meta item ({path})")
-    with open(path) as f:
-        return json.load(f)
-
-
-def model_config_from_meta(meta: dict, dtype: Optional[str] = None):
-    from laser_jax.model.config import ModelConfig, RopeScaling
-
-    fields = dict(meta["model"])
-    if fields.get("rope_scaling"):
-        fields["rope_scaling"] = RopeScaling(**fields["rope_scaling"])
-    fields["lora_targets"] = tuple(fields.get("lora_targets", ()))
-    cfg = ModelConfig(**fields)
-    if dtype:
-        cfg = cfg.replace(param_dtype=dtype, compute_dtype=dtype)
-    # The attention kernel is chosen for the machine that runs the model now (a run trained
-    # with cuDNN on a GPU may be evaluated on a CPU or TPU).
-    from laser_jax.model.config import resolve_attention_impl
-
-    return cfg.replace(attention_impl=resolve_attention_impl("auto", cfg.compute_dtype))
-
-
-def restore_variables(step_dir: str, cfg) -> dict:
-    """{"params": ..., "lora": ...} of a checkpoint (no optimizer state), cast to cfg's
-    param dtype, on the default device."""
-    from laser_jax.model.decoder import abstract_variables
-    from laser_jax.model.layers import dtype_of
-
-    abstract = abstract_variables(cfg)
-    saved = {"trainable": {}, "frozen": {}}
-    lora = "lora" in abstract
-    saved["trainable"] = {"lora": abstract["lora"]} if lora else {"params": abstract["params"]}
-    saved["frozen"] = {"params": abstract["params"]} if lora else {}
-    # Shapes come from the model; stored dtypes may differ (frozen base in compute dtype).
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    item = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), saved)
-    restore_args = jax.tree_util.tree_map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype), item)
-    with ocp.PyTreeCheckpointer() as ckptr:
-        restored = ckptr.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
-    pdt = dtype_of(cfg.param_dtype)
-    variables = {**restored["frozen"], **restored["trainable"]}
-    return jax.tree_util.tree_map(lambda x: jnp.asarray(x, pdt), variables)
-
-
-def load_for_inference(step_dir: str, dtype: str):
-    """LoadedModel (see model_io) from a checkpoint step directory."""
-    from laser_jax.data.formatting import TextFormat
-    from laser_jax.inference.load import LoadedModel, load_tokenizer
-
-    meta = read_meta(step_dir)
-    cfg = model_config_from_meta(meta, dtype)
-    tok_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))), TOKENIZER)
-    tokenizer = load_tokenizer(tok_dir)
-    variables = restore_variables(step_dir, cfg)
-    fmt = TextFormat(**meta["text_format"])
-    return LoadedModel(cfg, variables, tokenizer, fmt, int(meta["num_thinking_steps"]))
-
-
-def make_meta(run_config, model_cfg, text_format, num_thinking_steps: int, eos_id: int) -> dict:
-    return {"run": json.loads(run_config.to_json()), "model": dataclasses.asdict(model_cfg),
-            "text_format": dataclasses.asdict(text_format), "num_thinking_steps": int(num_thinking_steps),
-            "eos_id": int(eos_id)}
 
 
 def to_numpy_tree(tree):

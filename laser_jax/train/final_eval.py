@@ -9,6 +9,7 @@ import jax
 
 from laser_jax.inference.encoder import LaserEncoder
 from laser_jax.inference.evaluate import evaluate_dir, format_table, summarize
+from laser_jax.method.views import resolve_num_thinking_steps
 
 log = logging.getLogger("laser_jax")
 RESULTS_FILE = "eval_results.json"
@@ -26,7 +27,8 @@ def evaluate_trained(trainer) -> dict:
     """Evaluate, print the table, write WORKDIR/eval_results.json; returns the summary."""
     c = trainer.config
     enc = encoder_from_trainer(trainer)
-    steps = c.eval.num_thinking_steps or c.laser.num_thinking_steps
+    # eval.num_thinking_steps 0 means "the trained K" (laser.num_thinking_steps).
+    steps = resolve_num_thinking_steps(c.eval.num_thinking_steps or None, enc.num_thinking_steps)
     kw = dict(num_thinking_steps=steps, max_length=c.eval.max_length, batch_size=c.eval.batch_size)
     results = evaluate_dir(trainer.paths.eval_dir,
                            lambda texts, instruction: enc.encode_queries(texts, instruction, **kw),

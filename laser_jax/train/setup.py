@@ -11,6 +11,7 @@ import ml_collections
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.options import PipelineOptions
 from laser_jax.data.formatting import TextFormat
+from laser_jax.inference.load import load_tokenizer as load_tokenizer_dir
 from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
 from laser_jax.train.config import ARCH_FIELDS
@@ -44,12 +45,10 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataPaths:
 
 def load_tokenizer(paths: DataPaths):
     """The run's tokenizer; ConfigError naming the field when the directory has none."""
-    from laser_jax.inference.load import load_tokenizer as load
-
     if not os.path.isdir(paths.tokenizer):
         raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: no such directory")
     try:
-        return load(paths.tokenizer)
+        return load_tokenizer_dir(paths.tokenizer)
     except FileNotFoundError as e:
         raise ConfigError(f"{paths.tokenizer_field}: {e}") from None
     except (OSError, ValueError) as e:  # transformers: unreadable or inconsistent tokenizer files
