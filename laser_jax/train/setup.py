@@ -13,7 +13,7 @@ from laser_jax.data.options import PipelineOptions
 from laser_jax.data.formatting import TextFormat
 from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
-from laser_jax.train.config import ARCH_FIELDS
+from laser_jax.train.config import ARCH_FIELDS, lora_targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +65,7 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
                    unroll_soft_steps=m.unroll_soft_steps, remat_policy=m.remat_policy,
                    attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype),
                    lora_rank=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout if training else 0.0,
-                   lora_targets=tuple(t.strip() for t in lo.targets.split(",") if t.strip()))
+                   lora_targets=lora_targets(lo.targets))
     arch = {f: getattr(m, f) for f in ARCH_FIELDS if getattr(m, f)}
     try:
         if m.init_from:
