@@ -6,7 +6,7 @@ authors' / paper's settings (spec section 6) for Qwen3-0.6B.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import ml_collections
 
