@@ -20,7 +20,10 @@ from laser_jax.data.formatting import TextFormat
 from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
 from laser_jax.train.config import ARCH_FIELDS, lora_targets
+from laser_jax.data.synthetic import ensure_generated
 from laser_jax.model.decoder import Decoder
+from laser_jax.model.hf_io import SafetensorsDir
+from laser_jax.retrieval import bright
 from laser_jax.train import sharding
 from laser_jax.train.step import StepConfig, TrainState, init_state, jit_train_step, learning_rate_schedule, \
     make_optimizer
@@ -40,8 +43,6 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataPaths:
     train_files, tokenizer, eval_dir = d.train_files, m.tokenizer or m.init_from, d.eval_dir
     field = "model.tokenizer" if m.tokenizer or not m.init_from else "model.init_from"
     if d.synthetic:
-        from laser_jax.data.synthetic import ensure_generated
-
         paths = ensure_generated(os.path.join(workdir, "data"), seed=d.synthetic_seed)
         train_files = train_files or paths["train"]
         tokenizer = tokenizer or paths["tokenizer"]
@@ -106,8 +107,6 @@ def check_init_weights(config: ml_collections.ConfigDict) -> None:
     """Fail at set-up (not after compiling) when `model.init_from` has no weight files."""
     if not config.model.init_from:
         return
-    from laser_jax.model.hf_io import SafetensorsDir
-
     try:
         SafetensorsDir(config.model.init_from)
     except FileNotFoundError as e:
@@ -119,8 +118,6 @@ def check_eval_dir(paths: DataPaths) -> None:
     directory is reported before training rather than after it."""
     if not paths.eval_dir:
         return
-    from laser_jax.retrieval import bright
-
     try:
         for domain in bright.load_bright(paths.eval_dir):
             domain.require_instruction()
