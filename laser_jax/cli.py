@@ -1,40 +1,85 @@
-"""The shared shape of the inference command lines (export, export_hf, evaluate).
+"""The one shape of every command line (train, plan, export, export_hf, evaluate, the data
+and experiment commands).
 
-Each keeps its flags on a private `absl.flags.FlagValues`, so importing one never clashes
-with another's flags; `run_cli` parses them, prints usage errors and expected failures as
-one "error: ..." line, and turns the outcome into an exit status.
+Each command module keeps its flags on a private `absl.flags.FlagValues` (so importing one
+never clashes with another's flags, and commands run side by side in one process, as the
+tests and the ablation script do) and its `main(argv=None) -> int` returns
+`run_cli(FLAGS, body, argv)`; `if __name__ == "__main__": sys.exit(main())`. `run_cli`
+parses the flags, prints usage errors and expected failures as one "error: ..." line, and
+turns the outcome into an exit status.
 """
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple, Type, Union
 
 from absl import flags, logging
 
+EXIT_USAGE = 2  # a usage error or an expected failure (bad input named in the message)
 
-def run_cli(flag_values: flags.FlagValues, run: Callable[[flags.FlagValues], Optional[str]],
-            argv: Optional[Sequence[str]] = None) -> int:
-    """Parse `argv` into `flag_values` and call `run(flag_values)`.
 
-    Returns 0 on success (printing what `run` returns, if anything), 2 on a usage error,
-    2 on a ValueError / FileNotFoundError (bad input named in the message), like training.
+def define_help(flag_values: flags.FlagValues) -> None:
+    """--help / -h on `flag_values` (`run_cli` prints the command's usage for it)."""
+    flags.DEFINE_boolean("help", False, "Show this help.", flag_values=flag_values, short_name="h")
+
+
+def run_cli(flag_values: flags.FlagValues, run: Callable[[flags.FlagValues], Union[None, str, int]],
+            argv: Optional[Sequence[str]] = None, *, as_absl_app: bool = False, allow_arguments: bool = True,
+            expected_errors: Tuple[Type[BaseException], ...] = (ValueError, FileNotFoundError)) -> int:
+    """Parse `argv` (argv[0] is the program name; default sys.argv) into `flag_values` and
+    call `run(flag_values)`.
+
+    Args:
+      flag_values: the command's flags (with a `help` flag, see `define_help`).
+      run: the command's body. It returns None, a text to print, or an int exit status.
+      argv: the command line.
+      as_absl_app: as under `absl.app.run`: Python logging at INFO goes to stderr in absl's
+        format (training and planning log their progress so), and absl's global flags are
+        marked parsed (libraries such as grain read them; they keep their defaults).
+      allow_arguments: False makes positional arguments after the program name a usage error.
+      expected_errors: exceptions of `run` reported as one "error: ..." line with exit
+        status 2 (bad input named in the message); anything else propagates (traceback).
+
+    Returns:
+      0 on success (or `run`'s own status), 2 on a usage error or an expected error.
     """
     argv = list(sys.argv if argv is None else argv)
     flag_values.unparse_flags()
     try:
-        flag_values(argv)
+        rest = flag_values(argv)
     except flags.Error as e:
-        print(f"error: {e}\n\n{flag_values.get_help(include_special_flags=False)}", file=sys.stderr)
-        return 2
+        print(_usage_error(e, argv, flag_values), file=sys.stderr)
+        return EXIT_USAGE
     if flag_values.help:
         print(flag_values.get_help(include_special_flags=False))
         return 0
+    if len(rest) > 1 and not allow_arguments:
+        print(f"error: unexpected arguments: {rest[1:]}\n\n{flag_values.get_help(include_special_flags=False)}", file=sys.stderr)
+        return EXIT_USAGE
+    if as_absl_app:
+        logging.use_absl_handler()
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
     logging.set_verbosity(logging.INFO)
     try:
-        printed = run(flag_values)
-    except (ValueError, FileNotFoundError) as e:
+        outcome = run(flag_values)
+    except expected_errors as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
-    if printed is not None:
-        print(printed)
+        return EXIT_USAGE
+    if isinstance(outcome, int) and not isinstance(outcome, bool):
+        return outcome
+    if outcome is not None:
+        print(outcome)
     return 0
+
+
+def _usage_error(e: flags.Error, argv: Sequence[str], flag_values: flags.FlagValues) -> str:
+    """One "error: ..." for a flag that did not parse; a `--config.a.b` override naming no
+    config field is said to be so, without the usage text."""
+    text = str(e)
+    cause = e.__cause__ or e.__context__
+    if isinstance(cause, (AttributeError, KeyError)) or "AttributeError" in text or "KeyError" in text:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        if bad:
+            return f"error: unknown config field in {' '.join(bad)}: {text}"
+    return f"error: {text}\n\n{flag_values.get_help(include_special_flags=False)}"

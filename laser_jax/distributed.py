@@ -9,6 +9,7 @@ import logging
 import os
 
 import jax
+from orbax.checkpoint import multihost
 
 log = logging.getLogger("laser_jax")
 
@@ -38,3 +39,11 @@ def maybe_initialize(mode: str = "auto") -> None:
     jax.distributed.initialize(**kwargs)
     log.info("joined the JAX cluster: process %d of %d, %d local / %d global devices",
              jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
+    """Block until every process of the cluster reaches the barrier `name` (no-op with one
+    process). It uses the coordination service, not a collective: the CPU collectives' first
+    use (gloo's context set-up) gives up after 30 s, so processes that finish compiling far
+    apart (a loaded machine) must meet here before their first collective."""
+    multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)

@@ -1,5 +1,7 @@
 """`python -m laser_jax.plan`: the command line of laser_jax.train.plan."""
-from laser_jax.train.plan import run
+import sys
+
+from laser_jax.train.plan import main
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -46,3 +46,66 @@ def tokenizer(tokenizer_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def small_run_config(task, **overrides):
+    """The training tests' run config: a 2-layer, 32-wide Qwen3-style model (float32, one
+    device, unrolled layers, full fine-tuning) on a generated task (`task`: paths from
+    laser_jax.data.synthetic), 3 steps of 8 queries in file order, no checkpoint before the
+    end. `overrides` set "section.field" values; the result is not validated (tests of bad
+    configs use it too). The shapes are shared by every training test, so compiled programs
+    are shared through the persistent compilation cache."""
+    from laser_jax.train.config import base_config
+
+    c = base_config()
+    c.model.preset = "tiny_qwen3"
+    for k, v in dict(vocab_size=768, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, head_dim=8).items():
+        setattr(c.model, k, v)
+    c.model.tokenizer = task["tokenizer"]
+    c.model.compute_dtype = "float32"
+    c.model.scan_layers = False
+    c.lora.rank = 0
+    c.lora.dropout = 0.0
+    c.data.train_files = task["train"]
+    c.data.chat_template = False
+    c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len = 64, 48, 128
+    c.data.bucket_fractions = (1.0,)
+    c.data.shuffle = False
+    c.train.batch_size = 8
+    c.train.num_steps = 3
+    c.train.log_every = 1
+    c.train.learning_rate = 1e-3
+    c.train.warmup_ratio = 0.0
+    c.checkpoint.every_steps = 100
+    c.checkpoint.async_save = False
+    c.mesh.num_devices = 1
+    c.mesh.shape = (1, 1, 1)
+    for key, value in overrides.items():
+        section, field = key.split(".")
+        setattr(getattr(c, section), field, value)
+    return c
+
+
+def nan_at_steps(run, steps):
+    """Fault injection: `run` (laser_jax.train.trainer.Run) whose train steps numbered
+    `steps` (1-based) run with NaN temperatures, so their loss and every gradient are NaN
+    exactly as a real numerical fault would make them (the step itself then keeps the state)."""
+    import dataclasses
+
+    import jax
+
+    from laser_jax.train.step import jit_train_step
+
+    p = run.program
+    nan = float("nan")
+    poisoned = dataclasses.replace(p.step_cfg, loss=dataclasses.replace(p.step_cfg.loss, tau=nan, tau_kd=nan,
+                                                                        tau_mid=nan))
+    nan_step = jit_train_step(p.model, p.tx, poisoned, p.state_shardings, p.batch_sharding, p.teacher_sharding)
+
+    def step(state, *args):
+        number = int(jax.device_get(state.step)) + 1
+        return (nan_step if number in steps else p.step)(state, *args)
+
+    step.lower = p.step.lower  # the loop compiles the (normal) step ahead of its first call
+    return dataclasses.replace(run, program=dataclasses.replace(p, step=step))

@@ -209,7 +209,7 @@ def test_jsonl_hf_disk_and_array_record_sources_agree(tmp_path):
     assert all_records(open_records(raw_ar, group_size=2)) == expected
 
     out = str(tmp_path / "converted.array_record")
-    assert convert.main([f"--input={jsonl}", f"--output={out}"]) == 0
+    assert convert.main(["convert", f"--input={jsonl}", f"--output={out}"]) == 0
     converted = open_records(out, group_size=2)
     assert all_records(converted) == expected
     assert converted.location(3) == f"{out}: record 3"
@@ -259,9 +259,9 @@ def test_array_record_validation_names_record(tmp_path):
 def test_convert_cli_reports_bad_input(tmp_path, capsys):
     path = write_lines(tmp_path / "bad.jsonl", [good(0), good(1, negative_passages=[])])
     out = str(tmp_path / "o.array_record")
-    assert convert.main([f"--input={path}", f"--output={out}"]) == 2
+    assert convert.main(["convert", f"--input={path}", f"--output={out}"]) == 2
     assert f"{path}: line 2: field 'negative_passages'" in capsys.readouterr().err
     assert not os.path.exists(out)
-    assert convert.main([f"--input={path}", f"--output={out}", "--skip_bad_records"]) == 0
+    assert convert.main(["convert", f"--input={path}", f"--output={out}", "--skip_bad_records"]) == 0
     assert "skipped 1 bad record(s)" in capsys.readouterr().out
     assert len(open_records(out)) == 1

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from laser_jax.data import synthetic
-from laser_jax.experiments import ablate
+from laser_jax.experiments import ablate, jobs as jobs_lib, report
 from laser_jax.experiments.explicit_upper import ExplicitEncoder, evaluate_explicit_upper, read_reasoning
 
 MICRO_TASK = dict(size=20, n_train=48, n_eval_per_domain=3, n_dev_per_domain=3, vocab_size=400)
@@ -27,7 +27,7 @@ def micro(task, tmp_path_factory):
     on the tiny config's :smoke variant shrunk further."""
     root = tmp_path_factory.mktemp("ablation")
     out, runs = str(root / "out"), str(root / "runs")
-    code = ablate.main(["--seeds=0", "--variants=basic,laser", "--steps=2", f"--out={out}",
+    code = ablate.main(["ablate", "--seeds=0", "--variants=basic,laser", "--steps=2", f"--out={out}",
                         f"--runs_dir={runs}", f"--task_dir={os.path.dirname(task['meta'])}",
                         "--config=configs/tiny.py:smoke", "--split=dev", *MICRO_MODEL])
     return code, out, runs
@@ -68,7 +68,7 @@ def test_finished_runs_are_reused(micro, task):
     assert marker["config"]["train"]["num_steps"] == 2 and marker["config"]["model"]["hidden_size"] == 16
     assert not jobs[0].done_before()  # same command line, another config: an edited config file reruns
     jobs[0].config = marker["config"]
-    ablate.run_jobs(jobs, 1, {}, log=logs.append)
+    jobs_lib.run_jobs(jobs, 1, {}, log=logs.append)
     assert jobs[0].reused and jobs[0].returncode == 0 and "reusing" in logs[0]
 
 
@@ -107,22 +107,22 @@ def test_summaries_and_ordering_verdict():
     jobs = []
     for variant, values in {"basic": [0.2, 0.25], "latent_only": [0.3, 0.32], "laser": [0.5, 0.52]}.items():
         for seed, v in enumerate(values):
-            job = ablate.Job(f"{variant}/seed{seed}", variant, seed, "", [], "")
+            job = jobs_lib.Job(f"{variant}/seed{seed}", variant, seed, "", [], "")
             job.returncode = 0
             jobs.append((job, v))
     scores = {id(j): {"average": v, "domains": {"steps2": v, "steps3": v}} for j, v in jobs}
-    original = ablate.read_score
+    original = report.read_score
     try:
-        ablate.read_score = lambda job: scores[id(job)]
-        summary = ablate.summarize_scores([j for j, _ in jobs], ["basic", "latent_only", "laser"], [0, 1])
+        report.read_score = lambda job: scores[id(job)]
+        summary = report.summarize_scores([j for j, _ in jobs], ["basic", "latent_only", "laser"], [0, 1])
     finally:
-        ablate.read_score = original
+        report.read_score = original
     assert summary["laser"]["mean"] == pytest.approx(0.51)
     assert summary["laser"]["std"] == pytest.approx(np.std([0.5, 0.52], ddof=1))
     assert summary["basic"]["per_domain"] == {"steps2": pytest.approx(0.225), "steps3": pytest.approx(0.225)}
-    assert ablate.beats(summary, "laser", "latent_only") and ablate.beats(summary, "latent_only", "basic")
-    assert ablate.beats(summary, "explicit_upper", "laser") is None
-    shaped = ablate.results_json(summary, [0, 1], "cmd", "machine")
+    assert report.beats(summary, "laser", "latent_only") and report.beats(summary, "latent_only", "basic")
+    assert report.beats(summary, "explicit_upper", "laser") is None
+    shaped = report.results_json(summary, [0, 1], "cmd", "machine")
     assert set(shaped["variants"]["laser"]) == {"mean", "std", "per_seed"}
 
 
@@ -138,9 +138,12 @@ def test_no_co_learning_trains_a_teacher_first(task):
     assert "--config.train.seed=3" in student.argv
 
 
-def test_png_without_matplotlib(tmp_path):
+def test_plot_is_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
     path = str(tmp_path / "bars.png")
-    ablate.write_png_bars(path, np.array([10.0, 50.0]), np.array([2.0, 5.0]))
+    summary = {v: {"mean": m, "std": s, "per_seed": [m - s, m + s]}
+               for v, m, s in (("basic", 0.1, 0.02), ("laser", 0.5, 0.05))}
+    report.write_plot(path, summary, "title")
     data = open(path, "rb").read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data.endswith(b"IEND\xaeB`\x82")
 
@@ -150,16 +153,16 @@ def test_parallel_runs_are_pinned_to_distinct_cpus(tmp_path):
     CPU goes to the next one."""
     if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs Linux and 2 CPUs")
-    cpus = ablate.cpu_slots(2)
+    cpus = jobs_lib.cpu_slots(2)
     assert len(cpus) == 2 and set(cpus) <= os.sched_getaffinity(0)
-    assert ablate.cpu_slots(1) == [] and ablate.cpu_slots(10 ** 4) == []
+    assert jobs_lib.cpu_slots(1) == [] and jobs_lib.cpu_slots(10 ** 4) == []
     script = ("import os, sys, time; time.sleep(0.5); "
               "open(sys.argv[1], 'w').write(str(sorted(os.sched_getaffinity(0))))")
     jobs = []
     for i in range(3):
         out = str(tmp_path / f"j{i}" / "affinity.txt")
-        jobs.append(ablate.Job(f"j{i}", "basic", i, os.path.dirname(out), [sys.executable, "-c", script, out], out))
-    ablate.run_jobs(jobs, 2, dict(os.environ), log=lambda _: None, cpus=cpus)
+        jobs.append(jobs_lib.Job(f"j{i}", "basic", i, os.path.dirname(out), [sys.executable, "-c", script, out], out))
+    jobs_lib.run_jobs(jobs, 2, dict(os.environ), log=lambda _: None, cpus=cpus)
     seen = [json.loads(open(j.result).read()) for j in jobs]
     assert all(j.returncode == 0 for j in jobs)
     assert all(len(s) == 1 and s[0] in cpus for s in seen)

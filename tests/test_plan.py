@@ -56,19 +56,12 @@ def test_parameter_and_optimizer_bytes_follow_the_sharding(full_plan):
 
 
 def test_per_device_bytes_equal_total_over_the_sharding_factor():
-    import flax.linen as nn
-
-    from laser_jax.train import sharding
-    from laser_jax.train.plan import _sharded
-    from laser_jax.train.setup import model_config
-    from laser_jax.train.step import init_state, make_optimizer
+    from laser_jax.train import setup
 
     c = smoke()
-    cfg = model_config(c, None)
-    mesh = sharding.make_mesh((2, 2, 2), jax.devices()[:8])
-    tx = make_optimizer(c.train, 10)
-    boxed = jax.eval_shape(lambda: init_state(cfg, tx, jax.random.key(0), boxed=True))
-    state = _sharded(nn.unbox(boxed), sharding.logical_shardings(mesh, boxed))
+    cfg = setup.model_config(c, None)
+    mesh = setup.run_mesh(c, jax.devices()[:8], (2, 2, 2))
+    state = setup.build_program(c, cfg, mesh, 10, 0).abstract_state
     for part in (state.trainable, state.frozen, state.opt_state):
         assert tree_bytes(part) == expected_per_device(part, dict(mesh.shape))
     assert tree_bytes(state.frozen, per_device=False) == cfg.num_params() * 4  # float32 smoke base
@@ -124,7 +117,6 @@ def test_activations_stay_split_over_the_batch_on_an_fsdp_mesh():
     from laser_jax.train import sharding
     from laser_jax.model.config import preset
     from laser_jax.model.decoder import Decoder, init_variables, positions_from_mask
-    from laser_jax.train.plan import _sharded
 
     cfg = preset("tiny_qwen3", vocab_size=64, hidden_size=256, intermediate_size=2048, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, head_dim=64, compute_dtype="bfloat16")
@@ -138,7 +130,7 @@ def test_activations_stay_split_over_the_batch_on_an_fsdp_mesh():
 
     def temporaries(n):
         mesh = sharding.make_mesh((1, n, 1), jax.devices()[:n])
-        variables = _sharded(nn.unbox(boxed), sharding.logical_shardings(mesh, boxed))
+        variables = sharding.abstract_sharded(nn.unbox(boxed), sharding.logical_shardings(mesh, boxed))
         ids = jax.ShapeDtypeStruct((24, 512), jnp.int32, sharding=sharding.batch_sharding(mesh))
 
         def grads(v, tokens):

@@ -15,13 +15,14 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import small_run_config
 from laser_jax.inference import evaluate
 from laser_jax.inference import export
 from laser_jax.train import faults
 from laser_jax.data.synthetic import ensure_generated
-from laser_jax.train.config import base_config, validate
+from laser_jax.train.config import validate
 from laser_jax.train.main import train_main
-from laser_jax.train.trainer import Trainer
+from laser_jax.train.trainer import set_up
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TASK = {}
@@ -38,36 +39,9 @@ def rtask(tmp_path_factory):
 
 
 def tiny_config(task, **overrides):
-    """A 2-layer, 32-wide model on the generated task: 4 steps of 8 queries, checkpoints
-    every 2 steps. Shapes match tests/test_train.py so compiled programs are shared."""
-    c = base_config()
-    c.model.preset = "tiny_qwen3"
-    for k, v in dict(vocab_size=768, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=8).items():
-        setattr(c.model, k, v)
-    c.model.tokenizer = task["tokenizer"]
-    c.model.compute_dtype = "float32"
-    c.model.scan_layers = False
-    c.lora.rank = 0
-    c.lora.dropout = 0.0
-    c.data.train_files = task["train"]
-    c.data.chat_template = False
-    c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len = 64, 48, 128
-    c.data.bucket_fractions = (1.0,)
-    c.data.shuffle = False
-    c.train.batch_size = 8
-    c.train.num_steps = 4
-    c.train.log_every = 1
-    c.train.learning_rate = 1e-3
-    c.train.warmup_ratio = 0.0
-    c.checkpoint.every_steps = 2
-    c.checkpoint.async_save = False
-    c.mesh.num_devices = 1
-    c.mesh.shape = (1, 1, 1)
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        setattr(getattr(c, section), field, value)
-    return c
+    """The training tests' small config (conftest.small_run_config): 4 steps of 8 queries,
+    checkpoints every 2 steps."""
+    return small_run_config(task, **{"train.num_steps": 4, "checkpoint.every_steps": 2, **overrides})
 
 
 def run_main(config, workdir, capsys):
@@ -151,7 +125,7 @@ def test_skip_bad_records_counts_and_locates_them(rtask, tmp_path, caplog):
     path = write_lines(tmp_path / "train.jsonl", lines)
     config = tiny_config(rtask, **{"data.train_files": path, "data.skip_bad_records": True})
     with caplog.at_level(logging.WARNING, logger="laser_jax"):
-        trainer = Trainer(config, str(tmp_path / "run"))
+        trainer = set_up(config, str(tmp_path / "run"))
     report = "\n".join(r.getMessage() for r in caplog.records)
     assert "loaded 16 of 18 records" in report
     assert f"skipped 2 bad record(s): {path}: line 4, {path}: line 11" in report

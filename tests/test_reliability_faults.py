@@ -12,10 +12,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from conftest import nan_at_steps
 from laser_jax.train import checkpoint as ckpt_lib
 from laser_jax.train import faults
+from laser_jax.train import main as train_cli
+from laser_jax.train.loop import train
 from laser_jax.train.metrics import MetricsWriter, read_metrics
-from laser_jax.train.trainer import Trainer
+from laser_jax.train.trainer import set_up
 from test_reliability import rtask, run_main, tiny_config  # noqa: F401 (fixture)
 
 LOSS_KEYS = ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid")
@@ -27,8 +30,13 @@ def steps_on_disk(workdir):
 
 
 def restore_latest(config, workdir):
-    trainer = Trainer(config, str(workdir))
-    return trainer.checkpointer.restore(trainer.abstract_state)
+    run = set_up(config, str(workdir))
+    return run.checkpointer().restore(run.abstract_state)
+
+
+def inject_nan_steps(monkeypatch, steps):
+    """The CLI's set-up (`train_main`) yields runs whose given steps produce NaN."""
+    monkeypatch.setattr(train_cli, "set_up", lambda config, workdir: nan_at_steps(set_up(config, workdir), steps))
 
 
 def adam_count(state) -> int:
@@ -40,7 +48,7 @@ def adam_count(state) -> int:
 # ----------------------------------------------------------------------------- non-finite steps
 def test_nonfinite_step_stops_with_step_losses_and_records_and_keeps_the_last_checkpoint(
         rtask, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv(faults.NAN_STEPS_ENV, "3")
+    inject_nan_steps(monkeypatch, {3})
     config = tiny_config(rtask)
     code, err = run_main(config, tmp_path, capsys)
     assert code == faults.EXIT_NONFINITE
@@ -55,11 +63,10 @@ def test_nonfinite_step_stops_with_step_losses_and_records_and_keeps_the_last_ch
     assert step == 2 and ckpt_lib.all_finite(state.trainable) and adam_count(state) == 2
 
 
-def test_nonfinite_skip_drops_only_that_update_and_goes_on(rtask, tmp_path, monkeypatch, caplog):
-    monkeypatch.setenv(faults.NAN_STEPS_ENV, "2")
-    trainer = Trainer(tiny_config(rtask, **{"train.nonfinite": "skip"}), str(tmp_path))
+def test_nonfinite_skip_drops_only_that_update_and_goes_on(rtask, tmp_path, caplog):
+    run = nan_at_steps(set_up(tiny_config(rtask, **{"train.nonfinite": "skip"}), str(tmp_path)), {2})
     with caplog.at_level(logging.WARNING, logger="laser_jax"):
-        trainer.run()
+        trainer = train(run)
     assert trainer.skipped_steps == [2]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(w.startswith("non-finite loss or gradient at step 2") and w.endswith(
@@ -89,13 +96,12 @@ def corrupt(step_dir):
 
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(rtask, tmp_path, capsys, caplog):
     config = tiny_config(rtask)
-    straight = Trainer(config, str(tmp_path))
-    straight.run()
+    train(set_up(config, str(tmp_path)))
     expected = read_metrics(str(tmp_path))
     corrupt(tmp_path / "checkpoints" / "4")
-    resumed = Trainer(config, str(tmp_path))
+    resumed = set_up(config, str(tmp_path))
     with caplog.at_level(logging.WARNING, logger="laser_jax"):
-        resumed.run()
+        train(resumed)
     report = "\n".join(r.getMessage() for r in caplog.records)
     assert f"checkpoint step 4 in {tmp_path}/checkpoints could not be restored" in report
     assert "moved the unreadable checkpoint step 4 to" in report and "resumed" not in report.split("\n")[0]
@@ -179,11 +185,7 @@ def test_nonfinite_message_lists_terms_records_and_locations():
                    "batch records [0, 1, 2] and 17 more (f.jsonl: line 1; f.jsonl: line 2; f.jsonl: line 3)")
 
 
-def test_fault_injection_switch_and_disk_full_detection():
-    assert faults.nan_fault_steps({}) == frozenset()
-    assert faults.nan_fault_steps({faults.NAN_STEPS_ENV: "3, 5"}) == {3, 5}
-    with pytest.raises(ValueError, match=faults.NAN_STEPS_ENV):
-        faults.nan_fault_steps({faults.NAN_STEPS_ENV: "three"})
+def test_disk_full_detection_and_signal_exit_codes():
     try:
         try:
             raise OSError(errno.ENOSPC, "No space left on device")

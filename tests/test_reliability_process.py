@@ -20,8 +20,9 @@ import threading
 import numpy as np
 import pytest
 
+from laser_jax.train.loop import train
 from laser_jax.train.metrics import read_metrics
-from laser_jax.train.trainer import Trainer
+from laser_jax.train.trainer import set_up
 from test_reliability import rtask, tiny_config  # noqa: F401 (fixture)
 from test_reliability_faults import LOSS_KEYS, steps_on_disk
 
@@ -53,8 +54,8 @@ async def _blocked(self):
         await asyncio.sleep(3600)
     return await _finalize(self)
 atomicity.AtomicRenameTemporaryPath.finalize = _blocked
-from laser_jax.train.main import run
-run()
+from laser_jax.train.main import main
+sys.exit(main())
 '''
 
 
@@ -110,7 +111,7 @@ def runs(rtask, tmp_path_factory):
     cfg = str(root / "config.py")
     started = {
         "A": Run(cfg, root / "A"),
-        "C": Run(cfg, root / "C", trigger=("compiling and running the first step", signal.SIGTERM)),
+        "C": Run(cfg, root / "C", trigger=("compiling the train step", signal.SIGTERM)),
         "D": Run(cfg, root / "D", trigger=("setting up the run", signal.SIGINT)),
         "E": Run(cfg, root / "E", trigger=("FAULT-INJECTION: commit of step 4 blocked", signal.SIGKILL),
                  block_save_step=4),
@@ -164,8 +165,7 @@ def test_sigkill_during_an_asynchronous_save_leaves_the_previous_checkpoint_rest
     ckpt_dir = os.path.join(e.workdir, "checkpoints")
     partial = [d for d in os.listdir(ckpt_dir) if d.startswith("4.orbax-checkpoint-tmp")]
     assert steps_on_disk(e.workdir) == [2] and len(partial) == 1
-    trainer = Trainer(runs["config"], e.workdir)  # resume in-process
-    trainer.run()
+    train(set_up(runs["config"], e.workdir))  # resume in-process
     assert not any("orbax-checkpoint-tmp" in d for d in os.listdir(ckpt_dir))
     assert steps_on_disk(e.workdir) == [2, 4]
     rows, expected = read_metrics(e.workdir), read_metrics(runs["runs"]["A"].workdir)

@@ -264,7 +264,7 @@ def test_ensure_generated_reuses_and_regenerates(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     out = str(tmp_path / "cli")
-    assert synthetic.main([f"--out={out}", "--seed=5", "--n_train=30", "--n_eval_per_domain=4",
+    assert synthetic.main(["synthetic", f"--out={out}", "--seed=5", "--n_train=30", "--n_eval_per_domain=4",
                            "--n_dev_per_domain=2", "--min_steps=3", "--max_steps=3", "--paraphrase=false"]) == 0
     meta = json.load(open(os.path.join(out, "meta.json")))
     assert meta["seed"] == 5 and meta["options"]["paraphrase"] is False

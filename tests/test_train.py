@@ -11,11 +11,13 @@ import torch
 import jax
 
 import laser_oracle as oracle
+from conftest import small_run_config
 from hf_models import build_hf_model
 from laser_jax.data.synthetic import ensure_generated
+from laser_jax.train import loop
 from laser_jax.train.metrics import read_metrics
-from laser_jax.train.config import base_config, validate
-from laser_jax.train.trainer import Trainer
+from laser_jax.train.config import validate
+from laser_jax.train.trainer import set_up
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_KEYS = ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid")
@@ -28,41 +30,14 @@ def task(tmp_path_factory):
 
 
 def small_config(task, **overrides):
-    c = base_config()
-    c.model.preset = "tiny_qwen3"
-    for k, v in dict(vocab_size=768, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, head_dim=8).items():
-        setattr(c.model, k, v)
-    c.model.tokenizer = task["tokenizer"]
-    c.model.compute_dtype = "float32"
-    c.model.scan_layers = False
-    c.lora.rank = 0
-    c.lora.dropout = 0.0
-    c.data.train_files = task["train"]
-    c.data.chat_template = False
-    c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len = 64, 48, 128
-    c.data.bucket_fractions = (1.0,)
-    c.data.shuffle = False
-    c.train.batch_size = 8
-    c.train.num_steps = 3
-    c.train.log_every = 1
-    c.train.learning_rate = 1e-3
-    c.train.warmup_ratio = 0.0
-    c.checkpoint.every_steps = 100
-    c.checkpoint.async_save = False
-    c.mesh.num_devices = 1
-    c.mesh.shape = (1, 1, 1)
-    for key, value in overrides.items():
-        section, field = key.split(".")
-        setattr(getattr(c, section), field, value)
+    c = small_run_config(task, **overrides)
     validate(c)
     return c
 
 
 def train(config, workdir):
-    trainer = Trainer(config, str(workdir))
-    trainer.run()
-    return trainer, read_metrics(str(workdir))
+    trained = loop.train(set_up(config, str(workdir)))
+    return trained, read_metrics(str(workdir))
 
 
 def losses(rows):
@@ -148,10 +123,9 @@ def test_resume_after_k_steps_logs_the_same_metrics(task, tmp_path):
     config = small_config(task, **{"train.num_steps": 4, "data.shuffle": True})
     _, straight = train(config, tmp_path / "straight")
     first = small_config(task, **{"train.num_steps": 4, "data.shuffle": True, "checkpoint.every_steps": 2})
-    trainer = Trainer(first, str(tmp_path / "resumed"))
-    trainer.total_steps = 2  # stop after 2 of the 4 scheduled steps, as an interrupted run would
-    trainer.run()
-    assert trainer.checkpointer.latest_step() == 2
+    run = set_up(first, str(tmp_path / "resumed"))
+    trained = loop.train(run, until=2)  # stop after 2 of the 4 scheduled steps, as an interrupted run would
+    assert trained.checkpointer().latest_step() == 2
     resumed_trainer, resumed = train(first, tmp_path / "resumed")
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]
     np.testing.assert_allclose(losses(resumed), losses(straight), rtol=1e-6)
@@ -167,7 +141,7 @@ def test_grain_iterator_resumes_at_the_same_record(task, tmp_path):
     for _ in range(2):
         next(expected)
     fresh = train_iterator(trainer.source, trainer.tokenizer, trainer.options)
-    restored = trainer.checkpointer.restore(trainer.abstract_state, fresh)
+    restored = trainer.checkpointer().restore(trainer.abstract_state, fresh)
     assert restored[1] == 2
     np.testing.assert_array_equal(next(fresh)["record"], next(expected)["record"])
 

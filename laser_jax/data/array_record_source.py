@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Iterable, Iterator, List, Tuple
 
+import grain
 import numpy as np
 
 from laser_jax.data.errors import Problem
@@ -24,8 +25,6 @@ class ArrayRecordReader:
     """
 
     def __init__(self, pattern: str):
-        import grain
-
         self.description = pattern
         self.notes = ()
         self._files, self._problems = expand_files(pattern)

@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Dict, Optional
 
+import grain
 import numpy as np
 
 from laser_jax.data.batch import build_batch
@@ -95,8 +96,6 @@ def train_dataset(source, tokenizer, options: PipelineOptions):
     Returns:
       A MapDataset of length steps_per_epoch * num_epochs (sys.maxsize if infinite).
     """
-    import grain
-
     batcher = StepBatcher(source, tokenizer, options)
     total = (sys.maxsize if options.num_epochs is None
              else batcher.steps_per_epoch * options.num_epochs)
@@ -116,8 +115,6 @@ def train_iterator(source, tokenizer, options: PipelineOptions, start_step: Opti
       A `grain.DatasetIterator`: `next()` gives a batch dict; `get_state()` /
       `set_state()` and `grain.checkpoint.CheckpointSave(it)` / `CheckpointRestore(it)`.
     """
-    import grain
-
     dataset = train_dataset(source, tokenizer, options)
     read = grain.ReadOptions(num_threads=options.num_threads,
                              prefetch_buffer_size=options.prefetch)

@@ -36,7 +36,6 @@ Layout of DIR (byte-identical for the same seed and options):
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -45,7 +44,12 @@ import random
 import shutil
 import sys
 import tempfile
+from typing import Optional, Sequence
 
+from absl import flags
+from transformers import AutoTokenizer
+
+from laser_jax.cli import define_help, run_cli
 from laser_jax.data import bpe
 from laser_jax.data.synthetic_chains import Chain, World, make_world, near_misses, sample_chains, states
 from laser_jax.data.synthetic_docs import build_corpus
@@ -177,8 +181,6 @@ def _texts(data: dict) -> dict[str, list[str]]:
 
 
 def _token_lengths(tokenizer_dir: str, texts: dict[str, list[str]]) -> dict:
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     out = {}
     for name, items in texts.items():
@@ -328,20 +330,33 @@ def ensure_generated(out_dir: str, seed: int = 0, **options) -> dict:
     return generate(out_dir, seed, **options)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--seed", type=int, default=0)
+def _define_flags() -> flags.FlagValues:
+    """--out, --seed and one flag per SyntheticOptions field."""
+    fv = flags.FlagValues()
+    flags.DEFINE_string("out", None, "output directory", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "generator seed (same seed and options: byte-identical files)", flag_values=fv)
     for field in dataclasses.fields(SyntheticOptions):
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if field.type in (bool, "bool") else int
-        parser.add_argument(f"--{field.name}", type=kind, default=field.default)
-    args = vars(parser.parse_args(argv))
-    out, seed = args.pop("out"), args.pop("seed")
-    result = generate(out, seed, **args)
-    meta = read_meta(out)
-    print(json.dumps({"paths": result, "counts": meta["counts"],
-                      "token_lengths": meta["token_lengths"]}, indent=1))
-    return 0
+        define = flags.DEFINE_boolean if field.type in (bool, "bool") else flags.DEFINE_integer
+        define(field.name, field.default, f"SyntheticOptions.{field.name}", flag_values=fv)
+    flags.mark_flag_as_required("out", flag_values=fv)
+    define_help(fv)
+    return fv
+
+
+FLAGS = _define_flags()
+
+
+def _command(f: flags.FlagValues) -> str:
+    options = {field.name: f[field.name].value for field in dataclasses.fields(SyntheticOptions)}
+    result = generate(f.out, f.seed, **options)
+    meta = read_meta(f.out)
+    return json.dumps({"paths": result, "counts": meta["counts"], "token_lengths": meta["token_lengths"]}, indent=1)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; argv[0] is the program name. Prints the paths, counts and token
+    lengths as JSON; returns the exit status (a bad option raises, as any error does)."""
+    return run_cli(FLAGS, _command, argv, allow_arguments=False, expected_errors=())
 
 
 if __name__ == "__main__":

@@ -37,9 +37,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
+from jax.sharding import PartitionSpec
 
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.layers import Proj, RMSNorm, apply_rope, dtype_of, rope_inv_freq
+from laser_jax.model.partitioning import ACTIVATION_BATCH, ACTIVATION_KV_HEADS, divisible_axes
 
 
 def causal_mask(kv_mask_BS, q_slot_BT, k_slot_S):
@@ -80,8 +83,6 @@ def _splash_kernel(t_padded: int, group: int, block: int, interpret: bool):
     Built afresh at each trace (the block-mask bookkeeping is numpy work of a few blocks):
     the kernel holds its block-mask arrays, which must belong to the trace that uses them.
     """
-    from jax.experimental.pallas.ops.tpu import splash_attention as splash
-
     mask = splash.MultiHeadMask([splash.CausalMask((t_padded, t_padded))] * group)
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block,
@@ -90,8 +91,6 @@ def _splash_kernel(t_padded: int, group: int, block: int, interpret: bool):
 
 
 def _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
-    from jax.experimental.pallas.ops.tpu.splash_attention import SegmentIds
-
     B, T, N, H = q_BTNH.shape
     K = k_BTKH.shape[2]
     tp = -(-T // SPLASH_SEQ_MULTIPLE) * SPLASH_SEQ_MULTIPLE
@@ -106,7 +105,7 @@ def _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
     # real token sees exactly the real tokens at or before it; a pad sees pads only.
     seg_BT = jnp.pad((mask_BT > 0).astype(jnp.int32), ((0, 0), (0, tp - T)))
     per_kv_head = jax.vmap(kernel, in_axes=(0, 0, 0, None))
-    out_BKGTH = jax.vmap(per_kv_head)(q_BKGTH, k_BKTH, v_BKTH, SegmentIds(q=seg_BT, kv=seg_BT))
+    out_BKGTH = jax.vmap(per_kv_head)(q_BKGTH, k_BKTH, v_BKTH, splash.SegmentIds(q=seg_BT, kv=seg_BT))
     out_BTNH = out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, tp, N, H)[:, :T]
     return jnp.where((mask_BT > 0)[:, :, None, None], out_BTNH, jnp.zeros_like(out_BTNH))
 
@@ -121,25 +120,20 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
     queries: the MQA kernel runs once per kv head (vmapped) on its group of query heads.
     Padded output rows are exactly zero.
 
-    A Pallas kernel cannot be partitioned by XLA, so when an abstract mesh is set (the
-    train step sets one, `laser_jax.train.sharding.batch_sharded_activations`) the call runs
-    under `shard_map`: batch split over the data axes, kv heads over the tensor axis
-    (each only where it divides).
+    A Pallas kernel cannot be partitioned by XLA, so under an ambient (abstract) mesh (the
+    train step sets one: `batch_sharded_activations` in train/sharding.py) the call runs
+    under `shard_map`: the batch split over the mesh axes the context's logical rules give
+    "activation_batch", the kv heads over those of "activation_kv_heads" (each only where
+    it divides; without rules nothing is split and each device computes the whole call).
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or math.prod(mesh.axis_sizes) == 1:
         return _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale)
-    from jax.sharding import PartitionSpec as P
-
-    from laser_jax.train.sharding import BATCH, TENSOR
-
-    sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
-    batch = tuple(a for a in BATCH if a in sizes)
-    batch = batch if batch and q_BTNH.shape[0] % math.prod(sizes[a] for a in batch) == 0 else None
-    heads = TENSOR if TENSOR in sizes and k_BTKH.shape[2] % sizes[TENSOR] == 0 else None
-    spec = P(batch, None, heads, None)
+    batch = divisible_axes(ACTIVATION_BATCH, q_BTNH.shape[0])
+    heads = divisible_axes(ACTIVATION_KV_HEADS, k_BTKH.shape[2])
+    spec = PartitionSpec(batch, None, heads, None)
     fn = jax.shard_map(functools.partial(_splash_local, scale=scale), mesh=mesh,
-                       in_specs=(spec, spec, spec, P(batch, None)), out_specs=spec, check_vma=False)
+                       in_specs=(spec, spec, spec, PartitionSpec(batch, None)), out_specs=spec, check_vma=False)
     return fn(q_BTNH, k_BTKH, v_BTKH, mask_BT)
 
 

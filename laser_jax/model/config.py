@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 import jax
 
@@ -16,6 +16,44 @@ FAMILIES = ("qwen3", "qwen2", "llama")
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj")
 ATTENTION_IMPLS = (None, "xla", "cudnn", "xla_right_padded", "splash")
+DTYPES = ("float32", "bfloat16", "float16")
+SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim")
+
+
+def field_problems(fields: Mapping[str, Any]) -> List[Tuple[str, str]]:
+    """The rules for ModelConfig values, in one place: (field, problem) for each invalid
+    value among `fields` (ModelConfig field names; fields not given are not checked).
+
+    Each problem starts with the offending value, so callers name the field their own way
+    (ModelConfig: "remat_policy='x' is not one of ..."; the run config: "model.remat_policy:
+    'x' is not one of ..."). The LoRA fields other than lora_rank are checked only with a
+    lora_rank > 0.
+    """
+    problems = []
+
+    def need(ok, name, text):
+        if name in fields and not ok(fields[name]):
+            problems.append((name, text(fields[name])))
+
+    need(lambda v: v in FAMILIES, "family", lambda v: f"{v!r} is not one of {FAMILIES}")
+    for name in SIZE_FIELDS:
+        need(lambda v: int(v) >= 1, name, lambda v: f"{v} must be >= 1")
+    heads, kv = fields.get("num_attention_heads"), fields.get("num_key_value_heads")
+    if heads is not None and kv and int(kv) >= 1 and heads % kv:
+        problems.append(("num_attention_heads", f"{heads} is not a multiple of num_key_value_heads={kv}"))
+    for name in ("param_dtype", "compute_dtype"):
+        need(lambda v: v in DTYPES, name, lambda v: f"{v!r} is not float32, bfloat16 or float16")
+    need(lambda v: v in REMAT_POLICIES, "remat_policy", lambda v: f"{v!r} is not one of {REMAT_POLICIES}")
+    need(lambda v: v in ATTENTION_IMPLS, "attention_impl", lambda v: f"{v!r} is not one of {ATTENTION_IMPLS}")
+    need(lambda v: v >= 0, "lora_rank", lambda v: f"{v} must be >= 0")
+    if fields.get("lora_rank", 0) > 0:
+        need(lambda v: v and set(v) <= set(DEFAULT_LORA_TARGETS), "lora_targets",
+             lambda v: f"{[t for t in v if t not in DEFAULT_LORA_TARGETS] or list(v)} match no projection "
+                       f"(choose from {', '.join(DEFAULT_LORA_TARGETS)})")
+        need(lambda v: v > 0, "lora_alpha", lambda v: f"{v} must be > 0")
+        need(lambda v: 0 <= v < 1, "lora_dropout", lambda v: f"{v} must be in [0, 1)")
+    return problems
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,35 +115,9 @@ class ModelConfig:
     lora_targets: Tuple[str, ...] = DEFAULT_LORA_TARGETS
 
     def __post_init__(self):
-        problems = []
-        if self.family not in FAMILIES:
-            problems.append(f"family={self.family!r} is not one of {FAMILIES}")
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim"):
-            if int(getattr(self, name)) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_key_value_heads and self.num_attention_heads % max(self.num_key_value_heads, 1):
-            problems.append(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
-                            f"num_key_value_heads={self.num_key_value_heads}")
-        for name in ("param_dtype", "compute_dtype"):
-            if getattr(self, name) not in ("float32", "bfloat16", "float16"):
-                problems.append(f"{name}={getattr(self, name)!r} must be float32, bfloat16 or float16")
-        if self.remat_policy not in REMAT_POLICIES:
-            problems.append(f"remat_policy={self.remat_policy!r} is not one of {REMAT_POLICIES}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            problems.append(f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
-        if self.lora_rank < 0:
-            problems.append(f"lora_rank must be >= 0, got {self.lora_rank}")
-        unknown = set(self.lora_targets) - set(DEFAULT_LORA_TARGETS)
-        if self.lora_rank and (unknown or not self.lora_targets):
-            problems.append(f"lora_targets {tuple(self.lora_targets)} must be a non-empty subset of "
-                            f"{DEFAULT_LORA_TARGETS}; no projection is named {sorted(unknown)}")
+        problems = field_problems(dataclasses.asdict(self))
         if problems:
-            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
-
-    @property
-    def num_query_groups(self) -> int:
-        return self.num_attention_heads // self.num_key_value_heads
+            raise ValueError("invalid ModelConfig: " + "; ".join(f"{name}={text}" for name, text in problems))
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)

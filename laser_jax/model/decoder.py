@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from laser_jax.model.attention import Attention
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.layers import LORA, Proj, RMSNorm, dtype_of
+from laser_jax.model.partitioning import constrain_batch_split
 
 _REMAT_POLICIES = {
     "full": None,
@@ -58,20 +59,25 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)). Scan-compatible signature."""
+    """Pre-norm block: x + attn(norm(x)), then + mlp(norm(.)). Scan-compatible signature.
+
+    The input and output residual streams are constrained to stay split over the batch
+    under a sharding context (`partitioning.constrain_batch_split`; a no-op without one).
+    """
 
     cfg: ModelConfig
 
     @nn.compact
     def __call__(self, x_BTD, layer_cache, positions_BT, kv_mask_BS, cache_index):
         cfg, pdt = self.cfg, dtype_of(self.cfg.param_dtype)
+        x_BTD = constrain_batch_split(x_BTD)
         h = RMSNorm(cfg.rms_norm_eps, pdt, "embed", name="input_layernorm")(x_BTD)
         attn, new_cache = Attention(cfg, name="self_attn")(h, positions_BT, kv_mask_BS, layer_cache,
                                                            cache_index)
         x_BTD = x_BTD + attn
         h = RMSNorm(cfg.rms_norm_eps, pdt, "embed", name="post_attention_layernorm")(x_BTD)
         x_BTD = x_BTD + MLP(cfg, name="mlp")(h)
-        return x_BTD, new_cache
+        return constrain_batch_split(x_BTD), new_cache
 
 
 def _layer_stack(cfg: ModelConfig):

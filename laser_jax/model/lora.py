@@ -1,4 +1,4 @@
-"""LoRA adapters: merge into the base weights, and count what they add.
+"""LoRA adapters: merge them into the base weights.
 
 Adapters live in their own variable collection (`lora`), mirroring the `params` paths of
 the projections they adapt: params/.../q_proj/kernel [.., in, out] gets
@@ -6,7 +6,6 @@ lora/.../q_proj/a [.., in, R] and lora/.../q_proj/b [.., R, out].
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
@@ -29,7 +28,3 @@ def merge(params: dict, lora: dict, cfg: ModelConfig) -> dict:
         delta = jnp.einsum("...ir,...ro->...io", a.astype(jnp.float32), b.astype(jnp.float32)) * scale
         flat[kernel_key] = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
     return traverse_util.unflatten_dict(flat)
-
-
-def num_params(lora: dict) -> int:
-    return sum(x.size for x in jax.tree_util.tree_leaves(lora))

@@ -1,5 +1,7 @@
 """`python -m laser_jax.train --config=configs/tiny.py --workdir=DIR` (see laser_jax.train.main)."""
-from laser_jax.train.main import run
+import sys
+
+from laser_jax.train.main import main
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -23,14 +23,21 @@ import os
 import time
 from typing import Any, Optional, Tuple
 
+import grain
 import jax
 import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
 
-# The layout and the meta format are defined with their reader; TOKENIZER and make_meta are
-# used through this module by the trainer.
+# The checkpoint layout and meta format are defined with their reader (inference/load.py).
 from laser_jax.inference.load import CHECKPOINTS, TOKENIZER, make_meta, step_dirs  # noqa: F401
+from laser_jax.train import faults
+
+try:
+    from orbax.checkpoint import checkpoint_managers
+except ImportError:  # older Orbax: max_to_keep instead of preservation policies
+    checkpoint_managers = None
 
 CORRUPT = "corrupt_checkpoints"  # WORKDIR/corrupt_checkpoints/<step>-<time>: checkpoints that failed to restore
 log = logging.getLogger("laser_jax")
@@ -47,10 +54,8 @@ class CheckpointRestoreError(RuntimeError):
 def _manager_options(keep: int, async_save: bool) -> ocp.CheckpointManagerOptions:
     kwargs = dict(enable_async_checkpointing=async_save, create=True, cleanup_tmp_directories=True)
     try:
-        from orbax.checkpoint import checkpoint_managers
-
         return ocp.CheckpointManagerOptions(preservation_policy=checkpoint_managers.LatestN(keep), **kwargs)
-    except (ImportError, AttributeError, TypeError):  # older Orbax
+    except (AttributeError, TypeError):  # older Orbax
         return ocp.CheckpointManagerOptions(max_to_keep=keep, **kwargs)
 
 
@@ -78,8 +83,6 @@ class Checkpointer:
                                       f"(the last checkpoint in {self.directory} is kept)")
         items = {"state": ocp.args.PyTreeSave(state)}
         if data_iterator is not None:
-            import grain
-
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if meta is not None:
             items["meta"] = ocp.args.JsonSave(meta)
@@ -94,8 +97,6 @@ class Checkpointer:
         try:
             yield
         except Exception as e:
-            from laser_jax.train import faults
-
             if not faults.is_disk_full(e):
                 raise
             kept = self._complete_steps()
@@ -129,8 +130,6 @@ class Checkpointer:
                 if data_iterator is not None:
                     data_state = self._other_process_count_data(step)
                     if data_state is None:
-                        import grain
-
                         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
                 restored = self.manager.restore(step, args=ocp.args.Composite(**items))
                 if data_state is not None:
@@ -164,8 +163,6 @@ class Checkpointer:
                 os.replace(os.path.join(self.directory, str(step)), target)
                 log.warning("moved the unreadable checkpoint step %d to %s", step, target)
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
             multihost_utils.sync_global_devices("laser_jax_checkpoint_move_aside")
         self.manager.reload()
 
@@ -173,8 +170,6 @@ class Checkpointer:
         """The data iterator state of a checkpoint written by a different number of processes
         (None when this process's own file is there). The state names the next global step
         only (laser_jax.data.pipeline), so every host's file holds the same one."""
-        from etils import epath
-
         data_dir = epath.Path(self.directory) / str(step) / "data"
         own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         if own.exists() or not data_dir.exists():
@@ -192,5 +187,3 @@ class Checkpointer:
         self.manager.close()
 
 
-def to_numpy_tree(tree):
-    return jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), tree)

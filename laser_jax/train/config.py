@@ -6,20 +6,30 @@ authors' / paper's settings (spec section 6) for Qwen3-0.6B.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List
 
 import ml_collections
 
 from laser_jax.data.errors import ConfigError
+from laser_jax.model.config import PRESET_ALIASES, PRESETS, field_problems, resolve_attention_impl
 
 ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                "num_attention_heads", "num_key_value_heads", "head_dim")
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every field of a run config with its default (the authors' Qwen3-0.6B settings)."""
     c = ml_collections.ConfigDict()
+    for name, section in (("model", _model_section), ("lora", _lora_section), ("data", _data_section),
+                          ("laser", _laser_section), ("train", _train_section),
+                          ("checkpoint", _checkpoint_section), ("mesh", _mesh_section), ("eval", _eval_section)):
+        setattr(c, name, section())
+    return c
 
-    c.model = m = ml_collections.ConfigDict()
+
+def _model_section() -> ml_collections.ConfigDict:
+    """The decoder: architecture source, dtypes, compute options."""
+    m = ml_collections.ConfigDict()
     m.preset = "qwen3_0_6b"      # architecture when init_from is empty (see model/config.py PRESETS)
     m.init_from = ""             # Hugging Face directory to start from; "" = random init from preset
     m.tokenizer = ""             # tokenizer directory; "" = init_from (or the synthetic task's)
@@ -33,14 +43,22 @@ def base_config() -> ml_collections.ConfigDict:
                                  # | splash (Pallas TPU kernel) | xla_right_padded (testing)
     for name in ARCH_FIELDS:     # 0 = the preset's value; set to shrink a preset (smoke runs)
         setattr(m, name, 0)
+    return m
 
-    c.lora = lo = ml_collections.ConfigDict()
+
+def _lora_section() -> ml_collections.ConfigDict:
+    """LoRA adapters (rank 0 = full fine-tuning)."""
+    lo = ml_collections.ConfigDict()
     lo.rank = 64                 # LoRA rank; 0 = full fine-tuning
     lo.alpha = 32.0              # LoRA scale alpha (update scaled by alpha / rank)
     lo.dropout = 0.1             # dropout on the adapter input during training
     lo.targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # adapted projections
+    return lo
 
-    c.data = d = ml_collections.ConfigDict()
+
+def _data_section() -> ml_collections.ConfigDict:
+    """Training data, its formatting and the input pipeline."""
+    d = ml_collections.ConfigDict()
     d.train_files = ""           # JSONL path/glob, HF save_to_disk dir, ArrayRecord file or TFDS dir
     d.synthetic = False          # generate the embedded synthetic task into WORKDIR/data when needed
     d.synthetic_seed = 0         # seed of the generated task
@@ -59,8 +77,12 @@ def base_config() -> ml_collections.ConfigDict:
     d.bucket_fractions = (0.125, 0.25, 0.5, 1.0)  # length buckets as fractions of the max lengths
     d.num_threads = 2            # grain reader threads
     d.prefetch = 4               # batches prepared ahead
+    return d
 
-    c.laser = la = ml_collections.ConfigDict()
+
+def _laser_section() -> ml_collections.ConfigDict:
+    """The LaSER method: thinking steps, temperatures, loss weights, teacher."""
+    la = ml_collections.ConfigDict()
     la.num_thinking_steps = 3    # K latent steps (1 = plain last-token retriever)
     la.tau = 0.02                # contrastive temperature (both views)
     la.tau_kd = 0.02             # output-level KL temperature
@@ -71,8 +93,12 @@ def base_config() -> ml_collections.ConfigDict:
     la.lambda_kl_mid = 0.1       # weight of the trajectory KL (lambda3)
     la.in_batch_negatives = True  # score against every document of the global batch (False: own group)
     la.teacher_from = ""         # checkpoint/HF dir of a frozen explicit-view teacher ("no co-learning")
+    return la
 
-    c.train = t = ml_collections.ConfigDict()
+
+def _train_section() -> ml_collections.ConfigDict:
+    """The optimizer, its schedule, logging and non-finite steps."""
+    t = ml_collections.ConfigDict()
     t.batch_size = 8             # queries per optimizer step, global
     t.grad_accum_steps = 1       # micro-batches per step (each sees only its own in-batch negatives)
     t.cache_chunk_size = 0       # >0: GradCache-style step over chunks of this many queries (all in-batch negatives kept)
@@ -88,105 +114,152 @@ def base_config() -> ml_collections.ConfigDict:
     t.log_every = 10             # steps between progress lines / metrics rows
     t.nonfinite = "stop"         # on a non-finite loss/gradient: stop (no update) | skip (the update)
     t.peak_tflops = 0.0          # per-device peak for MFU; 0 = from the device kind when known
+    return t
 
-    c.checkpoint = ck = ml_collections.ConfigDict()
+
+def _checkpoint_section() -> ml_collections.ConfigDict:
+    """Checkpoint frequency and retention."""
+    ck = ml_collections.ConfigDict()
     ck.every_steps = 500         # save every N steps (and at the end, and on SIGTERM)
     ck.keep = 3                  # checkpoints kept
     ck.async_save = True         # write checkpoints in the background
+    return ck
 
-    c.mesh = ms = ml_collections.ConfigDict()
+
+def _mesh_section() -> ml_collections.ConfigDict:
+    """The device mesh."""
+    ms = ml_collections.ConfigDict()
     ms.shape = (-1, 1, 1)        # (data, fsdp, tensor) device counts; one -1 = fill with the rest
     ms.num_devices = 0           # use the first N devices only; 0 = all
+    return ms
 
-    c.eval = ev = ml_collections.ConfigDict()
+
+def _eval_section() -> ml_collections.ConfigDict:
+    """The held-out evaluation at the end of a run."""
+    ev = ml_collections.ConfigDict()
     ev.num_thinking_steps = 0    # K at evaluation; 0 = laser.num_thinking_steps
     ev.max_length = 8192         # tokens per query / document at evaluation
     ev.batch_size = 16
-    return c
+    return ev
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError naming every invalid field (device-independent checks)."""
     problems: List[str] = []
-
-    def need(ok, field, msg):
-        if not ok:
-            problems.append(f"{field}: {msg}")
-
-    from laser_jax.model.config import ATTENTION_IMPLS, DEFAULT_LORA_TARGETS, PRESETS, PRESET_ALIASES, REMAT_POLICIES
-
-    m, d, la, t = c.model, c.data, c.laser, c.train
-    preset = PRESET_ALIASES.get(m.preset, m.preset)
-    need(m.init_from or preset in PRESETS, "model.preset",
-         f"unknown preset {m.preset!r} (known: {', '.join(sorted(PRESETS))})")
-    for f in ("param_dtype", "compute_dtype"):
-        need(getattr(m, f) in ("float32", "bfloat16", "float16"), f"model.{f}",
-             f"{getattr(m, f)!r} is not float32, bfloat16 or float16")
-    choices = ("auto", "") + tuple(i for i in ATTENTION_IMPLS if i)  # "" = None: JAX picks
-    need(m.attention_impl in choices, "model.attention_impl", f"{m.attention_impl!r} is not one of {choices}")
-    need(m.remat_policy in REMAT_POLICIES, "model.remat_policy",
-         f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
-    for f in ARCH_FIELDS:
-        need(getattr(m, f) >= 0, f"model.{f}", "must be >= 0 (0 = the preset's)")
-    need(c.lora.rank >= 0, "lora.rank", f"must be >= 0, got {c.lora.rank}")
-    if c.lora.rank:
-        targets = [x.strip() for x in c.lora.targets.split(",") if x.strip()]
-        bad = [x for x in targets if x not in DEFAULT_LORA_TARGETS]
-        need(targets and not bad, "lora.targets",
-             f"{bad or targets} match no projection (choose from {', '.join(DEFAULT_LORA_TARGETS)})")
-        need(c.lora.alpha > 0, "lora.alpha", "must be > 0")
-        need(0 <= c.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
-    need(d.train_files or d.synthetic, "data.train_files", "empty (set a path, or data.synthetic=True)")
-    for f in ("group_size", "query_max_len", "doc_max_len", "explicit_max_len", "pad_multiple"):
-        need(getattr(d, f) >= 1, f"data.{f}", f"must be >= 1, got {getattr(d, f)}")
-    need(d.explicit_max_len >= d.query_max_len, "data.explicit_max_len",
-         f"{d.explicit_max_len} is shorter than data.query_max_len={d.query_max_len}: the reasoning "
-         "would always be cut off")
-    need(d.num_threads >= 1, "data.num_threads", f"must be >= 1, got {d.num_threads}")
-    need(d.prefetch >= 0, "data.prefetch", f"must be >= 0, got {d.prefetch}")
-    fractions = tuple(d.bucket_fractions or ())
-    need(all(0 < f <= 1 for f in fractions), "data.bucket_fractions",
-         f"{fractions}: each fraction must be in (0, 1]")
-    need(d.segment_rule in ("linspace", "paper"), "data.segment_rule", "must be linspace or paper")
-    need(d.split_mode in ("code", "any_double_newline"), "data.split_mode",
-         "must be code or any_double_newline")
-    need(la.num_thinking_steps >= 1, "laser.num_thinking_steps",
-         f"must be >= 1 (K=1 is a plain retriever), got {la.num_thinking_steps}")
-    for f in ("tau", "tau_kd", "tau_mid"):
-        need(getattr(la, f) > 0, f"laser.{f}", "temperatures must be > 0")
-    for f in ("lambda_latent", "lambda_explicit", "lambda_kl_out", "lambda_kl_mid"):
-        need(getattr(la, f) >= 0, f"laser.{f}", "weights must be >= 0")
-    need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
-    need(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
-    need(t.batch_size % max(t.grad_accum_steps, 1) == 0, "train.grad_accum_steps",
-         f"{t.grad_accum_steps} does not divide train.batch_size={t.batch_size}")
-    need(t.cache_chunk_size >= 0, "train.cache_chunk_size", "must be >= 0 (0 = off)")
-    need(not t.cache_chunk_size or t.batch_size % t.cache_chunk_size == 0, "train.cache_chunk_size",
-         f"{t.cache_chunk_size} does not divide train.batch_size={t.batch_size}")
-    need(not (t.cache_chunk_size and t.grad_accum_steps > 1), "train.cache_chunk_size",
-         "use either gradient caching or train.grad_accum_steps, not both")
-    need(t.num_steps >= 0, "train.num_steps", "must be >= 0 (0 = one epoch)")
-    need(t.learning_rate > 0, "train.learning_rate", "must be > 0")
-    need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
-    need(t.nonfinite in ("stop", "skip"), "train.nonfinite", f"{t.nonfinite!r} must be stop or skip")
-    need(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = off)")
-    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-    for f in ("adam_b1", "adam_b2"):
-        need(0 <= getattr(t, f) < 1, f"train.{f}", f"must be in [0, 1), got {getattr(t, f)}")
-    need(t.adam_eps > 0, "train.adam_eps", "must be > 0")
-    need(t.log_every >= 1, "train.log_every", "must be >= 1")
-    need(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
-    need(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
-    shape = tuple(c.mesh.shape)
-    need(len(shape) == 3 and all(s == -1 or s >= 1 for s in shape) and list(shape).count(-1) <= 1,
-         "mesh.shape", f"{shape} must be (data, fsdp, tensor) with positive sizes and at most one -1")
-    need(c.mesh.num_devices >= 0, "mesh.num_devices", "must be >= 0 (0 = all devices)")
-    ev = c.eval
-    need(ev.num_thinking_steps >= 0, "eval.num_thinking_steps", "must be >= 0 (0 = laser.num_thinking_steps)")
-    need(ev.max_length >= 1, "eval.max_length", f"must be >= 1, got {ev.max_length}")
-    need(ev.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {ev.batch_size}")
+    for section in (_model_problems, _data_problems, _laser_problems, _train_problems, _other_problems):
+        problems += section(c)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+class _Problems(list):
+    """"field: message" lines; `need(ok, field, message)` adds one when `ok` is false."""
+
+    def need(self, ok, field: str, message: str) -> None:
+        if not ok:
+            self.append(f"{field}: {message}")
+
+
+# The run-config fields that become ModelConfig fields (checked by the model's own rules).
+_MODEL_FIELDS = {"param_dtype": "model.param_dtype", "compute_dtype": "model.compute_dtype",
+                 "remat_policy": "model.remat_policy", "attention_impl": "model.attention_impl",
+                 "lora_rank": "lora.rank", "lora_targets": "lora.targets", "lora_alpha": "lora.alpha",
+                 "lora_dropout": "lora.dropout"}
+
+
+def _model_problems(c: ml_collections.ConfigDict) -> List[str]:
+    m, lo = c.model, c.lora
+    p = _Problems()
+    preset = PRESET_ALIASES.get(m.preset, m.preset)
+    p.need(m.init_from or preset in PRESETS, "model.preset",
+           f"unknown preset {m.preset!r} (known: {', '.join(sorted(PRESETS))})")
+    for f in ARCH_FIELDS:
+        p.need(getattr(m, f) >= 0, f"model.{f}", "must be >= 0 (0 = the preset's)")
+    fields = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat_policy=m.remat_policy,
+                  # "auto" and "" (JAX picks) resolve to valid values on any machine
+                  attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype, backend="cpu"),
+                  lora_rank=lo.rank, lora_targets=lora_targets(lo.targets), lora_alpha=lo.alpha,
+                  lora_dropout=lo.dropout)
+    p += [f"{_MODEL_FIELDS[name]}: {text}" for name, text in field_problems(fields)]
+    return p
+
+
+def _data_problems(c: ml_collections.ConfigDict) -> List[str]:
+    d = c.data
+    p = _Problems()
+    p.need(d.train_files or d.synthetic, "data.train_files", "empty (set a path, or data.synthetic=True)")
+    for f in ("group_size", "query_max_len", "doc_max_len", "explicit_max_len", "pad_multiple"):
+        p.need(getattr(d, f) >= 1, f"data.{f}", f"must be >= 1, got {getattr(d, f)}")
+    p.need(d.explicit_max_len >= d.query_max_len, "data.explicit_max_len",
+           f"{d.explicit_max_len} is shorter than data.query_max_len={d.query_max_len}: the reasoning "
+           "would always be cut off")
+    p.need(d.num_threads >= 1, "data.num_threads", f"must be >= 1, got {d.num_threads}")
+    p.need(d.prefetch >= 0, "data.prefetch", f"must be >= 0, got {d.prefetch}")
+    fractions = tuple(d.bucket_fractions or ())
+    p.need(all(0 < f <= 1 for f in fractions), "data.bucket_fractions",
+           f"{fractions}: each fraction must be in (0, 1]")
+    p.need(d.segment_rule in ("linspace", "paper"), "data.segment_rule", "must be linspace or paper")
+    p.need(d.split_mode in ("code", "any_double_newline"), "data.split_mode",
+           "must be code or any_double_newline")
+    return p
+
+
+def _laser_problems(c: ml_collections.ConfigDict) -> List[str]:
+    la = c.laser
+    p = _Problems()
+    p.need(la.num_thinking_steps >= 1, "laser.num_thinking_steps",
+           f"must be >= 1 (K=1 is a plain retriever), got {la.num_thinking_steps}")
+    for f in ("tau", "tau_kd", "tau_mid"):
+        p.need(getattr(la, f) > 0, f"laser.{f}", "temperatures must be > 0")
+    for f in ("lambda_latent", "lambda_explicit", "lambda_kl_out", "lambda_kl_mid"):
+        p.need(getattr(la, f) >= 0, f"laser.{f}", "weights must be >= 0")
+    return p
+
+
+def _train_problems(c: ml_collections.ConfigDict) -> List[str]:
+    t = c.train
+    p = _Problems()
+    p.need(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+    p.need(t.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+    p.need(t.batch_size % max(t.grad_accum_steps, 1) == 0, "train.grad_accum_steps",
+           f"{t.grad_accum_steps} does not divide train.batch_size={t.batch_size}")
+    p.need(t.cache_chunk_size >= 0, "train.cache_chunk_size", "must be >= 0 (0 = off)")
+    p.need(not t.cache_chunk_size or t.batch_size % t.cache_chunk_size == 0, "train.cache_chunk_size",
+           f"{t.cache_chunk_size} does not divide train.batch_size={t.batch_size}")
+    p.need(not (t.cache_chunk_size and t.grad_accum_steps > 1), "train.cache_chunk_size",
+           "use either gradient caching or train.grad_accum_steps, not both")
+    p.need(t.num_steps >= 0, "train.num_steps", "must be >= 0 (0 = one epoch)")
+    p.need(t.learning_rate > 0, "train.learning_rate", "must be > 0")
+    p.need(0 <= t.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+    p.need(t.nonfinite in ("stop", "skip"), "train.nonfinite", f"{t.nonfinite!r} must be stop or skip")
+    p.need(t.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 = off)")
+    p.need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+    for f in ("adam_b1", "adam_b2"):
+        p.need(0 <= getattr(t, f) < 1, f"train.{f}", f"must be in [0, 1), got {getattr(t, f)}")
+    p.need(t.adam_eps > 0, "train.adam_eps", "must be > 0")
+    p.need(t.log_every >= 1, "train.log_every", "must be >= 1")
+    return p
+
+
+def _other_problems(c: ml_collections.ConfigDict) -> List[str]:
+    """checkpoint, mesh and eval."""
+    p = _Problems()
+    p.need(c.checkpoint.every_steps >= 1, "checkpoint.every_steps", "must be >= 1")
+    p.need(c.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+    shape = tuple(c.mesh.shape)
+    p.need(len(shape) == 3 and all(s == -1 or s >= 1 for s in shape) and list(shape).count(-1) <= 1,
+           "mesh.shape", f"{shape} must be (data, fsdp, tensor) with positive sizes and at most one -1")
+    p.need(c.mesh.num_devices >= 0, "mesh.num_devices", "must be >= 0 (0 = all devices)")
+    ev = c.eval
+    p.need(ev.num_thinking_steps >= 0, "eval.num_thinking_steps", "must be >= 0 (0 = laser.num_thinking_steps)")
+    p.need(ev.max_length >= 1, "eval.max_length", f"must be >= 1, got {ev.max_length}")
+    p.need(ev.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {ev.batch_size}")
+    return p
+
+
+def lora_targets(targets: str) -> tuple:
+    """`lora.targets` ("q_proj,v_proj") -> ModelConfig.lora_targets."""
+    return tuple(t.strip() for t in targets.split(",") if t.strip())
 
 
 def shrink_for_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -5,19 +5,15 @@
   trainer finishes its step, checkpoints and exits; a second signal exits at once.
 * `NonFiniteLossError` and the message naming the step, the loss terms and the batch's
   records; `DiskFullError` for a full disk, recognised anywhere in an exception chain.
-* `LASER_JAX_FAULT_NAN_STEPS`: a fault-injection switch for tests. A comma-separated list
-  of steps (1-based) whose update runs with NaN temperatures, so its loss and gradient are
-  NaN exactly as a real numerical fault would make them. Never set it in a real run.
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import logging
 import os
 import signal
 import threading
-from typing import Callable, Dict, FrozenSet, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
 
@@ -29,7 +25,6 @@ EXIT_BAD_INPUT = 2   # invalid config, data or model directory; nothing was trai
 EXIT_NONFINITE = 3   # a non-finite loss/gradient with train.nonfinite=stop (or NaN parameters)
 EXIT_DISK_FULL = 4   # no space left to write checkpoints / metrics
 
-NAN_STEPS_ENV = "LASER_JAX_FAULT_NAN_STEPS"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -146,27 +141,6 @@ def nonfinite_message(step: int, metrics: dict, records: np.ndarray,
     return (f"non-finite loss or gradient at step {step}: {terms}"
             + (f", l2_grads={float(grads):.4g}" if grads is not None else "")
             + f"; batch records {shown}{more}" + (f" ({where})" if where else ""))
-
-
-def nan_fault_steps(environ=None) -> FrozenSet[int]:
-    """The steps `LASER_JAX_FAULT_NAN_STEPS` poisons (empty when unset).
-
-    Raises:
-      ValueError: when the variable is set but is not a comma-separated list of integers.
-    """
-    raw = (os.environ if environ is None else environ).get(NAN_STEPS_ENV, "").strip()
-    if not raw:
-        return frozenset()
-    try:
-        return frozenset(int(s) for s in raw.split(",") if s.strip())
-    except ValueError:
-        raise ValueError(f"{NAN_STEPS_ENV}={raw!r}: expected comma-separated step numbers") from None
-
-
-def poisoned_loss_config(loss_cfg):
-    """`loss_cfg` with NaN temperatures: the loss and every gradient of a step using it are NaN."""
-    nan = float("nan")
-    return dataclasses.replace(loss_cfg, tau=nan, tau_kd=nan, tau_mid=nan)
 
 
 # ---------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class MetricsWriter:
         with open(self.path + ".tmp", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         os.replace(self.path + ".tmp", self.path)
-        try:
+        try:  # optional (and heavy): imported only by a process that writes metrics
             from tensorboardX import SummaryWriter
 
             self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))

@@ -5,9 +5,10 @@ time for a target mesh and read the compiler's per-device memory figures.
         --accelerator=h100 [--batch_size=8] [--cache_chunk_size=2] [--config.lora.rank=0] \
         [--output=plan.json]
 
-Nothing is allocated: the state and the batch are `jax.ShapeDtypeStruct`s carrying their
-NamedShardings (from the model's logical axes, `laser_jax.train.sharding`), and
-`jit_train_step(...).lower(state, batch).compile().memory_analysis()` gives, per device,
+Nothing is allocated: the program is the training run's own (`setup.build_program`), its
+state and the batch are `jax.ShapeDtypeStruct`s carrying their NamedShardings (from the
+model's logical axes, `laser_jax.train.sharding`), and
+`program.step.lower(state, batch).compile().memory_analysis()` gives, per device,
 the arguments, outputs, aliased (donated) and temporary bytes of the partitioned program.
 Parameters and optimizer state per device are also summed from the shardings themselves.
 Peak = arguments + temporaries + outputs - aliased.
@@ -32,8 +33,22 @@ import dataclasses
 import json
 import math
 import os
+import re
 import sys
+import time
 from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from jax.experimental import topologies
+from ml_collections import config_flags
+
+from laser_jax.cli import define_help, run_cli
+from laser_jax.train import setup
+from laser_jax.train.config import validate
+from laser_jax.train.sharding import resolve_mesh_shape
 
 GIB = 1024 ** 3
 # Device memory (GiB) and the default usable fraction: what is left is headroom for the
@@ -58,8 +73,6 @@ def tpu_topology_name(accelerator: str, devices: int) -> str:
 
 def tpu_devices(topology: str):
     """Devices of a TPU topology for ahead-of-time compilation (needs libtpu, not a TPU)."""
-    from jax.experimental import topologies
-
     dims = [int(x) for x in topology.split(":")[1].split("x")]
     kwargs = {}
     if math.prod(dims) < 4:  # smaller than one host: say so, or libtpu assumes a 2x2 host
@@ -69,9 +82,6 @@ def tpu_devices(topology: str):
 
 def tree_bytes(tree, per_device: bool = True) -> int:
     """Bytes of a tree of ShapeDtypeStructs: per device (from each leaf's sharding) or total."""
-    import jax
-    import numpy as np
-
     total = 0
     for x in jax.tree_util.tree_leaves(tree):
         shape = x.sharding.shard_shape(x.shape) if per_device and x.sharding is not None else x.shape
@@ -79,17 +89,8 @@ def tree_bytes(tree, per_device: bool = True) -> int:
     return total
 
 
-def _sharded(tree, shardings):
-    import jax
-
-    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def abstract_batch(config, num_steps: int, batch_size: int, sharding) -> dict:
     """The batch at the config's maximum lengths: ShapeDtypeStructs with `sharding`."""
-    import jax
-    import jax.numpy as jnp
-
     d = config.data
     shapes = dict(q_ids=(batch_size, d.query_max_len), d_ids=(batch_size * d.group_size, d.doc_max_len),
                   e_ids=(batch_size, d.explicit_max_len))
@@ -158,41 +159,19 @@ def plan_step(config, *, devices=None, mesh_shape: Optional[Sequence[int]] = Non
     Returns:
       A `Plan` (bytes are per device).
     """
-    import time
-
-    import flax.linen as nn
-    import jax
-
-    from laser_jax.train import setup as setup_run
-    from laser_jax.train import sharding
-    from laser_jax.model.decoder import Decoder
-    from laser_jax.train.step import StepConfig, init_state, jit_train_step, make_optimizer
-
     devices = list(jax.devices() if devices is None else devices)
-    model_cfg = setup_run.model_config(config, None)
-    model = Decoder(model_cfg)
-    mesh = sharding.make_mesh(tuple(mesh_shape or config.mesh.shape), devices)
-    t = config.train
-    dp = sharding.data_parallel_size(mesh)
-    if (t.batch_size // t.grad_accum_steps) % dp:
-        raise ValueError(f"train.batch_size: {t.batch_size} queries in {t.grad_accum_steps} micro-batch(es) do not "
-                         f"split over the {dp} data-parallel devices of mesh {dict(mesh.shape)}")
-    tx = make_optimizer(config.train, max(config.train.num_steps, 1000))
-    boxed = jax.eval_shape(lambda: init_state(model_cfg, tx, jax.random.key(0), boxed=True))
-    state_shardings = sharding.logical_shardings(mesh, boxed)
-    state = _sharded(nn.unbox(boxed), state_shardings)
-    batch_sharding = sharding.batch_sharding(mesh)
-    batch = abstract_batch(config, config.laser.num_thinking_steps, t.batch_size, batch_sharding)
+    model_cfg = setup.model_config(config, None)
+    mesh = setup.run_mesh(config, devices, mesh_shape)
     eos = model_cfg.eos_token_id if model_cfg.eos_token_id is not None else 0
-    step_cfg = StepConfig(config.laser.num_thinking_steps, setup_run.loss_config(config), eos, t.grad_accum_steps,
-                          t.cache_chunk_size)
-    step = jit_train_step(model, tx, step_cfg, state_shardings, batch_sharding)
+    program = setup.build_program(config, model_cfg, mesh, max(config.train.num_steps, 1000), eos)
+    state = program.abstract_state
+    batch = abstract_batch(config, config.laser.num_thinking_steps, config.train.batch_size, program.batch_sharding)
     start = time.perf_counter()
     # The memory plan is made on HLO, before code generation: skip LLVM's optimisations on CPU.
     options = {"xla_backend_optimization_level": 0} if devices[0].platform == "cpu" else {}
     note = ""
     try:
-        stats = step.lower(state, batch).compile(compiler_options=options).memory_analysis()
+        stats = program.step.lower(state, batch).compile(compiler_options=options).memory_analysis()
         args, outs = int(stats.argument_size_in_bytes), int(stats.output_size_in_bytes)
         alias, temp = int(stats.alias_size_in_bytes), int(stats.temp_size_in_bytes)
     except Exception as e:  # the TPU compiler refuses a program larger than the device
@@ -202,32 +181,37 @@ def plan_step(config, *, devices=None, mesh_shape: Optional[Sequence[int]] = Non
         note = str(e).strip().splitlines()[0][:300]
         args = outs = alias = tree_bytes(state) + tree_bytes(batch)
     seconds = time.perf_counter() - start
-    peak = args + temp + outs - alias
+    memory = dict(arguments=args, outputs=outs, aliased=alias, temporaries=temp, peak=args + temp + outs - alias)
+    plan = _plan(config, program, state, batch, memory, name=name, note=note, compile_seconds=round(seconds, 1),
+                 compiled_for=compiled_for or f"{len(devices)} x {devices[0].device_kind}", accelerator=accelerator)
+    capacity = budget_bytes if budget_bytes is not None else ACCELERATORS[accelerator] * GIB
+    return plan.against(int(capacity), headroom, accelerator)
+
+
+def _plan(config, program: setup.Program, state, batch, memory: dict, **fields) -> Plan:
+    """The Plan of a compiled program: its memory figures plus what the state and batch hold
+    (the verdict is left to `Plan.against`)."""
+    t, d, model_cfg = config.train, config.data, program.model_cfg
     params = {**state.frozen, **state.trainable}
-    plan = Plan(
-        config=name, model=_model_name(config), mode=f"LoRA r={model_cfg.lora_rank}" if model_cfg.lora_rank else "full",
-        mesh=dict(mesh.shape), compiled_for=compiled_for or f"{len(devices)} x {devices[0].device_kind}",
-        batch=dict(queries=t.batch_size, group_size=config.data.group_size, query_len=config.data.query_max_len,
-                   doc_len=config.data.doc_max_len, explicit_len=config.data.explicit_max_len,
+    return Plan(
+        model=_model_name(config), mode=f"LoRA r={model_cfg.lora_rank}" if model_cfg.lora_rank else "full",
+        config=fields.pop("name"), mesh=dict(program.mesh.shape),
+        batch=dict(queries=t.batch_size, group_size=d.group_size, query_len=d.query_max_len,
+                   doc_len=d.doc_max_len, explicit_len=d.explicit_max_len,
                    num_thinking_steps=config.laser.num_thinking_steps, grad_accum_steps=t.grad_accum_steps,
                    cache_chunk_size=t.cache_chunk_size, remat=model_cfg.remat_policy,
                    compute_dtype=model_cfg.compute_dtype),
         params_trainable=tree_bytes(state.trainable), params_frozen=tree_bytes(state.frozen),
-        optimizer_state=tree_bytes(state.opt_state), batch_bytes=tree_bytes(batch),
-        arguments=args, outputs=outs, aliased=alias, temporaries=temp, peak=peak,
-        accelerator=accelerator, capacity=0, usable=0, fits=False,
+        optimizer_state=tree_bytes(state.opt_state), batch_bytes=tree_bytes(batch), **memory,
+        capacity=0, usable=0, fits=False,
         num_params=sum(int(math.prod(x.shape)) for x in jax.tree_util.tree_leaves(params)),
-        total_param_bytes=tree_bytes(params, per_device=False), compile_seconds=round(seconds, 1), note=note)
-    capacity = budget_bytes if budget_bytes is not None else ACCELERATORS[accelerator] * GIB
-    return plan.against(int(capacity), headroom, accelerator)
+        total_param_bytes=tree_bytes(params, per_device=False), **fields)
 
 
 def out_of_memory_temporaries(message: str) -> Optional[int]:
     """Temporaries (bytes) named by a compiler's out-of-memory error, e.g. XLA:TPU's
     "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO
     temporaries (18.02G) exceeds available HBM (15.75G)"; None for any other error."""
-    import re
-
     if "RESOURCE_EXHAUSTED" not in message:
         return None
     found = re.search(r"temporaries \(([\d.]+)([KMGT]?)\)", message)
@@ -264,29 +248,29 @@ def format_plan(p: Plan) -> str:
 # ---------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------
-def _define_flags():
-    from absl import flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py[:variant]).", lock_config=True)
-    flags.DEFINE_string("mesh", "", "data,fsdp,tensor sizes (one may be -1); default: the config's mesh.shape")
-    flags.DEFINE_integer("devices", 1, "number of devices of the target slice")
-    flags.DEFINE_enum("accelerator", "h100", sorted(ACCELERATORS), "target accelerator (its memory)")
-    flags.DEFINE_integer("batch_size", 0, "train.batch_size override (queries per step); 0 = the config's")
-    flags.DEFINE_integer("cache_chunk_size", -1, "train.cache_chunk_size override; -1 = the config's")
-    flags.DEFINE_float("headroom", DEFAULT_HEADROOM, "usable fraction of the device memory")
-    flags.DEFINE_float("budget_gib", 0.0, "device memory override in GiB (0 = the accelerator's)")
-    flags.DEFINE_enum("backend", "auto", ["auto", "cpu", "tpu"],
-                      "auto: the TPU topology for v5e/v5p when libtpu is installed, else simulated CPU devices")
-    flags.DEFINE_string("topology", "", "libtpu topology name, e.g. v5e:2x4 (default: from --devices)")
-    flags.DEFINE_string("output", "", "write the plan as JSON here")
-    return flags.FLAGS
+FLAGS = flags.FlagValues()
+config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py[:variant]).", flag_values=FLAGS,
+                                lock_config=True)
+flags.DEFINE_string("mesh", "", "data,fsdp,tensor sizes (one may be -1); default: the config's mesh.shape",
+                    flag_values=FLAGS)
+flags.DEFINE_integer("devices", 1, "number of devices of the target slice", flag_values=FLAGS)
+flags.DEFINE_enum("accelerator", "h100", sorted(ACCELERATORS), "target accelerator (its memory)", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 0, "train.batch_size override (queries per step); 0 = the config's",
+                     flag_values=FLAGS)
+flags.DEFINE_integer("cache_chunk_size", -1, "train.cache_chunk_size override; -1 = the config's", flag_values=FLAGS)
+flags.DEFINE_float("headroom", DEFAULT_HEADROOM, "usable fraction of the device memory", flag_values=FLAGS)
+flags.DEFINE_float("budget_gib", 0.0, "device memory override in GiB (0 = the accelerator's)", flag_values=FLAGS)
+flags.DEFINE_enum("backend", "auto", ["auto", "cpu", "tpu"],
+                  "auto: the TPU topology for v5e/v5p when libtpu is installed, else simulated CPU devices",
+                  flag_values=FLAGS)
+flags.DEFINE_string("topology", "", "libtpu topology name, e.g. v5e:2x4 (default: from --devices)", flag_values=FLAGS)
+flags.DEFINE_string("output", "", "write the plan as JSON here", flag_values=FLAGS)
+flags.mark_flag_as_required("config", flag_values=FLAGS)
+define_help(FLAGS)
 
 
 def _select_devices(f):
     """(devices, description) for the flags; configures JAX's CPU device count first."""
-    import jax
-
     want_tpu = f.backend == "tpu" or (f.backend == "auto" and f.accelerator in TPU_KINDS)
     note = ""
     if want_tpu:
@@ -308,15 +292,7 @@ def _select_devices(f):
     return devices, f"{f.devices} simulated CPU devices (XLA:CPU){note}"
 
 
-def main(argv) -> int:
-    f = _FLAGS
-    if len(argv) > 1:
-        raise ValueError(f"unexpected arguments: {argv[1:]}")
-    if f.config is None:
-        print("error: --config is required", file=sys.stderr)
-        return 2
-    from laser_jax.data.errors import ConfigError
-
+def _command(f, argv: Sequence[str]) -> None:
     config = f.config.copy_and_resolve_references()
     if f.batch_size:
         config.train.batch_size = f.batch_size
@@ -325,30 +301,21 @@ def main(argv) -> int:
     if config.model.init_from and not os.path.isfile(os.path.join(config.model.init_from, "config.json")):
         config.model.init_from = ""  # plan from the preset
     mesh = tuple(int(x) for x in f.mesh.replace("x", ",").split(",")) if f.mesh else tuple(config.mesh.shape)
-    try:
-        from laser_jax.train.sharding import resolve_mesh_shape
-
-        resolve_mesh_shape(mesh, f.devices)
-        _check_config(config)
-        devices, where = _select_devices(f)
-        budget = int(f.budget_gib * GIB) if f.budget_gib else None
-        p = plan_step(config, devices=devices, mesh_shape=mesh, accelerator=f.accelerator, compiled_for=where,
-                      headroom=f.headroom, budget_bytes=budget, name=_config_name(argv))
-    except (ConfigError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    resolve_mesh_shape(mesh, f.devices)
+    _check_config(config)
+    devices, where = _select_devices(f)
+    budget = int(f.budget_gib * GIB) if f.budget_gib else None
+    p = plan_step(config, devices=devices, mesh_shape=mesh, accelerator=f.accelerator, compiled_for=where,
+                  headroom=f.headroom, budget_bytes=budget, name=_config_name(argv))
     print(format_plan(p))
     if f.output:
         os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
         with open(f.output, "w") as out:
             json.dump(p.to_json(), out, indent=2)
-    return 0
 
 
 def _check_config(config):
     """The run config checks that do not depend on data or devices."""
-    from laser_jax.train.config import validate
-
     saved = config.data.train_files
     config.data.train_files = saved or "(plan)"  # no data is read
     try:
@@ -357,21 +324,18 @@ def _check_config(config):
         config.data.train_files = saved
 
 
-def _config_name(argv) -> str:
-    args = [a for a in sys.argv[1:] if a.startswith("--config")]
-    return " ".join(args)
+def _config_name(argv: Sequence[str]) -> str:
+    """The --config flag and its --config.* overrides as given."""
+    return " ".join(a for a in argv[1:] if a.startswith("--config"))
 
 
-_FLAGS = None
-
-
-def run():
-    global _FLAGS
-    from absl import app
-
-    _FLAGS = _define_flags()
-    app.run(lambda argv: sys.exit(main(argv)))
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; argv[0] is the program name. Returns the exit status (2: bad
+    config, mesh or flags)."""
+    argv = list(sys.argv if argv is None else argv)
+    return run_cli(FLAGS, lambda f: _command(f, argv), argv, as_absl_app=True, allow_arguments=False,
+                   expected_errors=(ValueError,))
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(main())

@@ -1,12 +1,18 @@
 """Turn a run config into the objects a run needs: data paths, tokenizer, model config,
-pipeline options, loss config (each named field checked, each error naming it)."""
+pipeline options, loss config (each named field checked, each error naming it), and the
+one builder of the jitted training program (`Program`, `build_program`), used by the
+training run and the memory plan alike."""
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Any, Callable, Optional, Sequence
 
+import flax.linen as nn
+import jax
 import ml_collections
+import optax
+from jax.sharding import Mesh, NamedSharding
 
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.options import PipelineOptions
@@ -14,7 +20,14 @@ from laser_jax.data.formatting import TextFormat
 from laser_jax.inference.load import load_tokenizer as load_tokenizer_dir
 from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
-from laser_jax.train.config import ARCH_FIELDS
+from laser_jax.train.config import ARCH_FIELDS, lora_targets
+from laser_jax.data.synthetic import ensure_generated
+from laser_jax.model.decoder import Decoder
+from laser_jax.model.hf_io import SafetensorsDir
+from laser_jax.retrieval import bright
+from laser_jax.train import sharding
+from laser_jax.train.step import StepConfig, TrainState, init_state, jit_train_step, learning_rate_schedule, \
+    make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +44,6 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataPaths:
     train_files, tokenizer, eval_dir = d.train_files, m.tokenizer or m.init_from, d.eval_dir
     field = "model.tokenizer" if m.tokenizer or not m.init_from else "model.init_from"
     if d.synthetic:
-        from laser_jax.data.synthetic import ensure_generated
-
         paths = ensure_generated(os.path.join(workdir, "data"), seed=d.synthetic_seed)
         train_files = train_files or paths["train"]
         tokenizer = tokenizer or paths["tokenizer"]
@@ -64,7 +75,7 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
                    unroll_soft_steps=m.unroll_soft_steps, remat_policy=m.remat_policy,
                    attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype),
                    lora_rank=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout if training else 0.0,
-                   lora_targets=tuple(t.strip() for t in lo.targets.split(",") if t.strip()))
+                   lora_targets=lora_targets(lo.targets))
     arch = {f: getattr(m, f) for f in ARCH_FIELDS if getattr(m, f)}
     try:
         if m.init_from:
@@ -95,8 +106,6 @@ def check_init_weights(config: ml_collections.ConfigDict) -> None:
     """Fail at set-up (not after compiling) when `model.init_from` has no weight files."""
     if not config.model.init_from:
         return
-    from laser_jax.model.hf_io import SafetensorsDir
-
     try:
         SafetensorsDir(config.model.init_from)
     except FileNotFoundError as e:
@@ -108,8 +117,6 @@ def check_eval_dir(paths: DataPaths) -> None:
     directory is reported before training rather than after it."""
     if not paths.eval_dir:
         return
-    from laser_jax.retrieval import bright
-
     try:
         for domain in bright.load_bright(paths.eval_dir):
             domain.require_instruction()
@@ -142,3 +149,86 @@ def loss_config(config: ml_collections.ConfigDict) -> LossConfig:
 
 def text_format(config: ml_collections.ConfigDict) -> TextFormat:
     return TextFormat(query_template=config.data.query_template, chat_template=config.data.chat_template)
+
+
+# ---------------------------------------------------------------------------------------
+# The jitted training program
+# ---------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """The jitted training program of a run config on a mesh, and what it was built from.
+
+    Nothing is allocated: the state is abstract (`abstract_state`: ShapeDtypeStructs with
+    their NamedShardings), so the same program serves a training run (which then makes or
+    restores a state) and an ahead-of-time memory plan (which lowers `step` on abstract
+    arguments).
+    """
+
+    model: Decoder
+    model_cfg: ModelConfig
+    mesh: Mesh
+    tx: optax.GradientTransformation
+    schedule: Callable[[Any], Any]  # step -> learning rate
+    step_cfg: StepConfig
+    state_shardings: TrainState  # of NamedShardings
+    abstract_state: TrainState  # of ShapeDtypeStructs carrying `state_shardings`
+    batch_sharding: NamedSharding  # leading (query / document) axis over data x fsdp
+    teacher_sharding: Optional[NamedSharding]  # a frozen teacher's variables (replicated), or None
+    step: Callable  # jitted (state, batch[, teacher variables]) -> (state, metrics); the state is donated
+    total_steps: int
+
+
+def run_devices(config: ml_collections.ConfigDict) -> list:
+    """The devices of a run: all, or the first `mesh.num_devices`."""
+    devices = jax.devices()
+    n = config.mesh.num_devices
+    if n and n > len(devices):
+        raise ConfigError(f"mesh.num_devices: {n} requested, {len(devices)} available")
+    return devices[:n] if n else devices
+
+
+def run_mesh(config: ml_collections.ConfigDict, devices: Sequence, mesh_shape: Optional[Sequence[int]] = None) -> Mesh:
+    """The (data, fsdp, tensor) mesh of `mesh_shape` (default `mesh.shape`) over `devices`.
+
+    Raises:
+      ConfigError: the shape does not fit the devices, or a micro-batch does not split over
+        the mesh's data-parallel devices.
+    """
+    mesh = sharding.make_mesh(tuple(mesh_shape or config.mesh.shape), devices)
+    dp = sharding.data_parallel_size(mesh)
+    t = config.train
+    micro = t.batch_size // t.grad_accum_steps
+    if micro % dp:
+        raise ConfigError(f"train.batch_size: {t.batch_size} queries in {t.grad_accum_steps} micro-batch(es) of "
+                          f"{micro} do not split over the {dp} data-parallel devices of mesh {dict(mesh.shape)}")
+    return mesh
+
+
+def build_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: Mesh, total_steps: int,
+                  eos_id: int, teacher: bool = False) -> Program:
+    """The one builder of the jitted training program.
+
+    Args:
+      config: the run config (train, laser and loss settings are read).
+      model_cfg: the model.
+      mesh: from `run_mesh`.
+      total_steps: optimizer steps (the learning-rate schedule's length).
+      eos_id: the token appended to explicit-view inputs.
+      teacher: the step takes a frozen teacher's variables (replicated) as a third argument.
+    """
+    t = config.train
+    model = Decoder(model_cfg)
+    tx = make_optimizer(t, total_steps)
+    boxed = jax.eval_shape(lambda: init_state(model_cfg, tx, jax.random.key(0), boxed=True))
+    state_shardings = sharding.logical_shardings(mesh, boxed)
+    batch_sharding = sharding.batch_sharding(mesh)
+    teacher_sharding = sharding.replicated(mesh) if teacher else None
+    step_cfg = StepConfig(config.laser.num_thinking_steps, loss_config(config), eos_id, t.grad_accum_steps,
+                          t.cache_chunk_size)
+    return Program(
+        model=model, model_cfg=model_cfg, mesh=mesh, tx=tx,
+        schedule=learning_rate_schedule(t.learning_rate, total_steps, t.warmup_ratio), step_cfg=step_cfg,
+        state_shardings=state_shardings, abstract_state=sharding.abstract_sharded(nn.unbox(boxed), state_shardings),
+        batch_sharding=batch_sharding, teacher_sharding=teacher_sharding,
+        step=jit_train_step(model, tx, step_cfg, state_shardings, batch_sharding, teacher_sharding),
+        total_steps=total_steps)

@@ -1,8 +1,10 @@
 """Device mesh (data, fsdp, tensor), logical axis rules, and NamedShardings.
 
-Parameters carry logical axis names (model/layers.py); these rules map them onto the mesh:
-batch over data x fsdp, the hidden axis of weights over fsdp (ZeRO-3 style), heads / mlp /
-vocab over tensor.
+Parameters and the activations the model constrains carry logical axis names
+(model/layers.py, model/partitioning.py); these rules map them onto the mesh: batch over
+data x fsdp, the hidden axis of weights over fsdp (ZeRO-3 style), heads / mlp / vocab over
+tensor. The model never sees the mesh: the train step traces under these rules and the
+mesh (`batch_sharded_activations`).
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ from typing import Sequence, Tuple
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from laser_jax.data.errors import ConfigError
+from laser_jax.model.partitioning import ACTIVATION_AXES, ACTIVATION_BATCH, ACTIVATION_KV_HEADS
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
@@ -31,6 +35,11 @@ LOGICAL_RULES: Tuple[Tuple[str, object], ...] = (
     ("norm", None),
     ("head_dim", None),
     ("lora_rank", None),
+    # activations (model/partitioning.py): the residual stream split over the batch only
+    (ACTIVATION_BATCH, BATCH),
+    (ACTIVATION_AXES[1], None),
+    (ACTIVATION_AXES[2], None),
+    (ACTIVATION_KV_HEADS, TENSOR),
 )
 
 
@@ -55,8 +64,6 @@ def make_mesh(shape: Sequence[int], devices=None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     dims = resolve_mesh_shape(shape, len(devices))
     try:
-        from jax.experimental import mesh_utils
-
         grid = mesh_utils.create_device_mesh(dims, devices)
     except Exception:  # non-TPU topologies without a physical layout
         grid = np.array(devices).reshape(dims)
@@ -83,34 +90,20 @@ def data_parallel_size(mesh: Mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def abstract_sharded(tree, shardings):
+    """ShapeDtypeStructs of `tree`'s leaves, each carrying its sharding from `shardings`
+    (a tree of the same structure): what `jit(...).lower` takes to compile without data."""
+    return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
 @contextlib.contextmanager
 def batch_sharded_activations(mesh: Mesh):
-    """While tracing under this context, every decoder layer's input and output residual
-    stream [B, T, D] is constrained to be split over the batch axes (data x fsdp).
-
-    Without it XLA's sharding propagation may resolve the conflict between batch-split
-    activations and fsdp-split weights by gathering the activations (every device then
-    computes the whole batch, with the whole batch's activations) instead of gathering the
-    weights (ZeRO-3). Arrays whose batch does not divide over the data-parallel devices
-    are left to propagation. Applied with a flax method interceptor, so the model code
-    needs no mesh.
+    """While tracing under this context, the model's logical activation names map onto
+    `mesh` (`LOGICAL_RULES`, with the mesh made the ambient abstract mesh): every decoder
+    layer's input and output residual stream [B, T, D] is constrained to be split over the
+    batch axes (data x fsdp), and the splash kernel's shard_map splits its batch and kv
+    heads (model/partitioning.py). Arrays whose batch does not divide over the
+    data-parallel devices are left to propagation.
     """
-    from laser_jax.model.decoder import DecoderLayer
-
-    dp = data_parallel_size(mesh)
-    target = NamedSharding(mesh, P(BATCH))
-
-    def constrain(x):
-        return jax.lax.with_sharding_constraint(x, target) if x.shape[0] % dp == 0 else x
-
-    def interceptor(next_fun, args, kwargs, context):
-        if dp == 1 or context.method_name != "__call__" or not isinstance(context.module, DecoderLayer):
-            return next_fun(*args, **kwargs)
-        x, *rest = args
-        out, cache = next_fun(constrain(x), *rest, **kwargs)
-        return constrain(out), cache
-
-    # The mesh is also made the ambient abstract mesh, for code that must place a kernel
-    # under shard_map itself (a Pallas kernel cannot be partitioned by XLA).
-    with nn.intercept_methods(interceptor), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+    with nn.logical_axis_rules(LOGICAL_RULES), jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
         yield

@@ -163,14 +163,16 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
 
 
 def jit_train_step(model: Decoder, tx, step_cfg: StepConfig, state_shardings, batch_sharding,
-                   teacher_shardings=None):
-    """The step jitted with explicit shardings; the state's buffers are donated. Activations
-    stay split over the batch axes of the state's mesh (`sharding.batch_sharded_activations`)."""
+                   teacher_sharding=None):
+    """The step jitted with explicit shardings; the state's buffers are donated. With a
+    `teacher_sharding` (one sharding for all of a frozen teacher's variables) the step takes
+    the teacher's variables as a third argument. Activations stay split over the batch axes
+    of the state's mesh (`sharding.batch_sharded_activations`)."""
     mesh = jax.tree_util.tree_leaves(state_shardings)[0].mesh
 
     def fn(*args):
         with sharding.batch_sharded_activations(mesh):
             return train_step(model, tx, step_cfg, *args)
 
-    in_shardings = (state_shardings, batch_sharding) + ((teacher_shardings,) if teacher_shardings else ())
+    in_shardings = (state_shardings, batch_sharding) + ((teacher_sharding,) if teacher_sharding is not None else ())
     return jax.jit(fn, in_shardings=in_shardings, out_shardings=(state_shardings, None), donate_argnums=(0,))
