@@ -77,6 +77,12 @@ def _data_section() -> ml_collections.ConfigDict:
     d.bucket_fractions = (0.125, 0.25, 0.5, 1.0)  # length buckets as fractions of the max lengths
     d.num_threads = 2            # grain reader threads
     d.prefetch = 4               # batches prepared ahead
+    # train.objective=causal_lm only (issue 15; data/lm_pipeline.py):
+    d.lm_format = "auto"         # auto | text (JSONL "text" field) | reasonemb (query + reasoning);
+                                 # with data.synthetic: the task's queries + reasoning and its passages
+    d.lm_max_len = 0             # tokens per LM row, EOS included (longer rows keep their start); 0 = explicit_max_len + 1
+    d.lm_num_widths = 4          # padded widths: this many length quantiles of the rows (compiled shapes)
+    d.lm_sort_batches = 32       # rows are length-sorted within windows of this many batches (1 = no grouping)
     return d
 
 
@@ -114,6 +120,11 @@ def _train_section() -> ml_collections.ConfigDict:
     t.log_every = 10             # steps between progress lines / metrics rows
     t.nonfinite = "stop"         # on a non-finite loss/gradient: stop (no update) | skip (the update)
     t.peak_tflops = 0.0          # per-device peak for MFU; 0 = from the device kind when known
+    # issue 15:
+    t.objective = "laser"        # laser | causal_lm (next-token CE over real tokens: LM pretraining)
+    t.schedule = "linear"        # decay after the warm-up: linear | cosine
+    t.min_lr_ratio = 0.0         # the decay ends at this fraction of the peak learning rate
+    t.warmup_steps = 0           # warm-up steps; 0 = warmup_ratio * num_steps
     return t
 
 
@@ -238,6 +249,19 @@ def _train_problems(c: ml_collections.ConfigDict) -> List[str]:
         p.need(0 <= getattr(t, f) < 1, f"train.{f}", f"must be in [0, 1), got {getattr(t, f)}")
     p.need(t.adam_eps > 0, "train.adam_eps", "must be > 0")
     p.need(t.log_every >= 1, "train.log_every", "must be >= 1")
+    # issue 15
+    p.need(t.objective in ("laser", "causal_lm"), "train.objective", f"{t.objective!r} must be laser or causal_lm")
+    p.need(t.schedule in ("linear", "cosine"), "train.schedule", f"{t.schedule!r} must be linear or cosine")
+    p.need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
+    p.need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0 (0 = warmup_ratio)")
+    p.need(not (t.objective == "causal_lm" and t.cache_chunk_size), "train.cache_chunk_size",
+           "gradient caching is for the LaSER objective; use train.grad_accum_steps with causal_lm")
+    d = c.data
+    p.need(d.lm_format in ("auto", "text", "reasonemb"), "data.lm_format",
+           f"{d.lm_format!r} must be auto, text or reasonemb")
+    p.need(d.lm_max_len >= 0, "data.lm_max_len", "must be >= 0 (0 = data.explicit_max_len + 1)")
+    p.need(d.lm_num_widths >= 1, "data.lm_num_widths", "must be >= 1")
+    p.need(d.lm_sort_batches >= 1, "data.lm_sort_batches", "must be >= 1")
     return p
 
 

@@ -24,7 +24,7 @@ from laser_jax.data.pipeline import train_iterator
 from laser_jax.data.tokenize import repad_left
 from laser_jax.model import hf_io
 from laser_jax.train import checkpoint as ckpt_lib
-from laser_jax.train import faults
+from laser_jax.train import faults, lm
 from laser_jax.train.flops import device_peak_tflops, step_tokens, train_flops
 from laser_jax.train.metrics import MetricsWriter
 from laser_jax.train.step import BATCH_KEYS, init_state
@@ -59,7 +59,7 @@ def train(run: Run, stop: Optional[faults.StopSignals] = None, until: Optional[i
 def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
     c, program = run.config, run.program
     save_run_files(run)
-    iterator = train_iterator(run.source, run.tokenizer, run.options)
+    iterator = (lm.iterator if lm.is_lm(c) else train_iterator)(run.source, run.tokenizer, run.options)
     checkpointer = run.checkpointer()
     restored = checkpointer.restore(run.abstract_state, iterator)
     if restored is None:
@@ -150,6 +150,8 @@ def fresh_state(run: Run):
 
 def global_batch(host_batch: dict, batch_sharding) -> dict:
     """Host-local numpy batch -> global jax arrays sharded over (data, fsdp)."""
+    if "ids" in host_batch:  # issue 15: a causal-LM batch
+        return lm.global_batch(host_batch, batch_sharding)
     if jax.process_count() > 1:  # every host must feed the same shapes
         local = np.array([host_batch[f"{v}_ids"].shape[1] for v in ("q", "d", "e")])
         widest = np.max(multihost_utils.process_allgather(local), axis=0)
@@ -227,6 +229,7 @@ class _Interval:
 
     def __init__(self, run: Run):
         self.explicit = run.program.step_cfg.loss.needs_explicit
+        self.lm = run.program.step_cfg.objective == "causal_lm"  # issue 15
         self.num_thinking_steps = run.config.laser.num_thinking_steps
         self.non_embedding_params = run.model_cfg.num_params(include_embeddings=False)
         self._reset()
@@ -236,6 +239,12 @@ class _Interval:
 
     def add(self, host_batch: dict, batch: dict) -> None:
         """One step: its real (non-padding) tokens (this host's share x hosts) and FLOPs."""
+        if self.lm:  # issue 15
+            real, positions = lm.step_tokens(host_batch)
+            self.steps += 1
+            self.tokens += float(real * jax.process_count())
+            self.flops += train_flops(self.non_embedding_params, positions * jax.process_count())
+            return
         real = sum(int(host_batch[k].sum()) for k in ("q_mask", "d_mask", "e_mask")
                    if k != "e_mask" or self.explicit)
         shapes = {k: v.shape for k, v in batch.items()}
@@ -262,6 +271,10 @@ def log_metrics(run: Run, step: int, metrics: dict, interval: dict, writer: Metr
     if peak:
         row["mfu"] = row["tflops_per_s"] / peak
     writer.write(row)
+    if run.program.step_cfg.objective == "causal_lm":  # issue 15
+        log.info("%s", lm.progress_line(step, run.total_steps, m, row,
+                                        f" | MFU {100 * row['mfu']:.1f}%" if peak else ""))
+        return row
     log.info("step %d/%d | loss %.4f (cl_lat %.3f cl_exp %.3f kl_out %.4f kl_mid %.4f) | acc %.2f/%.2f | "
              "lr %.2e | %.3fs/step | %.0f tok/s | %.3f TFLOP/s/device%s", step, run.total_steps, m["loss"],
              m["loss_cl_latent"], m["loss_cl_explicit"], m["loss_kl_out"], m["loss_kl_mid"], m["acc_latent"],

@@ -85,7 +85,7 @@ def train_main(config, workdir: str) -> int:
             raise
         if stop.signum is not None:
             return faults.exit_code_for_signal(stop.signum)
-    if run.paths.eval_dir:
+    if run.paths.eval_dir and config.train.objective == "laser":  # issue 15: no retrieval eval of an LM run
         evaluate_trained(trained)
     return faults.EXIT_OK
 

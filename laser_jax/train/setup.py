@@ -26,8 +26,8 @@ from laser_jax.model.decoder import Decoder
 from laser_jax.model.hf_io import SafetensorsDir
 from laser_jax.retrieval import bright
 from laser_jax.train import sharding
-from laser_jax.train.step import StepConfig, TrainState, init_state, jit_train_step, learning_rate_schedule, \
-    make_optimizer
+from laser_jax.train.step import StepConfig, TrainState, init_state, jit_train_step, make_optimizer, \
+    run_schedule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,10 +224,10 @@ def build_program(config: ml_collections.ConfigDict, model_cfg: ModelConfig, mes
     batch_sharding = sharding.batch_sharding(mesh)
     teacher_sharding = sharding.replicated(mesh) if teacher else None
     step_cfg = StepConfig(config.laser.num_thinking_steps, loss_config(config), eos_id, t.grad_accum_steps,
-                          t.cache_chunk_size)
+                          t.cache_chunk_size, t.objective)
     return Program(
         model=model, model_cfg=model_cfg, mesh=mesh, tx=tx,
-        schedule=learning_rate_schedule(t.learning_rate, total_steps, t.warmup_ratio), step_cfg=step_cfg,
+        schedule=run_schedule(t, total_steps), step_cfg=step_cfg,
         state_shardings=state_shardings, abstract_state=sharding.abstract_sharded(nn.unbox(boxed), state_shardings),
         batch_sharding=batch_sharding, teacher_sharding=teacher_sharding,
         step=jit_train_step(model, tx, step_cfg, state_shardings, batch_sharding, teacher_sharding),

@@ -24,6 +24,7 @@ from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder, init_variables
 from laser_jax.model.layers import LORA, dtype_of
 from laser_jax.method.objective import laser_objective
+from laser_jax.method.lm_objective import LM_BATCH_KEYS, causal_lm_objective  # issue 15: train.objective
 from laser_jax.train.cached_step import cached_gradients
 from laser_jax.train.microbatches import split_microbatches
 
@@ -55,22 +56,38 @@ class StepConfig:
     eos_id: int
     grad_accum_steps: int = 1
     cache_chunk_size: int = 0  # >0: cached (GradCache) step over chunks of this many queries
+    objective: str = "laser"  # issue 15: "laser" | "causal_lm" (method/lm_objective.py; batch ids, mask)
 
 
-def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float):
-    """Linear warm-up from 0 over warmup_ratio * total steps, then linear decay to 0
-    (Hugging Face's get_linear_schedule_with_warmup)."""
-    warmup = int(warmup_ratio * total_steps)
+def learning_rate_schedule(peak: float, total_steps: int, warmup_ratio: float, schedule: str = "linear",
+                           min_lr_ratio: float = 0.0, warmup_steps: int = 0):
+    """Linear warm-up from 0 over `warmup_steps` (or, when 0, warmup_ratio * total steps),
+    then decay to `min_lr_ratio` * peak at the last step: linear (Hugging Face's
+    get_linear_schedule_with_warmup when min_lr_ratio = 0) or cosine (a cosine with a floor)."""
+    warmup = int(warmup_steps) if warmup_steps else int(warmup_ratio * total_steps)
+    floor = peak * min_lr_ratio
+    decay_steps = max(total_steps - warmup, 1)
+    if schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=min_lr_ratio)
+    elif schedule == "linear":
+        decay = optax.linear_schedule(peak, floor, decay_steps)
+    else:
+        raise ValueError(f"train.schedule must be linear or cosine, got {schedule!r}")
     if warmup == 0:
-        return optax.linear_schedule(peak, 0.0, max(total_steps, 1))
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup), optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1))],
-        [warmup])
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def run_schedule(train_cfg, total_steps: int):
+    """The schedule of a run's `config.train` section."""
+    return learning_rate_schedule(train_cfg.learning_rate, total_steps, train_cfg.warmup_ratio,
+                                  train_cfg.get("schedule", "linear"), train_cfg.get("min_lr_ratio", 0.0),
+                                  train_cfg.get("warmup_steps", 0))
 
 
 def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
     """AdamW with the schedule above and optional global-norm clipping (from `config.train`)."""
-    schedule = learning_rate_schedule(train_cfg.learning_rate, total_steps, train_cfg.warmup_ratio)
+    schedule = run_schedule(train_cfg, total_steps)
     parts = []
     if train_cfg.max_grad_norm > 0:
         parts.append(optax.clip_by_global_norm(train_cfg.max_grad_norm))
@@ -113,10 +130,13 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
     computation of `laser_jax.train.cached_step` (same value, activation memory of one chunk).
     """
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    batch = {k: v for k, v in batch.items() if k in BATCH_KEYS}
+    lm = step_cfg.objective == "causal_lm"  # issue 15
+    batch = {k: v for k, v in batch.items() if k in (LM_BATCH_KEYS if lm else BATCH_KEYS)}
 
     def loss_fn(trainable, micro, key):
         variables = {**state.frozen, **trainable}
+        if lm:
+            return causal_lm_objective(model, variables, micro, key)
         return laser_objective(model, variables, micro, num_steps=step_cfg.num_thinking_steps,
                                loss_cfg=step_cfg.loss, eos_id=step_cfg.eos_id, rng=key,
                                teacher_variables=teacher_variables)
@@ -157,7 +177,7 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
         opt_state=_tree_where(finite, new_opt, state.opt_state))
     metrics = dict(metrics, l2_grads=grad_norm, l2_params=optax.tree.norm(state.trainable),
                    finite=finite.astype(jnp.float32),
-                   tokens=sum(jnp.sum(batch[k]).astype(jnp.float32) for k in ("q_mask", "d_mask", "e_mask")
+                   tokens=sum(jnp.sum(batch[k]).astype(jnp.float32) for k in ("q_mask", "d_mask", "e_mask", "mask")
                               if k in batch))
     return new_state, metrics
 

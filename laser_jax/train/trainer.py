@@ -28,7 +28,7 @@ from laser_jax.model import lora as lora_lib
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder, init_variables
 from laser_jax.train import checkpoint as ckpt_lib
-from laser_jax.train import setup
+from laser_jax.train import lm, setup
 from laser_jax.train.step import TrainState
 
 log = logging.getLogger("laser_jax")
@@ -47,7 +47,7 @@ class Run:
       text_format: query template and chat wrapping (saved with every checkpoint).
       model_cfg: the model.
       source: the training records (validated).
-      options: the input pipeline's options.
+      options: the input pipeline's options (data/lm_pipeline.LMOptions for train.objective=causal_lm).
       program: the jitted training program and its mesh, optimizer and shardings.
       teacher: a frozen teacher's variables on the mesh (`laser.teacher_from`), or None.
       meta: what every checkpoint stores beside the state.
@@ -134,12 +134,19 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     model_cfg = setup.model_config(c, tokenizer)
     setup.check_init_weights(c)
     mesh = setup.run_mesh(c, setup.run_devices(c))
-    source = open_records(paths.train_files, group_size=c.data.group_size, skip_bad_records=c.data.skip_bad_records)
-    summary = getattr(source, "summary", None)
-    if is_writer and summary is not None:
-        (log.warning if summary.num_skipped else log.info)("training data: %s", summary)
-    options = setup.pipeline_options(c, jax.process_index(), jax.process_count())
-    total_steps = c.train.num_steps or steps_per_epoch(len(source), options)
+    if lm.is_lm(c):  # issue 15: causal-LM rows (data/lm_pipeline.py)
+        source, options, total_steps = lm.set_up_data(c, paths, tokenizer, jax.process_index(),
+                                                      jax.process_count())
+        if is_writer:
+            log.info("training data: %s", source.summary)
+    else:
+        source = open_records(paths.train_files, group_size=c.data.group_size,
+                              skip_bad_records=c.data.skip_bad_records)
+        summary = getattr(source, "summary", None)
+        if is_writer and summary is not None:
+            (log.warning if summary.num_skipped else log.info)("training data: %s", summary)
+        options = setup.pipeline_options(c, jax.process_index(), jax.process_count())
+        total_steps = c.train.num_steps or steps_per_epoch(len(source), options)
     eos_id = tokenizer.eos_token_id
     program = setup.build_program(c, model_cfg, mesh, total_steps, eos_id, teacher=bool(c.laser.teacher_from))
     text_format = setup.text_format(c)
