@@ -1,0 +1,181 @@
+"""Greedy reasoning of a (pretrained) LM on the synthetic task, and its end-number accuracy.
+
+Each query of a BRIGHT-format split (eval/ or dev/ of `laser_jax.data.synthetic`) is
+formatted as the explicit view's prefix (the query template with the domain's instruction,
+chat-wrapped when asked), continued greedily (`model.generate.greedy_generate`, stopping at
+EOS, at most `max_new` tokens: by default the split's longest gold reasoning + a margin) and
+the generated reasoning decoded. Its LAST number is the model's answer; it is right when it
+equals the chain's end state (`<split>/<domain>/chains.jsonl` `states[-1]`).
+
+    python -m laser_jax.experiments.lm_eval --model=DIR --split_dir=TASK/eval [--out=lm_eval.json]
+
+`generate_reasoning` (texts in, reasoning strings out) is also what rewrite-then-retrieve uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+from typing import Dict, List, Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from laser_jax.data.formatting import DEFAULT_QUERY_TEMPLATE, chat_wrap, format_query
+from laser_jax.data.tokenize import left_pad, pad_token_id, tokenize_texts
+from laser_jax.model.decoder import Decoder
+from laser_jax.model.generate import greedy_generate
+
+NUMBER = re.compile(r"-?\d+")
+MARGIN = 8  # tokens beyond the longest gold reasoning
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitQuery:
+    domain: str
+    id: str
+    query: str
+    instruction: str
+    reasoning: str  # gold reasoning ("" when the split has none)
+    end_state: Optional[int]  # the chain's last state (None without chains.jsonl)
+
+
+def _jsonl(path: str) -> List[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_split(split_dir: str) -> List[SplitQuery]:
+    """Every query of a BRIGHT-format split with its instruction, gold reasoning and end state."""
+    with open(os.path.join(split_dir, "domains.json"), encoding="utf-8") as f:
+        domains = json.load(f)
+    out = []
+    for dom, instruction in domains.items():
+        ddir = os.path.join(split_dir, dom)
+        reasoning, chains = {}, {}
+        if os.path.exists(os.path.join(ddir, "reasoning.jsonl")):
+            reasoning = {r["id"]: r["reasoning"] for r in _jsonl(os.path.join(ddir, "reasoning.jsonl"))}
+        if os.path.exists(os.path.join(ddir, "chains.jsonl")):
+            chains = {c["id"]: c["states"][-1] for c in _jsonl(os.path.join(ddir, "chains.jsonl"))}
+        for q in _jsonl(os.path.join(ddir, "queries.jsonl")):
+            out.append(SplitQuery(dom, q["id"], q["query"], instruction, reasoning.get(q["id"], ""),
+                                  chains.get(q["id"])))
+    return out
+
+
+def end_number(text: str) -> Optional[int]:
+    """The last integer in `text` (the generator's reasoning ends with the end state), or None."""
+    found = NUMBER.findall(text)
+    return int(found[-1]) if found else None
+
+
+def prompts(tokenizer, queries: Sequence[str], instructions: Sequence[str],
+            query_template: str = DEFAULT_QUERY_TEMPLATE, chat_template: bool = False) -> List[str]:
+    """The explicit view's prefix of each query (what its reasoning follows)."""
+    texts = [format_query(query_template, ins, q) for q, ins in zip(queries, instructions)]
+    return [chat_wrap(tokenizer, t) for t in texts] if chat_template else texts
+
+
+def generate_reasoning(model: Decoder, variables, tokenizer, prompt_texts: Sequence[str], max_new: int,
+                       batch_size: int = 128, max_prompt_len: int = 4096) -> List[str]:
+    """Greedy continuation (up to EOS, at most `max_new` tokens, EOS excluded) of each prompt,
+    decoded. Batches are padded to one width and one batch size, so one program is compiled."""
+    eos = tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
+    rows = tokenize_texts(tokenizer, list(prompt_texts), max_prompt_len)
+    if not rows:
+        return []
+    width = max(len(r) for r in rows)
+    bs = min(batch_size, len(rows))
+    out = []
+    for s in range(0, len(rows), bs):
+        chunk = rows[s:s + bs]
+        n = len(chunk)
+        chunk = chunk + [chunk[-1]] * (bs - n)
+        ids, mask = left_pad(chunk, width, pad)
+        gen = greedy_generate(model, variables, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=int(max_new),
+                              stop_ids_B=eos, pad_id=pad)
+        tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
+        stopped = np.asarray(gen.stopped)
+        for i in range(n):
+            toks = tokens[i, :lengths[i]].tolist()
+            if stopped[i] and toks and toks[-1] == eos:
+                toks = toks[:-1]
+            out.append(tokenizer.decode(toks))
+    return out
+
+
+def default_max_new(tokenizer, queries: Sequence[SplitQuery]) -> int:
+    """The longest gold reasoning of the split in tokens + EOS + MARGIN (48 without gold)."""
+    gold = [q.reasoning for q in queries if q.reasoning]
+    if not gold:
+        return 48
+    return max(len(r) for r in tokenize_texts(tokenizer, gold, 100000)) + 1 + MARGIN
+
+
+def score(queries: Sequence[SplitQuery], generated: Sequence[str]) -> Dict:
+    """{"accuracy", "per_domain", "exact" (whole reasoning equals the gold), "n"} of
+    generated reasoning against the queries' end states."""
+    ok = np.array([end_number(g) == q.end_state for q, g in zip(queries, generated)], bool)
+    exact = np.array([g == q.reasoning for q, g in zip(queries, generated)], bool)
+    per = {}
+    for dom in sorted({q.domain for q in queries}):
+        idx = [i for i, q in enumerate(queries) if q.domain == dom]
+        per[dom] = float(ok[idx].mean())
+    return {"accuracy": float(ok.mean()) if len(ok) else 0.0, "per_domain": per,
+            "exact": float(exact.mean()) if len(exact) else 0.0, "n": int(len(ok))}
+
+
+def end_number_accuracy(model: Decoder, variables, tokenizer, split_dir: str, *,
+                        query_template: str = DEFAULT_QUERY_TEMPLATE, chat_template: bool = False,
+                        max_new: int = 0, batch_size: int = 128, examples: int = 3) -> Dict:
+    """Greedy end-number accuracy on a split (module doc): score() plus "max_new" and a
+    few "examples" ({query, generated, gold})."""
+    queries = [q for q in load_split(split_dir) if q.end_state is not None]
+    if not queries:
+        raise FileNotFoundError(f"{split_dir}: no queries with chains.jsonl end states")
+    max_new = max_new or default_max_new(tokenizer, queries)
+    texts = prompts(tokenizer, [q.query for q in queries], [q.instruction for q in queries], query_template,
+                    chat_template)
+    generated = generate_reasoning(model, variables, tokenizer, texts, max_new, batch_size)
+    result = score(queries, generated)
+    result["max_new"] = int(max_new)
+    result["examples"] = [{"query": q.query, "generated": g, "gold": q.reasoning}
+                          for q, g in zip(queries[:examples], generated[:examples])]
+    return result
+
+
+def format_result(result: Dict) -> str:
+    per = ", ".join(f"{d} {100 * a:.1f}" for d, a in result["per_domain"].items())
+    return (f"greedy end-number accuracy {100 * result['accuracy']:.1f}% ({per}); exact reasoning "
+            f"{100 * result['exact']:.1f}%; {result['n']} queries")
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from laser_jax.inference.load import load_for_inference
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="HF directory, training workdir or checkpoint")
+    p.add_argument("--split_dir", required=True, help="BRIGHT-format split of the synthetic task (eval/ or dev/)")
+    p.add_argument("--out", default="", help="write the result as JSON here")
+    p.add_argument("--max_new", type=int, default=0, help="0 = longest gold reasoning + margin")
+    p.add_argument("--batch_size", type=int, default=128)
+    a = p.parse_args(argv)
+    loaded = load_for_inference(a.model, "float32")
+    fmt = loaded.text_format
+    result = end_number_accuracy(Decoder(loaded.cfg), loaded.variables, loaded.tokenizer, a.split_dir,
+                                 query_template=fmt.query_template, chat_template=fmt.chat_template,
+                                 max_new=a.max_new, batch_size=a.batch_size)
+    print(format_result(result))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
