@@ -22,7 +22,8 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     for name, section in (("model", _model_section), ("lora", _lora_section), ("data", _data_section),
                           ("laser", _laser_section), ("train", _train_section),
-                          ("checkpoint", _checkpoint_section), ("mesh", _mesh_section), ("eval", _eval_section)):
+                          ("checkpoint", _checkpoint_section), ("mesh", _mesh_section), ("eval", _eval_section),
+                          ("pretrain", _pretrain_section)):  # pretrain: issue 15
         setattr(c, name, section())
     return c
 
@@ -83,6 +84,8 @@ def _data_section() -> ml_collections.ConfigDict:
     d.lm_max_len = 0             # tokens per LM row, EOS included (longer rows keep their start); 0 = explicit_max_len + 1
     d.lm_num_widths = 4          # padded widths: this many length quantiles of the rows (compiled shapes)
     d.lm_sort_batches = 32       # rows are length-sorted within windows of this many batches (1 = no grouping)
+    d.lm_corpus = ""             # a corpus.jsonl whose passages (`content`) join the rows ("" = none; with
+                                 # data.synthetic: the generated task's)
     return d
 
 
@@ -154,10 +157,35 @@ def _eval_section() -> ml_collections.ConfigDict:
     return ev
 
 
+def _pretrain_section() -> ml_collections.ConfigDict:
+    """The causal-LM pretraining stage before LaSER (train/stages.py, issue 15). It runs when
+    num_steps > 0, data.synthetic, train.objective=laser and no model.init_from: the decoder
+    (this config's architecture, full training from random init) is trained as an LM on the
+    task's queries + reasoning and passages, saved as a Hugging Face directory, scored
+    (greedy end-number accuracy on eval/), and LaSER then starts from it."""
+    p = ml_collections.ConfigDict()
+    p.num_steps = 0              # LM steps; 0 = no pretraining stage
+    p.dir = ""                   # the LM's directory; "" = WORKDIR/lm (point several runs at one shared LM)
+    p.batch_size = 32            # rows per step
+    p.learning_rate = 3e-3       # peak AdamW learning rate
+    p.warmup_steps = 100         # linear warm-up steps
+    p.schedule = "cosine"        # decay after the warm-up: cosine | linear
+    p.min_lr_ratio = 0.1         # the decay ends at this fraction of the peak
+    p.weight_decay = 0.01
+    p.adam_b2 = 0.99
+    p.max_grad_norm = 1.0        # global-norm clipping (0 = off)
+    p.seed = 0                   # LM init and row order
+    p.log_every = 100            # steps between progress lines / metrics rows
+    p.checkpoint_every = 500     # checkpoint steps (an interrupted stage resumes from the newest)
+    p.eval = True                # report greedy end-number accuracy on the task's eval/ queries
+    return p
+
+
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError naming every invalid field (device-independent checks)."""
     problems: List[str] = []
-    for section in (_model_problems, _data_problems, _laser_problems, _train_problems, _other_problems):
+    for section in (_model_problems, _data_problems, _laser_problems, _train_problems, _other_problems,
+                    _pretrain_problems):
         problems += section(c)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
@@ -278,6 +306,26 @@ def _other_problems(c: ml_collections.ConfigDict) -> List[str]:
     p.need(ev.num_thinking_steps >= 0, "eval.num_thinking_steps", "must be >= 0 (0 = laser.num_thinking_steps)")
     p.need(ev.max_length >= 1, "eval.max_length", f"must be >= 1, got {ev.max_length}")
     p.need(ev.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {ev.batch_size}")
+    return p
+
+
+def _pretrain_problems(c: ml_collections.ConfigDict) -> List[str]:
+    """The pretrain section (issue 15); absent in configs built before it."""
+    p = _Problems()
+    if "pretrain" not in c:
+        return p
+    s = c.pretrain
+    p.need(s.num_steps >= 0, "pretrain.num_steps", "must be >= 0 (0 = no pretraining stage)")
+    p.need(s.batch_size >= 1, "pretrain.batch_size", f"must be >= 1, got {s.batch_size}")
+    p.need(s.learning_rate > 0, "pretrain.learning_rate", "must be > 0")
+    p.need(s.warmup_steps >= 0, "pretrain.warmup_steps", "must be >= 0")
+    p.need(s.schedule in ("linear", "cosine"), "pretrain.schedule", f"{s.schedule!r} must be linear or cosine")
+    p.need(0 <= s.min_lr_ratio <= 1, "pretrain.min_lr_ratio", "must be in [0, 1]")
+    p.need(s.weight_decay >= 0, "pretrain.weight_decay", "must be >= 0")
+    p.need(0 <= s.adam_b2 < 1, "pretrain.adam_b2", "must be in [0, 1)")
+    p.need(s.max_grad_norm >= 0, "pretrain.max_grad_norm", "must be >= 0 (0 = off)")
+    p.need(s.log_every >= 1, "pretrain.log_every", "must be >= 1")
+    p.need(s.checkpoint_every >= 1, "pretrain.checkpoint_every", "must be >= 1")
     return p
 
 

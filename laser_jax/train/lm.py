@@ -20,12 +20,14 @@ def is_lm(config) -> bool:
 
 
 def set_up_data(config, paths, tokenizer, process_index: int, process_count: int):
-    """(source, options, total_steps) of an LM run. With data.synthetic the generated task's
-    passages (corpus.jsonl next to its train.jsonl) join the query + reasoning rows."""
-    corpus = ""
-    if config.data.synthetic:
+    """(source, options, total_steps) of an LM run. The passages of data.lm_corpus (with
+    data.synthetic by default the generated task's corpus.jsonl) join the other rows."""
+    corpus = config.data.lm_corpus
+    if not corpus and config.data.synthetic:
         corpus = os.path.join(os.path.dirname(paths.train_files), "corpus.jsonl")
         corpus = corpus if os.path.isfile(corpus) else ""
+    if corpus and not os.path.isfile(corpus):
+        raise FileNotFoundError(f"data.lm_corpus: {corpus}: no such file")
     source = lm_pipeline.open_lm_source(config, paths.train_files, tokenizer, corpus)
     options = lm_pipeline.lm_options(config, process_index, process_count)
     total = config.train.num_steps or lm_pipeline.steps_per_epoch(len(source), options)

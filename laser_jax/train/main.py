@@ -25,7 +25,7 @@ from laser_jax import distributed
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data.errors import ConfigError, DataError
 from laser_jax.model.hf_io import CheckpointMismatchError
-from laser_jax.train import faults
+from laser_jax.train import faults, stages
 from laser_jax.train.checkpoint import CheckpointRestoreError, NonFiniteStateError
 from laser_jax.train.config import validate
 from laser_jax.train.final_eval import evaluate_trained
@@ -49,7 +49,7 @@ def _command(f: flags.FlagValues) -> int:
     logging.getLogger("absl").setLevel(logging.WARNING)
     distributed.maybe_initialize(f.distributed)
     workdir = os.path.abspath(f.workdir) if "://" not in f.workdir else f.workdir
-    return train_main(f.config, workdir)
+    return stages.run(f.config, workdir, train_main)  # issue 15: LM pretraining first when configured
 
 
 def train_main(config, workdir: str) -> int:

@@ -79,15 +79,18 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
     arch = {f: getattr(m, f) for f in ARCH_FIELDS if getattr(m, f)}
     try:
         if m.init_from:
-            if arch:
-                raise ConfigError(f"model.{sorted(arch)[0]}: architecture overrides need random init "
-                                  f"(model.init_from={m.init_from!r} fixes the architecture)")
             if not os.path.isdir(m.init_from):
                 raise ConfigError(f"model.init_from: {m.init_from}: no such directory")
             try:
                 cfg = from_hf_config(m.init_from, **runtime)
             except FileNotFoundError as e:
                 raise ConfigError(f"model.init_from: {e}") from None
+            # issue 15: an architecture field may restate init_from's value; only a conflict is an error
+            for name, value in sorted(arch.items()):
+                if getattr(cfg, name) != value:
+                    raise ConfigError(f"model.{name}: {value} conflicts with model.init_from={m.init_from!r} "
+                                      f"({name}={getattr(cfg, name)} in its config.json); set it to 0 or to "
+                                      "that value (init_from fixes the architecture)")
         else:
             cfg = preset(m.preset, **arch, **runtime)
             if tokenizer is not None:

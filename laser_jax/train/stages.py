@@ -1,0 +1,217 @@
+"""The two-stage default: causal-LM pretraining, then LaSER from the pretrained LM (issue 15).
+
+`run(config, workdir)` is what `python -m laser_jax.train` runs. When the config asks for a
+pretraining stage (`pretrain.num_steps` > 0, `data.synthetic`, `train.objective=laser`, no
+`model.init_from`; see config.py's pretrain section):
+
+1. the task is generated when missing (WORKDIR/data, as for any synthetic run);
+2. the LM is trained into `pretrain.dir` (default WORKDIR/lm) through the ordinary entry
+   (`main.train_main` on the stage config: objective causal_lm, the pretrain section's
+   optimizer settings, full training from random init), with its checkpoints in
+   LM_DIR/train, so an interrupted stage resumes; a finished LM whose stage fingerprint
+   (the resolved stage config without its paths, plus the task's content hash) is
+   unchanged is reused, a stale one is replaced;
+3. it is written as a Hugging Face directory into LM_DIR (float32 for a float32 model, the
+   task tokenizer, eos/pad ids in config.json) and its greedy end-number accuracy on the
+   task's eval/ queries goes to LM_DIR/lm_eval.json and the log;
+4. LaSER is trained with `model.init_from=LM_DIR` (architecture fields that restate the
+   LM's values are accepted) and evaluated as before.
+
+Any other config runs as one stage (`main.train_main`).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import jax
+import ml_collections
+
+from laser_jax.data.errors import ConfigError
+from laser_jax.data.synthetic import ensure_generated, read_meta
+
+log = logging.getLogger("laser_jax")
+
+STAGE_FILE = "stage.json"
+EVAL_FILE = "lm_eval.json"
+TRAIN_SUBDIR = "train"
+# Fields of the stage config that name paths (the fingerprint uses the task's content hash
+# instead) or only change logging / checkpoint cadence / devices.
+_NOT_FINGERPRINTED = ("data.train_files", "model.tokenizer", "data.lm_corpus", "data.eval_dir", "train.log_every")
+_NOT_FINGERPRINTED_SECTIONS = ("checkpoint", "mesh", "eval", "pretrain")
+
+
+def wants_pretraining(config) -> bool:
+    p = config.get("pretrain")
+    return bool(p is not None and p.num_steps > 0 and config.data.synthetic and not config.model.init_from
+                and config.train.get("objective", "laser") == "laser")
+
+
+def lm_dir(config, workdir: str) -> str:
+    d = config.pretrain.dir
+    return os.path.abspath(d) if d else os.path.join(workdir, "lm")
+
+
+def stage_config(config, task: dict) -> ml_collections.ConfigDict:
+    """The pretraining stage's run config: this config's model, data formatting and devices;
+    the pretrain section's optimizer; objective causal_lm on the generated task's train.jsonl
+    (queries + reasoning) and corpus.jsonl (passages)."""
+    s = config.copy_and_resolve_references()
+    p = config.pretrain
+    t = s.train
+    t.objective = "causal_lm"
+    t.num_steps, t.batch_size, t.learning_rate = p.num_steps, p.batch_size, p.learning_rate
+    t.warmup_steps, t.warmup_ratio, t.schedule, t.min_lr_ratio = p.warmup_steps, 0.0, p.schedule, p.min_lr_ratio
+    t.weight_decay, t.adam_b2, t.max_grad_norm, t.seed = p.weight_decay, p.adam_b2, p.max_grad_norm, p.seed
+    t.grad_accum_steps, t.cache_chunk_size, t.log_every = 1, 0, p.log_every
+    s.lora.rank = 0
+    s.model.init_from = ""
+    s.model.tokenizer = task["tokenizer"]
+    d = s.data
+    d.synthetic, d.train_files, d.eval_dir, d.lm_corpus, d.lm_format = False, task["train"], "", task["corpus"], "reasonemb"
+    d.shuffle = True
+    s.laser.teacher_from = ""
+    s.checkpoint.every_steps = p.checkpoint_every
+    s.pretrain.num_steps = 0  # the stage itself is one stage
+    return s
+
+
+def fingerprint(stage: ml_collections.ConfigDict, task_dir: str) -> dict:
+    """What decides whether a finished LM can be reused."""
+    c = json.loads(stage.to_json())
+    for name in _NOT_FINGERPRINTED_SECTIONS:
+        c.pop(name, None)
+    for dotted in _NOT_FINGERPRINTED:
+        section, field = dotted.split(".")
+        c.get(section, {}).pop(field, None)
+    meta = read_meta(task_dir) or {}
+    return {"config": c, "task_sha256": meta.get("content_sha256"), "task_seed": meta.get("seed")}
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _has_weights(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) and any(
+        n.endswith(".safetensors") for n in os.listdir(path))
+
+
+def _prepare_dir(out: str, want: dict) -> str:
+    """"reuse" (a finished LM of this fingerprint), "resume" (an unfinished one) or "fresh"
+    (nothing there, or a stale LM, which is removed)."""
+    if not os.path.isdir(out) or not os.listdir(out):
+        return "fresh"
+    stage = _read_json(os.path.join(out, STAGE_FILE))
+    if stage is None:
+        raise ConfigError(f"pretrain.dir: {out} exists, is not empty and holds no {STAGE_FILE}: not a pretraining "
+                          "stage's directory; choose another one (or empty it)")
+    if stage.get("fingerprint") == want:
+        return "reuse" if stage.get("done") and _has_weights(out) else "resume"
+    log.warning("the LM in %s was trained with another stage config or task: training a new one", out)
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    return "fresh"
+
+
+def export_lm(train_dir: str, out: str, tokenizer_dir: str, param_dtype: str) -> None:
+    """The stage's final checkpoint as a Hugging Face directory (weights in the model's
+    parameter dtype, the task tokenizer, eos/pad ids in config.json)."""
+    from laser_jax.inference.load import load_for_inference, load_tokenizer
+    from laser_jax.model.hf_io import save_pretrained
+
+    loaded = load_for_inference(train_dir, "float32")
+    variables = jax.device_get(loaded.variables)
+    save_pretrained(out, variables["params"], loaded.cfg, load_tokenizer(tokenizer_dir), lora=variables.get("lora"),
+                    dtype=param_dtype)
+
+
+def evaluate_lm(config, out: str, eval_dir: str) -> dict:
+    """Greedy end-number accuracy of the LM in `out` on `eval_dir`, into out/lm_eval.json."""
+    from laser_jax.experiments import lm_eval
+    from laser_jax.inference.load import load_hf_dir
+    from laser_jax.model.decoder import Decoder
+
+    started = time.time()
+    loaded = load_hf_dir(out, "float32")
+    result = lm_eval.end_number_accuracy(Decoder(loaded.cfg), loaded.variables, loaded.tokenizer, eval_dir,
+                                         query_template=config.data.query_template,
+                                         chat_template=config.data.chat_template)
+    result["split_dir"] = eval_dir
+    result["seconds"] = round(time.time() - started, 1)
+    _write_json(os.path.join(out, EVAL_FILE), result)
+    return result
+
+
+def pretrain(config, workdir: str, train_main) -> tuple:
+    """Stage 1 (module doc). Returns (exit code, LM directory)."""
+    task = ensure_generated(os.path.join(workdir, "data"), seed=config.data.synthetic_seed)
+    stage = stage_config(config, task)
+    out = lm_dir(config, workdir)
+    want = fingerprint(stage, os.path.dirname(task["train"]))
+    state = _prepare_dir(out, want)
+    if state == "reuse":
+        log.info("stage 1/2: reusing the pretrained LM in %s (same stage config and task)", out)
+    else:
+        log.info("stage 1/2: %s causal-LM pretraining into %s (%d steps)",
+                 "resuming" if state == "resume" else "starting", out, stage.train.num_steps)
+        os.makedirs(out, exist_ok=True)
+        _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": False})
+        started = time.time()
+        code = train_main(stage, os.path.join(out, TRAIN_SUBDIR))
+        if code != 0:
+            return code, out
+        export_lm(os.path.join(out, TRAIN_SUBDIR), out, task["tokenizer"], stage.model.param_dtype)
+        _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": True,
+                                                    "train_seconds": round(time.time() - started, 1)})
+        log.info("stage 1/2: wrote the LM to %s (%.0f s)", out, time.time() - started)
+    if config.pretrain.eval and (state != "reuse" or not os.path.exists(os.path.join(out, EVAL_FILE))):
+        from laser_jax.experiments.lm_eval import format_result
+
+        result = evaluate_lm(config, out, task["eval"])
+        log.info("stage 1/2: LM %s on %s (%.0f s)", format_result(result), task["eval"], result["seconds"])
+        print(f"pretrained LM: {format_result(result)}", flush=True)
+    return 0, out
+
+
+def finetune_config(config, out: str) -> ml_collections.ConfigDict:
+    """Stage 2: this config, starting from the LM (its own tokenizer is the task's)."""
+    c = config.copy_and_resolve_references()
+    c.model.init_from = out
+    return c
+
+
+def run(config, workdir: str, train_main) -> int:
+    """One or two stages (module doc); returns the exit code of the last stage run."""
+    if not wants_pretraining(config):
+        return train_main(config, workdir)
+    from laser_jax.train import faults
+    from laser_jax.train.config import validate
+
+    try:
+        validate(config)  # a bad fine-tuning config fails before the LM is trained
+        code, out = pretrain(config, workdir, train_main)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return faults.EXIT_BAD_INPUT
+    if code != 0:
+        return code
+    log.info("stage 2/2: LaSER from the pretrained LM %s", out)
+    return train_main(finetune_config(config, out), workdir)
