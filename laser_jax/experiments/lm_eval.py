@@ -22,6 +22,9 @@ from typing import Dict, List, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
+
+from laser_jax.cli import define_help, run_cli
 
 from laser_jax.data.formatting import DEFAULT_QUERY_TEMPLATE, chat_wrap, format_query
 from laser_jax.data.tokenize import left_pad, pad_token_id, tokenize_texts
@@ -153,28 +156,35 @@ def format_result(result: Dict) -> str:
             f"{100 * result['exact']:.1f}%; {result['n']} queries")
 
 
-def main(argv=None) -> int:
-    import argparse
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "HF directory, training workdir or checkpoint.", flag_values=FLAGS)
+flags.DEFINE_string("split_dir", None, "BRIGHT-format split of the synthetic task (eval/ or dev/).",
+                    flag_values=FLAGS)
+flags.DEFINE_string("out", "", "Write the result as JSON here.", flag_values=FLAGS)
+flags.DEFINE_integer("max_new", 0, "Most new tokens; 0 = the longest gold reasoning + a margin.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 128, "Queries per generation batch.", flag_values=FLAGS)
+define_help(FLAGS)
 
+
+def _command(f: flags.FlagValues) -> str:
     from laser_jax.inference.load import load_for_inference
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="HF directory, training workdir or checkpoint")
-    p.add_argument("--split_dir", required=True, help="BRIGHT-format split of the synthetic task (eval/ or dev/)")
-    p.add_argument("--out", default="", help="write the result as JSON here")
-    p.add_argument("--max_new", type=int, default=0, help="0 = longest gold reasoning + margin")
-    p.add_argument("--batch_size", type=int, default=128)
-    a = p.parse_args(argv)
-    loaded = load_for_inference(a.model, "float32")
+    if not f.model or not f.split_dir:
+        raise ValueError("--model and --split_dir are required")
+    loaded = load_for_inference(f.model, "float32")
     fmt = loaded.text_format
-    result = end_number_accuracy(Decoder(loaded.cfg), loaded.variables, loaded.tokenizer, a.split_dir,
+    result = end_number_accuracy(Decoder(loaded.cfg), loaded.variables, loaded.tokenizer, f.split_dir,
                                  query_template=fmt.query_template, chat_template=fmt.chat_template,
-                                 max_new=a.max_new, batch_size=a.batch_size)
-    print(format_result(result))
-    if a.out:
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=1)
-    return 0
+                                 max_new=f.max_new, batch_size=f.batch_size)
+    if f.out:
+        with open(f.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+    return format_result(result)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; argv[0] is the program name. Returns the exit status."""
+    return run_cli(FLAGS, _command, argv)
 
 
 if __name__ == "__main__":
