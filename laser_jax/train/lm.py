@@ -58,3 +58,11 @@ def progress_line(step: int, total: int, m: dict, row: dict, mfu: str) -> str:
     return (f"step {step}/{total} | lm loss {m['loss']:.4f} | token acc {m['acc']:.3f} | "
             f"lr {row['learning_rate']:.2e} | {row['step_time_s']:.3f}s/step | {row['tokens_per_s']:.0f} tok/s | "
             f"{row['tflops_per_s']:.3f} TFLOP/s/device{mfu}")
+
+
+def describe(run) -> str:
+    c, cfg = run.config, run.model_cfg
+    start = f"from {c.model.init_from}" if c.model.init_from else "random init"
+    return (f"causal LM: {cfg.family} {cfg.num_params() / 1e6:.1f}M params ({start}, "
+            f"{'LoRA r=%d' % c.lora.rank if c.lora.rank else 'full training'}), mesh {dict(run.mesh.shape)}, "
+            f"{len(run.source)} rows, {run.total_steps} steps of {c.train.batch_size} rows")

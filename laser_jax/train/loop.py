@@ -285,6 +285,8 @@ def log_metrics(run: Run, step: int, metrics: dict, interval: dict, writer: Metr
 
 def describe(run: Run) -> str:
     c, cfg = run.config, run.model_cfg
+    if lm.is_lm(c):  # issue 15
+        return lm.describe(run)
     return (f"{cfg.family} {cfg.num_params() / 1e6:.1f}M params "
             f"({'LoRA r=%d' % c.lora.rank if c.lora.rank else 'full fine-tuning'}), mesh {dict(run.mesh.shape)}, "
             f"{len(run.source)} records, {run.total_steps} steps of {c.train.batch_size} queries x "

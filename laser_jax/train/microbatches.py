@@ -10,7 +10,7 @@ def split_microbatches(batch: Mapping[str, jax.Array], n: int) -> Dict[str, jax.
     """[B, ...] views -> [n, B/n, ...]; micro-batch a takes queries a, a+n, a+2n, ... (strided,
     so every device keeps its share) and the G documents of exactly those queries."""
     out = {}
-    b = batch["q_ids"].shape[0]
+    b = batch["q_ids" if "q_ids" in batch else "ids"].shape[0]  # "ids": a causal-LM batch (issue 15)
     for key, x in batch.items():
         rows = x.shape[0]
         g = rows // b  # 1 for query-aligned arrays, G for documents
