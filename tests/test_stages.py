@@ -29,8 +29,13 @@ def test_stage_config_and_fingerprint():
     assert fp == stages.fingerprint(stages.stage_config(c, _task_paths("/b")), "/no/task")  # paths do not count
     c2 = load_config(os.path.join(ROOT, "configs/tiny.py"), {"pretrain.learning_rate": 1e-3})
     assert fp != stages.fingerprint(stages.stage_config(c2, _task_paths("/a")), "/no/task")
-    c3 = load_config(os.path.join(ROOT, "configs/tiny.py"), {"train.learning_rate": 5e-4})  # fine-tune only
-    assert fp == stages.fingerprint(stages.stage_config(c3, _task_paths("/a")), "/no/task")
+    for fine_tune_only in ({"train.learning_rate": 5e-4}, {"laser.num_thinking_steps": 5},
+                           {"data.group_size": 3}, {"train.log_every": 7}, {"checkpoint.every_steps": 9}):
+        c3 = load_config(os.path.join(ROOT, "configs/tiny.py"), fine_tune_only)
+        assert fp == stages.fingerprint(stages.stage_config(c3, _task_paths("/a")), "/no/task"), fine_tune_only
+    for lm_setting in ({"model.hidden_size": 32}, {"data.explicit_max_len": 90}, {"pretrain.seed": 1}):
+        c4 = load_config(os.path.join(ROOT, "configs/tiny.py"), lm_setting)
+        assert fp != stages.fingerprint(stages.stage_config(c4, _task_paths("/a")), "/no/task"), lm_setting
     for off in ({"model.init_from": "/x"}, {"data.synthetic": False}, {"pretrain.num_steps": 0}):
         assert not stages.wants_pretraining(load_config(os.path.join(ROOT, "configs/tiny.py"), off))
     assert not stages.wants_pretraining(base_config())

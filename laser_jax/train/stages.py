@@ -39,10 +39,11 @@ log = logging.getLogger("laser_jax")
 STAGE_FILE = "stage.json"
 EVAL_FILE = "lm_eval.json"
 TRAIN_SUBDIR = "train"
-# Fields of the stage config that name paths (the fingerprint uses the task's content hash
-# instead) or only change logging / checkpoint cadence / devices.
-_NOT_FINGERPRINTED = ("data.train_files", "model.tokenizer", "data.lm_corpus", "data.eval_dir", "train.log_every")
-_NOT_FINGERPRINTED_SECTIONS = ("checkpoint", "mesh", "eval", "pretrain")
+# What of the stage config decides the LM (the fingerprint): paths are replaced by the
+# task's content hash; logging, checkpoint cadence, devices and the LaSER-only fields are left out.
+_FINGERPRINT_DATA = ("query_template", "chat_template", "lm_format", "lm_max_len", "explicit_max_len",
+                     "lm_num_widths", "lm_sort_batches", "pad_multiple", "shuffle")
+_NOT_FINGERPRINTED_TRAIN = ("log_every", "peak_tflops")
 
 
 def wants_pretraining(config) -> bool:
@@ -81,15 +82,15 @@ def stage_config(config, task: dict) -> ml_collections.ConfigDict:
 
 
 def fingerprint(stage: ml_collections.ConfigDict, task_dir: str) -> dict:
-    """What decides whether a finished LM can be reused."""
+    """What decides whether a finished LM can be reused: the stage's model (without its
+    paths), LM data and optimizer settings, and the task's content hash and seed."""
     c = json.loads(stage.to_json())
-    for name in _NOT_FINGERPRINTED_SECTIONS:
-        c.pop(name, None)
-    for dotted in _NOT_FINGERPRINTED:
-        section, field = dotted.split(".")
-        c.get(section, {}).pop(field, None)
+    model = {k: v for k, v in c["model"].items() if k not in ("tokenizer", "init_from")}
+    data = {k: c["data"][k] for k in _FINGERPRINT_DATA}
+    train = {k: v for k, v in c["train"].items() if k not in _NOT_FINGERPRINTED_TRAIN}
     meta = read_meta(task_dir) or {}
-    return {"config": c, "task_sha256": meta.get("content_sha256"), "task_seed": meta.get("seed")}
+    return {"model": model, "lora": c["lora"], "data": data, "train": train,
+            "task_sha256": meta.get("content_sha256"), "task_seed": meta.get("seed")}
 
 
 def _read_json(path: str):
