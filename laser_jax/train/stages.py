@@ -114,9 +114,9 @@ def _has_weights(path: str) -> bool:
         n.endswith(".safetensors") for n in os.listdir(path))
 
 
-def _prepare_dir(out: str, want: dict) -> str:
-    """"reuse" (a finished LM of this fingerprint), "resume" (an unfinished one) or "fresh"
-    (nothing there, or a stale LM, which is removed)."""
+def _decide(out: str, want: dict) -> str:
+    """"reuse" (a finished LM of this fingerprint), "resume" (an unfinished one), "stale"
+    (an LM of another fingerprint) or "fresh" (nothing there). Reads only."""
     if not os.path.isdir(out) or not os.listdir(out):
         return "fresh"
     stage = _read_json(os.path.join(out, STAGE_FILE))
@@ -125,11 +125,28 @@ def _prepare_dir(out: str, want: dict) -> str:
                           "stage's directory; choose another one (or empty it)")
     if stage.get("fingerprint") == want:
         return "reuse" if stage.get("done") and _has_weights(out) else "resume"
-    log.warning("the LM in %s was trained with another stage config or task: training a new one", out)
-    for name in os.listdir(out):
-        path = os.path.join(out, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    return "fresh"
+    return "stale"
+
+
+def _prepare_dir(out: str, want: dict) -> str:
+    """_decide, then a stale LM is removed (and "fresh" returned)."""
+    state = _decide(out, want)
+    if state == "stale":
+        log.warning("the LM in %s was trained with another stage config or task: training a new one", out)
+        for name in os.listdir(out):
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        state = "fresh"
+    return state
+
+
+def _sync(name: str) -> None:
+    """Every process meets here (several processes run the stages together; process 0
+    alone writes the stage's files)."""
+    if jax.process_count() > 1:
+        from laser_jax import distributed
+
+        distributed.wait_for_all_processes(f"laser_jax/stages/{name}")
 
 
 def export_lm(train_dir: str, out: str, tokenizer_dir: str, param_dtype: str) -> None:
@@ -167,28 +184,35 @@ def pretrain(config, workdir: str, train_main) -> tuple:
     stage = stage_config(config, task)
     out = lm_dir(config, workdir)
     want = fingerprint(stage, os.path.dirname(task["train"]))
-    state = _prepare_dir(out, want)
+    writer = jax.process_index() == 0
+    state = _decide(out, want)  # every process reads before any writes
+    _sync("decided")
     if state == "reuse":
         log.info("stage 1/2: reusing the pretrained LM in %s (same stage config and task)", out)
     else:
         log.info("stage 1/2: %s causal-LM pretraining into %s (%d steps)",
                  "resuming" if state == "resume" else "starting", out, stage.train.num_steps)
-        os.makedirs(out, exist_ok=True)
-        _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": False})
+        if writer:
+            _prepare_dir(out, want)
+            os.makedirs(out, exist_ok=True)
+            _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": False})
+        _sync("prepared")
         started = time.time()
         code = train_main(stage, os.path.join(out, TRAIN_SUBDIR))
         if code != 0:
             return code, out
-        export_lm(os.path.join(out, TRAIN_SUBDIR), out, task["tokenizer"], stage.model.param_dtype)
-        _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": True,
-                                                    "train_seconds": round(time.time() - started, 1)})
-        log.info("stage 1/2: wrote the LM to %s (%.0f s)", out, time.time() - started)
-    if config.pretrain.eval and (state != "reuse" or not os.path.exists(os.path.join(out, EVAL_FILE))):
+        if writer:
+            export_lm(os.path.join(out, TRAIN_SUBDIR), out, task["tokenizer"], stage.model.param_dtype)
+            _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": True,
+                                                        "train_seconds": round(time.time() - started, 1)})
+            log.info("stage 1/2: wrote the LM to %s (%.0f s)", out, time.time() - started)
+    if writer and config.pretrain.eval and (state != "reuse" or not os.path.exists(os.path.join(out, EVAL_FILE))):
         from laser_jax.experiments.lm_eval import format_result
 
         result = evaluate_lm(config, out, task["eval"])
         log.info("stage 1/2: LM %s on %s (%.0f s)", format_result(result), task["eval"], result["seconds"])
         print(f"pretrained LM: {format_result(result)}", flush=True)
+    _sync("exported")
     return 0, out
 
 
