@@ -77,3 +77,27 @@ def test_two_stage_smoke_and_rerun_reuses_the_lm(tmp_path):
     assert stages.run(config, workdir, train_main) == 0  # the rerun: the LM is reused
     assert calls == [("laser", workdir)]
     assert os.path.getmtime(weights) == mtime
+
+
+def test_init_from_accepts_architecture_fields_equal_to_its_config(tmp_path, tokenizer):
+    import jax
+
+    from laser_jax.model.config import preset
+    from laser_jax.model.decoder import init_variables
+    from laser_jax.model.hf_io import save_pretrained
+    from laser_jax.train import setup
+
+    arch = dict(vocab_size=448, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8)
+    cfg = preset("tiny_qwen3", **arch, param_dtype="float32", compute_dtype="float32",
+                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    save_pretrained(str(tmp_path), init_variables(cfg, jax.random.key(0))["params"], cfg, tokenizer, dtype="float32")
+    c = base_config()
+    c.model.init_from = str(tmp_path)
+    for k, v in arch.items():
+        setattr(c.model, k, v)
+    got = setup.model_config(c, tokenizer)  # every field restates the directory's value: accepted
+    assert (got.hidden_size, got.vocab_size) == (32, 448)
+    c.model.hidden_size = 64
+    with pytest.raises(ConfigError, match=r"model.hidden_size: 64 conflicts .*\(hidden_size=32 in its config.json\)"):
+        setup.model_config(c, tokenizer)
