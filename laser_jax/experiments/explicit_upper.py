@@ -6,7 +6,8 @@ instruction, chat wrapping when the model was trained with it), the gold reasoni
 model runs its explicit view (`laser_jax.method.views.explicit_view`: one pass with the EOS
 embedding appended) and v* is the query embedding. Documents go through the latent view
 (`LaserEncoder.encode_documents`), as at inference. Scoring is the project's BRIGHT
-evaluation (`laser_jax.inference.evaluate.score_embeddings`).
+evaluation (`laser_jax.inference.evaluate.score_embeddings`). `evaluate_explicit` is that
+scoring for any query-side reasoning (gold here; an LM's in `laser_jax.experiments.rewrite`).
 
     python -m laser_jax.experiments.explicit_upper --model=WORKDIR --data=EVAL_DIR [--output=R.json]
 """
