@@ -102,7 +102,8 @@ def latency_lines(latency: dict, labels: Optional[Dict[str, str]] = None) -> lis
     lines = ["## Retrieval latency", "",
              "Per-query time from the formatted query to its embedding on this machine's CPU (median "
              "after a compiling warm-up; batch time / batch size), on the first seed's LaSER model "
-             "(basic: the same model at K=1).", "",
+             "(basic: the same model at K=1), in the ablation's job environment (with --parallel > 1 "
+             "XLA runs on one thread per job, this one too).", "",
              "| variant | " + " | ".join(f"{k} ms/query | {k} x basic" for k in keys) + " |",
              "|---|" + "---|---|" * len(keys)]
     for variant, row in latency.items():
