@@ -275,6 +275,7 @@ def run_export(encoder, input_path: str, output_path: str, settings: ExportSetti
     elif index.chunk_size != chunk_size:
         raise ValueError(f"index was scanned with chunk_size={index.chunk_size}, not {chunk_size}")
     fmt = _formatter(encoder, settings.kind, settings.instruction)
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     recorded = _recorded_settings(encoder, settings, fmt, steps, chunk_size, index)
     done = finished_export(final, recorded, settings.overwrite)
     if done is not None:

@@ -1,0 +1,93 @@
+"""Issue 17 ("First contact"), the inference side: what a user following the README hit.
+
+A tiny training workdir is written directly (two checkpoint steps of a random HF model,
+no training), so these tests load real Orbax checkpoints in seconds."""
+import json
+import logging
+import os
+import shutil
+import types
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from hf_models import build_hf_model
+from laser_jax import LaserEncoder
+from laser_jax.data.formatting import TextFormat
+from laser_jax.inference import export, export_hf, load
+from laser_jax.inference import evaluate
+from laser_jax.retrieval.bright import INSTRUCTIONS
+
+TEXTS = ["What is 3 plus 4?", "The number 7 is the sum of two smaller numbers."]
+ENC = dict(max_length=32, batch_size=2)
+K = 2  # the workdir's own K (not the old evaluate default, 3)
+
+
+def write_checkpoint(directory, step, loaded, num_thinking_steps=K):
+    """WORKDIR/checkpoints/<step>/{state, meta} as training writes them (full fine-tuning)."""
+    meta = load.make_meta(types.SimpleNamespace(to_json=lambda: "{}"), loaded.cfg, TextFormat(),
+                          num_thinking_steps, eos_id=2)
+    with ocp.CheckpointManager(os.path.abspath(directory)) as manager:
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeSave({"trainable": {"params": loaded.variables["params"]}}),
+            meta=ocp.args.JsonSave(meta)))
+        manager.wait_until_finished()
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tokenizer, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("hf"))
+    build_hf_model("qwen3", path, vocab_size=len(tokenizer))
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(hf_dir, tokenizer, tmp_path_factory):
+    """A workdir with checkpoints 1 and 2 (same weights), K=2, and its tokenizer."""
+    path = tmp_path_factory.mktemp("run")
+    loaded = load.load_hf_dir(hf_dir, "float32")
+    for step in (1, 2):
+        write_checkpoint(path / load.CHECKPOINTS, step, loaded)
+    tokenizer.save_pretrained(str(path / load.TOKENIZER))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(hf_dir):
+    return LaserEncoder.from_pretrained(hf_dir, dtype="float32", num_thinking_steps=K).encode(TEXTS, **ENC)
+
+
+def corrupt(step_dir):
+    """Truncate every file of the checkpoint's state item (as a crash of the disk might)."""
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):
+        for name in files:
+            open(os.path.join(root, name), "w").close()
+
+
+# ------------------------------------------------------------------ 1. relative model paths
+def test_relative_workdir_path_loads_everywhere(workdir, reference, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(workdir.parent)
+    rel = os.path.join(".", workdir.name)
+    enc = LaserEncoder.from_pretrained(rel, dtype="float32")
+    assert enc.num_thinking_steps == K
+    np.testing.assert_allclose(enc.encode(TEXTS, **ENC), reference, atol=1e-5)
+    # export and export_hf through their command lines, with relative paths throughout
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    shutil.copy(corpus, workdir.parent / "c.jsonl")
+    rc = export.main(["export", f"--model={rel}", "--input=c.jsonl", "--output=out_rel/e.npy", "--kind=raw",
+                      "--max_length=32", "--batch_size=2", "--noprogress"])
+    assert rc == 0, capsys.readouterr().err
+    np.testing.assert_allclose(np.load(workdir.parent / "out_rel" / "e.npy"), reference, atol=1e-5)
+    rc = export_hf.main(["export_hf", f"--model={rel}", "--out=hf_rel", "--dtype=float32"])
+    assert rc == 0, capsys.readouterr().err
+    np.testing.assert_allclose(LaserEncoder.from_pretrained("hf_rel", dtype="float32").encode(TEXTS, **ENC),
+                               reference, atol=1e-5)
+
+
+def test_relative_step_directory_path(workdir, reference, monkeypatch):
+    monkeypatch.chdir(workdir)
+    enc = LaserEncoder.from_pretrained(os.path.join(load.CHECKPOINTS, "1"), dtype="float32")
+    np.testing.assert_allclose(enc.encode(TEXTS, **ENC), reference, atol=1e-5)
