@@ -225,6 +225,8 @@ def test_cli_model_path_uses_laser_encoder(tmp_path, monkeypatch, capsys):
     calls = []
 
     class LaserEncoder:
+        num_thinking_steps = 3
+
         @classmethod
         def from_pretrained(cls, path, dtype=None):
             calls.append(("load", path, dtype))

@@ -91,3 +91,71 @@ def test_relative_step_directory_path(workdir, reference, monkeypatch):
     monkeypatch.chdir(workdir)
     enc = LaserEncoder.from_pretrained(os.path.join(load.CHECKPOINTS, "1"), dtype="float32")
     np.testing.assert_allclose(enc.encode(TEXTS, **ENC), reference, atol=1e-5)
+
+
+# ------------------------------------------------------------ 2. evaluate uses the model's K
+def bright_dir(root):
+    from test_evaluate import random_domain, write_domain
+
+    write_domain(str(root), "pony", *random_domain(np.random.default_rng(0), 12, 3))
+    return str(root)
+
+
+def test_evaluate_defaults_to_the_models_own_K_and_says_which(workdir, tmp_path, capsys):
+    data = bright_dir(tmp_path / "data")
+    out = tmp_path / "r.json"
+    rc = evaluate.main(["evaluate", f"--model={workdir}", f"--data={data}", "--max_length=32",
+                        "--batch_size=4", f"--output={out}"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "num_thinking_steps K=2" in printed
+    default = json.loads(out.read_text())
+    assert default["num_thinking_steps"] == K
+    rc = evaluate.main(["evaluate", f"--model={workdir}", f"--data={data}", "--max_length=32",
+                        "--batch_size=4", f"--output={out}", "--num_thinking_steps=1"])
+    assert rc == 0 and "num_thinking_steps K=1" in capsys.readouterr().out
+    explicit = json.loads(out.read_text())
+    assert explicit["num_thinking_steps"] == 1
+    assert explicit["domains"] != default["domains"]  # K=1 is another model
+
+
+# ----------------------------------------------------------------- 3. an invalid K is an error
+@pytest.mark.parametrize("k", [0, -1])
+def test_invalid_K_on_every_command_line_exits_2_naming_the_flag_before_loading(k, workdir, tmp_path,
+                                                                                  monkeypatch, capsys):
+    from laser_jax.inference import encoder as encoder_module
+
+    def no_load(*_, **__):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(encoder_module, "load_for_inference", no_load)
+    monkeypatch.setattr(load, "load_for_inference", no_load)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "a", "text": "x"}) + "\n")
+    data = bright_dir(tmp_path / "data")
+    for main, args in ((export.main, [f"--input={corpus}", f"--output={tmp_path}/e.npy"]),
+                       (export_hf.main, [f"--out={tmp_path}/hf"]),
+                       (evaluate.main, [f"--data={data}"])):
+        rc = main(["cmd", f"--model={workdir}", f"--num_thinking_steps={k}", *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and err.startswith(f"error: --num_thinking_steps={k}: "), err
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_invalid_K_in_every_python_api(k, hf_dir, tmp_path):
+    from laser_jax.inference.mteb import LaserMtebEncoder
+
+    with pytest.raises(ValueError, match="num_thinking_steps must be >= 1"):
+        LaserEncoder.from_pretrained(hf_dir, num_thinking_steps=k)
+    enc = LaserEncoder.from_pretrained(hf_dir, dtype="float32")
+    with pytest.raises(ValueError, match="num_thinking_steps must be >= 1"):
+        enc.encode(TEXTS, num_thinking_steps=k, **ENC)
+    with pytest.raises(ValueError, match="num_thinking_steps must be >= 1"):
+        LaserEncoder(enc.cfg, enc.variables, enc.tokenizer, num_thinking_steps=k)
+    with pytest.raises(ValueError, match="num_thinking_steps must be >= 1"):
+        LaserMtebEncoder(encoder=enc, num_thinking_steps=k)
+    with pytest.raises(ValueError, match="num_thinking_steps must be >= 1"):
+        export.ExportSettings(num_thinking_steps=k).check()
+    with pytest.raises(ValueError, match="num_thinking_steps must be >= 1"):
+        export_hf.export_hf(hf_dir, str(tmp_path / "hf"), num_thinking_steps=k)
+    assert not os.path.exists(tmp_path / "hf")

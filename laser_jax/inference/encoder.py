@@ -37,6 +37,17 @@ from laser_jax.model.decoder import Decoder
 EncodeFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
+def check_num_thinking_steps_flag(value: Optional[int]) -> Optional[int]:
+    """A command line's --num_thinking_steps, checked before any work: None (the model's
+    own K) or a K >= 1 (`resolve_num_thinking_steps`); ValueError naming the flag otherwise."""
+    if value is None:
+        return None
+    try:
+        return resolve_num_thinking_steps(value, value)
+    except ValueError as e:
+        raise ValueError(f"--num_thinking_steps={value}: {e}") from None
+
+
 def default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
@@ -96,7 +107,7 @@ class LaserEncoder:
         self.variables = variables
         self.tokenizer = tokenizer
         self.text_format = text_format
-        self.num_thinking_steps = num_thinking_steps
+        self.num_thinking_steps = resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
         self.bucketing = bucketing
         self.model = Decoder(cfg)
 
@@ -117,6 +128,8 @@ class LaserEncoder:
             the spec's template without chat wrapping and J = 3).
         """
         dtype = dtype or default_dtype()
+        if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
+            resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
         loaded = load_for_inference(path, dtype)
         fmt = loaded.text_format
         fmt = dataclasses.replace(

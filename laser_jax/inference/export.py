@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from laser_jax import distributed
 from laser_jax.cli import run_cli
-from laser_jax.inference.encoder import LaserEncoder
+from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag
 from laser_jax.inference.export_input import InputIndex, read_records, scan_input
 from laser_jax.inference.export_parts import (
     assemble, check_other_shardings, cleanup_parts, final_paths, finished_export, output_base, part_paths,
@@ -113,6 +113,8 @@ class ExportSettings:
             raise ValueError("--instruction applies to --kind=query only")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype={self.dtype!r} must be one of {DTYPES}")
+        if self.num_thinking_steps is not None:
+            resolve_num_thinking_steps(self.num_thinking_steps, self.num_thinking_steps)
         if self.batch_size < 1 or self.max_length < 1:
             raise ValueError(f"batch_size ({self.batch_size}) and max_length ({self.max_length}) must be >= 1")
         if self.num_shards is None and self.shard_index is not None:
@@ -360,6 +362,7 @@ def run(f: flags.FlagValues) -> ExportResult:
         return ExportResult(f.output, meta["num_rows"], meta["dim"], 0, 0, 0, True)
     if not f.model or not f.input:
         raise ValueError("--model and --input are required (or --assemble)")
+    check_num_thinking_steps_flag(f.num_thinking_steps)
     settings = ExportSettings(
         kind=f.kind, instruction=f.instruction, num_thinking_steps=f.num_thinking_steps,
         max_length=f.max_length, batch_size=f.batch_size, dtype=f.dtype, chunk_size=f.chunk_size,

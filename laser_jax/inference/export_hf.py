@@ -26,6 +26,7 @@ from absl import flags, logging
 
 from laser_jax.cli import run_cli
 from laser_jax.inference import load, torch_encoder
+from laser_jax.inference.encoder import check_num_thinking_steps_flag
 from laser_jax.method.views import resolve_num_thinking_steps
 from laser_jax.model import hf_io
 
@@ -91,6 +92,8 @@ def export_hf(model_path: str, out_dir: str, *, dtype: str = "bfloat16",
     """
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r} must be one of {DTYPES}")
+    if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
+        resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
     _check_out_dir(out_dir, overwrite, model_path)  # fail before the (slow) load
     loaded = load.load_for_inference(model_path, "float32")
     return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
@@ -186,6 +189,7 @@ flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_
 def _run(f: flags.FlagValues) -> str:
     if not f.model or not f.out:
         raise ValueError("--model and --out are required")
+    check_num_thinking_steps_flag(f.num_thinking_steps)
     return export_hf(f.model, f.out, dtype=f.dtype, num_thinking_steps=f.num_thinking_steps, overwrite=f.overwrite)
 
 

@@ -123,6 +123,8 @@ class LaserMtebEncoder:
                  instructions: Optional[Mapping[str, str]] = None,
                  default_instruction: str = DEFAULT_INSTRUCTION, **kwargs: Any):
         del device, kwargs
+        if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
+            resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
         if encoder is None:
             if not model_name:
                 raise ValueError("give model_name (a model path) or an encoder")
