@@ -159,3 +159,18 @@ def test_invalid_K_in_every_python_api(k, hf_dir, tmp_path):
     with pytest.raises(ValueError, match="num_thinking_steps must be >= 1"):
         export_hf.export_hf(hf_dir, str(tmp_path / "hf"), num_thinking_steps=k)
     assert not os.path.exists(tmp_path / "hf")
+
+
+# ------------------------------------------------ 4. padding follows the texts, not max_length
+def test_short_texts_are_padded_to_their_own_width_at_the_default_max_length(hf_dir, reference):
+    from laser_jax.inference.evaluate import FLAGS as EVAL_FLAGS
+    from laser_jax.inference.mteb import LaserMtebEncoder
+
+    enc = LaserEncoder.from_pretrained(hf_dir, dtype="float32", num_thinking_steps=K)
+    long_max = EVAL_FLAGS["max_length"].default
+    assert long_max == 8192 and LaserMtebEncoder(encoder=enc).max_length == 8192
+    got = enc.encode(TEXTS, max_length=long_max, batch_size=2)
+    assert enc.compiled_widths == (16,)  # both texts are <= 16 tokens
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+    enc.encode([" ".join(["number"] * 100)], max_length=long_max, batch_size=2)
+    assert enc.compiled_widths == (16, 128)

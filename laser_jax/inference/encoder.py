@@ -7,8 +7,11 @@
     scores = q @ d.T
 
 Texts are sorted by length, cut into batches of `batch_size` rows (the last one padded
-with empty rows), left padded to a few length buckets, so a long corpus compiles one
-program per bucket; rows come back in input order whatever the batching.
+with empty rows), left padded to the width bucket of the batch's longest text
+(`laser_jax.data.tokenize.batch_width`: 16, 32, 48, 64, then powers of two, capped at
+max_length), so a long corpus compiles one program per bucket and short texts stay short
+whatever max_length is; rows come back in input order whatever the batching.
+`LaserEncoder.compiled_widths` lists the widths its batches have had.
 
 The parts, for other views of the model (`laser_jax.experiments.explicit_upper`):
   encode_latent(model, variables, ids, mask, num_steps)   the jitted latent view ([B, D])
@@ -27,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from laser_jax.data.formatting import TextFormat, chat_wrap, format_query
-from laser_jax.data.tokenize import Bucketing, left_pad, pad_token_id, tokenize_texts
+from laser_jax.data.tokenize import INFERENCE_BUCKETING, Bucketing, left_pad, pad_token_id, tokenize_texts
 from laser_jax.inference.load import load_for_inference
 from laser_jax.method.views import latent_view, resolve_num_thinking_steps
 from laser_jax.model.config import ModelConfig
@@ -61,7 +64,7 @@ def encode_latent(model: Decoder, variables, ids, mask, num_steps: int):
 
 
 def iter_batches(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, *, max_length: int = 512,
-                 batch_size: int = 32, bucketing: Bucketing = Bucketing()
+                 batch_size: int = 32, bucketing: Bucketing = INFERENCE_BUCKETING
                  ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yield (row indices into `texts`, float32 embeddings) batch by batch, longest first.
 
@@ -70,7 +73,7 @@ def iter_batches(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, *, max_le
       texts: the formatted texts.
       encode_fn: (ids, mask) -> [B, D], e.g. `functools.partial(encode_latent, model,
         variables, num_steps=K)`; called on batches of exactly `batch_size` rows (the last
-        one padded with empty rows) whose width is a length bucket of `max_length`.
+        one padded with empty rows) whose width is the length bucket of its longest row.
       max_length: truncation length in tokens.
       batch_size: rows per call.
       bucketing: how batch widths are chosen.
@@ -102,7 +105,7 @@ class LaserEncoder:
     """Latent-view encoder over one backbone (inference only)."""
 
     def __init__(self, cfg: ModelConfig, variables, tokenizer, text_format: TextFormat = TextFormat(),
-                 num_thinking_steps: int = 3, bucketing: Bucketing = Bucketing()):
+                 num_thinking_steps: int = 3, bucketing: Bucketing = INFERENCE_BUCKETING):
         self.cfg = cfg
         self.variables = variables
         self.tokenizer = tokenizer
@@ -110,6 +113,13 @@ class LaserEncoder:
         self.num_thinking_steps = resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
         self.bucketing = bucketing
         self.model = Decoder(cfg)
+        self.batch_shapes = set()  # (rows, width) of every batch encoded so far
+
+    @property
+    def compiled_widths(self) -> Tuple[int, ...]:
+        """The padded widths (tokens) of the batches encoded so far, ascending: one compiled
+        program each (per K and batch size)."""
+        return tuple(sorted({w for _, w in self.batch_shapes}))
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -142,7 +152,13 @@ class LaserEncoder:
     def encode_fn(self, num_thinking_steps: Optional[int] = None) -> EncodeFn:
         """(ids, mask) -> latent-view embeddings with K steps (default: the model's own)."""
         steps = resolve_num_thinking_steps(num_thinking_steps, self.num_thinking_steps)
-        return functools.partial(encode_latent, self.model, self.variables, num_steps=steps)
+        encode = functools.partial(encode_latent, self.model, self.variables, num_steps=steps)
+
+        def encode_fn(ids, mask):
+            self.batch_shapes.add(tuple(ids.shape))
+            return encode(ids, mask)
+
+        return encode_fn
 
     def iter_batches(self, texts: Sequence[str], num_thinking_steps: Optional[int] = None,
                      max_length: int = 512, batch_size: int = 32
