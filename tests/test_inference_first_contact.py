@@ -174,3 +174,32 @@ def test_short_texts_are_padded_to_their_own_width_at_the_default_max_length(hf_
     np.testing.assert_allclose(got, reference, atol=1e-5)
     enc.encode([" ".join(["number"] * 100)], max_length=long_max, batch_size=2)
     assert enc.compiled_widths == (16, 128)
+
+
+# ------------------------------------- 7. a damaged newest checkpoint falls back, as training does
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(workdir, reference, tmp_path, caplog, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    corrupt(run / load.CHECKPOINTS / "2")
+    with caplog.at_level(logging.WARNING, logger="laser_jax"):
+        enc = LaserEncoder.from_pretrained(str(run), dtype="float32")
+    warned = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"checkpoint step 2 in {run}/checkpoints could not be loaded" in warned
+    assert "loaded checkpoint step 1" in warned
+    np.testing.assert_allclose(enc.encode(TEXTS, **ENC), reference, atol=1e-5)
+    caplog.clear()
+    data = bright_dir(tmp_path / "data")
+    rc = evaluate.main(["evaluate", f"--model={run}", f"--data={data}", "--max_length=32", "--batch_size=4"])
+    assert rc == 0 and "could not be loaded" in caplog.text
+    rc = export_hf.main(["export_hf", f"--model={run}", f"--out={tmp_path}/hf", "--dtype=float32"])
+    assert rc == 0
+    # None restores: one line naming the directory, exit 2; nothing is moved or deleted.
+    corrupt(run / load.CHECKPOINTS / "1")
+    capsys.readouterr()
+    rc = export_hf.main(["export_hf", f"--model={run}", f"--out={tmp_path}/hf2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {run}/checkpoints: no checkpoint could be loaded (step 2: "), err
+    assert sorted(os.listdir(run / load.CHECKPOINTS)) == ["1", "2"]
+    with pytest.raises(load.CheckpointLoadError, match="step 1: "):
+        LaserEncoder.from_pretrained(str(run))
