@@ -156,11 +156,43 @@ def ids_path(npy_path: str) -> str:
     return base + ".ids.txt"
 
 
+FINITE_CHECK_ROWS = 65536  # rows per block of the finiteness check of saved embeddings
+
+
+def _open_npy(npy_path: str) -> np.ndarray:
+    """np.load(mmap_mode="r") with errors that name the file (a truncated file otherwise
+    says only "mmap length is greater than file size")."""
+    try:
+        return np.load(npy_path, mmap_mode="r")
+    except ValueError as e:
+        if "mmap length is greater than file size" in str(e) or "cannot reshape" in str(e):
+            raise ValueError(f"{npy_path}: the file is shorter than its header says: it looks "
+                             f"truncated (an interrupted copy or export?) ({e})") from None
+        raise ValueError(f"{npy_path}: not a readable .npy file ({e})") from None
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{npy_path}: not a readable .npy file ({e})") from None
+
+
+def check_finite_rows(emb, path: str, block_rows: int = FINITE_CHECK_ROWS) -> None:
+    """ValueError naming `path` and its first rows with NaN or Inf (read in blocks, so a
+    memory-mapped corpus is never loaded whole)."""
+    bad, count = [], 0
+    for start in range(0, emb.shape[0], block_rows):
+        block = np.asarray(emb[start:start + block_rows])
+        rows = np.nonzero(~np.isfinite(block).all(axis=tuple(range(1, block.ndim))))[0]
+        count += len(rows)
+        bad.extend(int(start + r) for r in rows[:max(0, 5 - len(bad))])
+    if count:
+        raise ValueError(f"{path}: {count} row(s) with NaN or Inf values, first rows {bad} (0-based); "
+                         "re-export these embeddings")
+
+
 def _load_embeddings(npy_path: str, expected_ids: Sequence[str], what: str):
-    """Memory-maps an .npy and reads its ids, checking they are exactly expected_ids (any order)."""
+    """Memory-maps an .npy and reads its ids, checking they are exactly expected_ids (any order)
+    and that every row is finite."""
     if not os.path.isfile(npy_path):
         raise FileNotFoundError(f"{npy_path}: {what} embeddings file not found")
-    emb = np.load(npy_path, mmap_mode="r")
+    emb = _open_npy(npy_path)
     id_file = ids_path(npy_path)
     if not os.path.isfile(id_file):
         raise FileNotFoundError(f"{id_file}: ids file for {npy_path} not found (one id per "
@@ -184,6 +216,7 @@ def _load_embeddings(npy_path: str, expected_ids: Sequence[str], what: str):
         raise ValueError(f"{id_file}: ids do not match the domain's {what} ids: "
                          f"{len(missing)} missing (e.g. {missing[:3]}), "
                          f"{len(extra)} unknown (e.g. {extra[:3]})")
+    check_finite_rows(emb, npy_path)
     return emb, ids
 
 
