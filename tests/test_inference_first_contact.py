@@ -203,3 +203,21 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(workdir, reference,
     assert sorted(os.listdir(run / load.CHECKPOINTS)) == ["1", "2"]
     with pytest.raises(load.CheckpointLoadError, match="step 1: "):
         LaserEncoder.from_pretrained(str(run))
+
+
+# ------------------------------------------------------- 9. sizes are checked by their own names
+@pytest.mark.parametrize("flag", ["--batch_size=0", "--max_length=0", "--chunk_size=0", "--batch_size=-3",
+                                  "--num_shards=0"])
+def test_export_sizes_are_checked_by_their_own_flag_names(flag, tmp_path, capsys):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"id": "a", "text": "x"}) + "\n")
+    rc = export.main(["export", "--model=/no/such/model", f"--input={corpus}", f"--output={tmp_path}/e.npy", flag])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: {flag} must be an integer >= 1\n", err
+
+
+@pytest.mark.parametrize("flag", ["--batch_size=0", "--max_length=-1", "--block_size=0"])
+def test_evaluate_sizes_are_checked_by_their_own_flag_names(flag, tmp_path, capsys):
+    rc = evaluate.main(["evaluate", "--model=/no/such/model", f"--data={tmp_path}", flag])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: {flag} must be an integer >= 1\n", err

@@ -51,6 +51,17 @@ def check_num_thinking_steps_flag(value: Optional[int]) -> Optional[int]:
         raise ValueError(f"--num_thinking_steps={value}: {e}") from None
 
 
+def check_positive(**values) -> None:
+    """ValueError naming the first of `values` (flag name = value) that is not an integer
+    >= 1, e.g. check_positive(batch_size=0) -> "--batch_size=0 must be an integer >= 1";
+    None values (a default) pass."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"--{name}={value} must be an integer >= 1")
+
+
 def default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
@@ -78,8 +89,7 @@ def iter_batches(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, *, max_le
       batch_size: rows per call.
       bucketing: how batch widths are chosen.
     """
-    if batch_size < 1 or max_length < 1:
-        raise ValueError(f"batch_size ({batch_size}) and max_length ({max_length}) must be >= 1")
+    check_positive(batch_size=batch_size, max_length=max_length)
     rows = tokenize_texts(tokenizer, list(texts), max_length)
     order = np.argsort([-len(r) for r in rows], kind="stable")
     pad = pad_token_id(tokenizer)

@@ -28,7 +28,7 @@ import numpy as np
 from absl import flags, logging
 
 from laser_jax.cli import run_cli
-from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag
+from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag, check_positive
 from laser_jax.method.views import resolve_num_thinking_steps
 from laser_jax.retrieval import bright
 from laser_jax.retrieval.metrics import DEFAULT_METRICS, evaluate_run, run_from_topk
@@ -329,6 +329,7 @@ def run(f: flags.FlagValues) -> dict:
     if not f.data:
         raise ValueError("--data is required")
     check_num_thinking_steps_flag(f.num_thinking_steps)
+    check_positive(max_length=f.max_length, batch_size=f.batch_size, block_size=f.block_size)
     steps = None
     precomputed = (f.query_embeddings is not None, f.document_embeddings is not None)
     if any(precomputed):
