@@ -221,3 +221,52 @@ def test_evaluate_sizes_are_checked_by_their_own_flag_names(flag, tmp_path, caps
     rc = evaluate.main(["evaluate", "--model=/no/such/model", f"--data={tmp_path}", flag])
     err = capsys.readouterr().err
     assert rc == 2 and err == f"error: {flag} must be an integer >= 1\n", err
+
+
+# ------------------------------------------------------ 8. export_hf onto a full disk: exit 4, no leftovers
+class SafetensorError(Exception):
+    """Stands in for safetensors' error type (what a real full disk raises)."""
+
+
+def test_export_hf_on_a_full_disk_exits_4_and_leaves_nothing(hf_dir, tmp_path, monkeypatch, capsys):
+    from laser_jax.model import hf_io
+
+    def full_disk_save(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 100)  # a partial shard, as a real full disk leaves
+        raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                              'message: "No space left on device" })')
+
+    out = tmp_path / "exports" / "hf"
+    good = tmp_path / "exports" / "good"
+    assert export_hf.main(["export_hf", f"--model={hf_dir}", f"--out={good}", "--dtype=float32"]) == 0
+    before = {n: (good / n).read_bytes() for n in os.listdir(good)}
+    monkeypatch.setattr(hf_io, "save_file", full_disk_save)
+    capsys.readouterr()
+    rc = export_hf.main(["export_hf", f"--model={hf_dir}", f"--out={out}"])
+    err = capsys.readouterr().err
+    assert rc == 4 and err.count("\n") == 1, err
+    assert err.startswith(f"error: disk full: could not write the Hugging Face export to {out} "
+                          "(no space left on device)"), err
+    assert sorted(os.listdir(tmp_path / "exports")) == ["good"]  # no partial directory
+    # --overwrite onto an existing export: the old one stays whole
+    rc = export_hf.main(["export_hf", f"--model={hf_dir}", f"--out={good}", "--overwrite"])
+    assert rc == 4 and sorted(os.listdir(tmp_path / "exports")) == ["good"]
+    assert {n: (good / n).read_bytes() for n in os.listdir(good)} == before
+    with pytest.raises(export_hf.DiskFullError) as e:
+        export_hf.export_hf(hf_dir, str(out))
+    assert e.value.errno == 28 and not out.exists()
+
+
+def test_export_hf_overwrite_replaces_the_model_files(hf_dir, tmp_path):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "model-00001-of-00002.safetensors").write_text("stale shard")
+    export_hf.export_hf(hf_dir, str(out), dtype="float32", num_thinking_steps=1, overwrite=True)
+    names = sorted(os.listdir(out))
+    assert "notes.txt" in names and "model.safetensors" in names
+    assert "model-00001-of-00002.safetensors" not in names
+    assert json.loads((out / "laser.json").read_text())["num_thinking_steps"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["hf"]
+    LaserEncoder.from_pretrained(str(out), dtype="float32").encode(TEXTS, **ENC)

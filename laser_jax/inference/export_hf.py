@@ -13,12 +13,20 @@ adapters, when present, are folded into the base weights; then HF_DIR gets:
   README.md                         a model card: how to encode with K latent steps, with
                                     laser_jax and with plain PyTorch (laser_jax.inference.torch_encoder)
 
+Everything is written into a temporary sibling of HF_DIR (`.HF_DIR.partial-<pid>`) that is
+renamed into place at the end (with --overwrite, its files replace those of HF_DIR); on any
+failure it is removed, so no partial model directory is left behind. A full disk is one
+"error: disk full: ..." line and exit status 4 (docs/faults.md).
+
 In process: `export_loaded(loaded_model, out_dir, dtype=...)` or `export_hf(path, out_dir)`.
 """
 from __future__ import annotations
 
+import errno
 import inspect
 import os
+import re
+import shutil
 import sys
 from typing import Optional, Sequence
 
@@ -34,6 +42,51 @@ __all__ = ["export_loaded", "export_hf", "model_card", "main"]
 
 DTYPES = ("bfloat16", "float16", "float32")
 MODEL_DIR_PLACEHOLDER = "path/to/this/model"
+EXIT_DISK_FULL = 4  # docs/faults.md
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "enospc", "storagefull")
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
+
+
+class DiskFullError(OSError):
+    """The export ran out of disk space (nothing was left behind)."""
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` or its cause/context chain says the disk is full (OSError ENOSPC /
+    EDQUOT, or safetensors' SafetensorError wrapping one)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(exc).lower() for t in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _partial_dir(out_dir: str) -> str:
+    path = os.path.abspath(out_dir)
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial-{os.getpid()}")
+
+
+def _move_into_place(partial: str, out_dir: str) -> None:
+    """The finished export in `partial` becomes `out_dir`: renamed when out_dir is absent
+    or empty, else its files replace out_dir's (old weight shards removed first)."""
+    if os.path.isdir(out_dir) and not os.listdir(out_dir):
+        os.rmdir(out_dir)
+    if not os.path.exists(out_dir):
+        os.replace(partial, out_dir)
+        return
+    for stale in os.listdir(out_dir):
+        if _WEIGHT_FILE.fullmatch(stale):
+            os.remove(os.path.join(out_dir, stale))
+    for name in os.listdir(partial):
+        target = os.path.join(out_dir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(partial, name), target)
+    os.rmdir(partial)
 
 
 def _check_out_dir(out_dir: str, overwrite: bool, source: Optional[str] = None) -> None:
@@ -73,14 +126,29 @@ def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
     if lora and not loaded.cfg.lora_rank:
         raise ValueError("the variables carry LoRA adapters but the config has lora_rank=0, so "
                          "their scale (lora_alpha / lora_rank) is unknown")
+    partial = _partial_dir(out_dir)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _write(loaded, partial, dtype, steps, lora, source)
+        _move_into_place(partial, out_dir)
+    except BaseException as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, Exception) and _is_disk_full(e):
+            raise DiskFullError(errno.ENOSPC, f"disk full: could not write the Hugging Face export to "
+                                f"{out_dir} (no space left on device); nothing was left behind. Free space "
+                                "(or choose --out on a larger disk) and rerun the same command.") from e
+        raise
+    logging.info("exported %s (%s, K=%d) to %s", source or "model", dtype, steps, out_dir)
+    return out_dir
+
+
+def _write(loaded, out_dir: str, dtype: str, steps: int, lora, source: Optional[str]) -> None:
     hf_io.save_pretrained(out_dir, loaded.variables["params"], loaded.cfg, tokenizer=loaded.tokenizer,
                           lora=lora, dtype=dtype)
     load.write_laser_meta(out_dir, loaded.text_format, steps)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(loaded.cfg, loaded.text_format, steps, dtype=dtype, source=source,
                            merged_lora=bool(lora)))
-    logging.info("exported %s (%s, K=%d) to %s", source or "model", dtype, steps, out_dir)
-    return out_dir
 
 
 def export_hf(model_path: str, out_dir: str, *, dtype: str = "bfloat16",
@@ -186,11 +254,16 @@ flags.DEFINE_boolean("overwrite", False, "Allow a non-empty --out directory.", f
 flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_name="h")
 
 
-def _run(f: flags.FlagValues) -> str:
+def _run(f: flags.FlagValues):
     if not f.model or not f.out:
         raise ValueError("--model and --out are required")
     check_num_thinking_steps_flag(f.num_thinking_steps)
-    return export_hf(f.model, f.out, dtype=f.dtype, num_thinking_steps=f.num_thinking_steps, overwrite=f.overwrite)
+    try:
+        return export_hf(f.model, f.out, dtype=f.dtype, num_thinking_steps=f.num_thinking_steps,
+                         overwrite=f.overwrite)
+    except DiskFullError as e:
+        print(f"error: {e.strerror}", file=sys.stderr)
+        return EXIT_DISK_FULL
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
