@@ -10,6 +10,9 @@ adapters, when present, are folded into the base weights; then HF_DIR gets:
   config.json, model*.safetensors   loadable by transformers.AutoModelForCausalLM
   tokenizer files                   the model's tokenizer
   laser.json                        num_thinking_steps K, query_template, chat_template
+  laser_st.py, modules.json,        a sentence-transformers module running the latent loop
+  config_sentence_transformers.json  (`SentenceTransformer(HF_DIR, trust_remote_code=True)`;
+                                    without trust_remote_code it refuses to load)
   README.md                         a model card: how to encode with K latent steps, with
                                     laser_jax and with plain PyTorch (laser_jax.inference.torch_encoder)
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import json
 import os
 import re
 import shutil
@@ -43,6 +47,9 @@ __all__ = ["export_loaded", "export_hf", "model_card", "main"]
 DTYPES = ("bfloat16", "float16", "float32")
 MODEL_DIR_PLACEHOLDER = "path/to/this/model"
 EXIT_DISK_FULL = 4  # docs/faults.md
+ST_MODULE_FILE = "laser_st.py"  # laser_jax/inference/laser_st.py, copied into every export
+ST_MODULE_CLASS = "laser_st.LaserLatentEncoder"
+DEFAULT_QUERY_INSTRUCTION = "Given a query, retrieve relevant passages that answer the query."
 _DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "enospc", "storagefull")
 _WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
 
@@ -142,10 +149,26 @@ def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
     return out_dir
 
 
+def write_sentence_transformers_files(out_dir: str,
+                                      query_instruction: str = DEFAULT_QUERY_INSTRUCTION) -> None:
+    """laser_st.py (the self-contained module), modules.json naming it, and
+    config_sentence_transformers.json: prompts "query" (an instruction, filled into the
+    query template by the module) and "document" (none), cosine similarity."""
+    shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), ST_MODULE_FILE),
+                    os.path.join(out_dir, ST_MODULE_FILE))
+    with open(os.path.join(out_dir, "modules.json"), "w", encoding="utf-8") as f:
+        json.dump([{"idx": 0, "name": "0", "path": "", "type": ST_MODULE_CLASS}], f, indent=2)
+    with open(os.path.join(out_dir, "config_sentence_transformers.json"), "w", encoding="utf-8") as f:
+        json.dump({"model_type": "SentenceTransformer",
+                   "prompts": {"query": query_instruction, "document": ""},
+                   "default_prompt_name": None, "similarity_fn_name": "cosine"}, f, indent=2)
+
+
 def _write(loaded, out_dir: str, dtype: str, steps: int, lora, source: Optional[str]) -> None:
     hf_io.save_pretrained(out_dir, loaded.variables["params"], loaded.cfg, tokenizer=loaded.tokenizer,
                           lora=lora, dtype=dtype)
     load.write_laser_meta(out_dir, loaded.text_format, steps)
+    write_sentence_transformers_files(out_dir)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(loaded.cfg, loaded.text_format, steps, dtype=dtype, source=source,
                            merged_lora=bool(lora)))
@@ -232,6 +255,24 @@ scores = q @ d.T
 ```
 
 Corpora: `python -m laser_jax.export --model={MODEL_DIR_PLACEHOLDER} --input=docs.jsonl --output=docs.npy`.
+
+## With sentence-transformers
+
+`laser_st.py` (beside the weights) runs the same latent loop in PyTorch; loading it needs
+`trust_remote_code=True` (without it sentence-transformers refuses to load the model rather
+than pool it another way). A prompt is the query *instruction*: `encode_query(texts,
+prompt=...)` fills the query template with it (the saved "query" prompt is a generic
+instruction); `encode_document` and plain `encode` use the texts as they are.
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{MODEL_DIR_PLACEHOLDER}", trust_remote_code=True)
+q = model.encode_query(["What is 3 plus 4?"],
+                       prompt="Given a question, retrieve passages that answer it.")
+d = model.encode_document(["The number 7 is the sum of two smaller numbers."])
+scores = model.similarity(q, d)
+```
 
 ## With PyTorch and transformers only
 
