@@ -233,11 +233,11 @@ def test_cli_model_path_uses_laser_encoder(tmp_path, monkeypatch, capsys):
             return cls()
 
         def encode_queries(self, queries, instruction, num_thinking_steps=3, max_length=512,
-                           batch_size=32):
+                           batch_size=32, **_):
             calls.append(("q", instruction, num_thinking_steps, max_length, batch_size))
             return np.stack([hash_vec(t) for t in queries]).astype(np.float32)
 
-        def encode_documents(self, docs, num_thinking_steps=3, max_length=512, batch_size=32):
+        def encode_documents(self, docs, num_thinking_steps=3, max_length=512, batch_size=32, **_):
             calls.append(("d", num_thinking_steps, max_length, batch_size))
             return np.stack([hash_vec(t) for t in docs]).astype(np.float32)
 

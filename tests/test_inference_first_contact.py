@@ -270,3 +270,23 @@ def test_export_hf_overwrite_replaces_the_model_files(hf_dir, tmp_path):
     assert json.loads((out / "laser.json").read_text())["num_thinking_steps"] == 1
     assert sorted(os.listdir(tmp_path)) == ["hf"]
     LaserEncoder.from_pretrained(str(out), dtype="float32").encode(TEXTS, **ENC)
+
+
+# --------------------------------------------------------------------------- 10. progress bars
+def test_encode_progress_bar_is_opt_in_and_on_stderr(hf_dir, capsys):
+    enc = LaserEncoder.from_pretrained(hf_dir, dtype="float32")
+    enc.encode(TEXTS, **ENC)
+    assert capsys.readouterr().err == ""
+    enc.encode(TEXTS, show_progress_bar=True, **ENC)
+    captured = capsys.readouterr()
+    assert "2/2" in captured.err and captured.out == ""
+
+
+def test_evaluate_shows_progress_over_the_corpus(workdir, tmp_path, capsys):
+    data = bright_dir(tmp_path / "data")
+    assert evaluate.main(["evaluate", f"--model={workdir}", f"--data={data}", "--max_length=32"]) == 0
+    err = capsys.readouterr().err
+    assert "documents" in err and "12/12" in err
+    assert evaluate.main(["evaluate", f"--model={workdir}", f"--data={data}", "--max_length=32",
+                          "--noprogress"]) == 0
+    assert "12/12" not in capsys.readouterr().err

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from laser_jax.data.formatting import TextFormat, chat_wrap, format_query
 from laser_jax.data.tokenize import INFERENCE_BUCKETING, Bucketing, left_pad, pad_token_id, tokenize_texts
@@ -102,12 +104,16 @@ def iter_batches(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, *, max_le
         yield idx, np.asarray(jax.device_get(emb), np.float32)[:len(idx)]
 
 
-def encode_texts(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, dim: int, **batching
-                 ) -> np.ndarray:
-    """float32 [N, dim]: every text through `iter_batches(..., **batching)`, in input order."""
+def encode_texts(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, dim: int, *,
+                 show_progress_bar: bool = False, desc: str = "encode", **batching) -> np.ndarray:
+    """float32 [N, dim]: every text through `iter_batches(..., **batching)`, in input order;
+    with `show_progress_bar` a tqdm bar (texts) on stderr."""
     out = np.zeros((len(texts), dim), np.float32)
-    for idx, emb in iter_batches(tokenizer, texts, encode_fn, **batching):
-        out[idx] = emb
+    with tqdm(total=len(texts), unit="text", desc=desc, file=sys.stderr, dynamic_ncols=True,
+              disable=not show_progress_bar) as bar:
+        for idx, emb in iter_batches(tokenizer, texts, encode_fn, **batching):
+            out[idx] = emb
+            bar.update(len(idx))
     return out
 
 
@@ -178,14 +184,23 @@ class LaserEncoder:
                             batch_size=batch_size, bucketing=self.bucketing)
 
     def encode(self, texts: Sequence[str], num_thinking_steps: Optional[int] = None, max_length: int = 512,
-               batch_size: int = 32) -> np.ndarray:
+               batch_size: int = 32, show_progress_bar: bool = False, desc: str = "encode") -> np.ndarray:
         """Embed texts exactly as given (the tokenizer's own special tokens, no template).
+
+        Args:
+          texts: the texts.
+          num_thinking_steps: K (default: the model's own).
+          max_length: truncation length in tokens.
+          batch_size: rows per compiled call.
+          show_progress_bar: a tqdm bar (texts) on stderr.
+          desc: the bar's label.
 
         Returns:
           float32 [N, D], L2-normalised rows in input order.
         """
         return encode_texts(self.tokenizer, texts, self.encode_fn(num_thinking_steps), self.cfg.hidden_size,
-                            max_length=max_length, batch_size=batch_size, bucketing=self.bucketing)
+                            max_length=max_length, batch_size=batch_size, bucketing=self.bucketing,
+                            show_progress_bar=show_progress_bar, desc=desc)
 
     def format_queries(self, queries: Sequence[str], instruction: str) -> list:
         texts = [format_query(self.text_format.query_template, instruction, q) for q in queries]

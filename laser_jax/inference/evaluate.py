@@ -304,10 +304,13 @@ flags.DEFINE_string("query_embeddings", None, "Pre-computed query embeddings Q.n
                     "(with Q.ids.txt).", flag_values=FLAGS)
 flags.DEFINE_string("document_embeddings", None, "Pre-computed document embeddings D.npy "
                     "(with D.ids.txt).", flag_values=FLAGS)
+flags.DEFINE_boolean("progress", True, "Progress bars (stderr) while encoding queries and documents.",
+                     flag_values=FLAGS)
 flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_name="h")
 
 
-def _laser_encoder_fns(model_path: str, num_thinking_steps: Optional[int], max_length: int, batch_size: int):
+def _laser_encoder_fns(model_path: str, num_thinking_steps: Optional[int], max_length: int, batch_size: int,
+                       progress: bool = True):
     """(encode_queries_fn, encode_documents_fn, K) backed by LaserEncoder; K is
     `num_thinking_steps`, or the model's own when None (laser_jax.method.views.resolve_num_thinking_steps)."""
     enc = LaserEncoder.from_pretrained(model_path, dtype=None)
@@ -315,11 +318,13 @@ def _laser_encoder_fns(model_path: str, num_thinking_steps: Optional[int], max_l
 
     def encode_queries(texts, instruction):
         return enc.encode_queries(texts, instruction, num_thinking_steps=num_thinking_steps,
-                                  max_length=max_length, batch_size=batch_size)
+                                  max_length=max_length, batch_size=batch_size,
+                                  show_progress_bar=progress, desc="queries")
 
     def encode_documents(texts):
         return enc.encode_documents(texts, num_thinking_steps=num_thinking_steps,
-                                    max_length=max_length, batch_size=batch_size)
+                                    max_length=max_length, batch_size=batch_size,
+                                    show_progress_bar=progress, desc="documents")
 
     return encode_queries, encode_documents, num_thinking_steps
 
@@ -347,7 +352,8 @@ def run(f: flags.FlagValues) -> dict:
     else:
         if not f.model:
             raise ValueError("--model is required (or --query_embeddings/--document_embeddings)")
-        q_fn, d_fn, steps = _laser_encoder_fns(f.model, f.num_thinking_steps, f.max_length, f.batch_size)
+        q_fn, d_fn, steps = _laser_encoder_fns(f.model, f.num_thinking_steps, f.max_length, f.batch_size,
+                                               f.progress)
         results = evaluate_dir(f.data, q_fn, d_fn, domains=f.domains, block_size=f.block_size)
     summary = summarize(results, steps)
     print(format_table(results, steps), flush=True)
