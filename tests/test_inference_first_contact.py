@@ -290,3 +290,30 @@ def test_evaluate_shows_progress_over_the_corpus(workdir, tmp_path, capsys):
     assert evaluate.main(["evaluate", f"--model={workdir}", f"--data={data}", "--max_length=32",
                           "--noprogress"]) == 0
     assert "12/12" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ 11. log noise
+NOISE = ("PyTorch was not found", "Unable to initialize backend", "orbax", "Restoring checkpoint",
+         "Created BasePyTreeCheckpointHandler", "throughput")
+
+
+def test_inference_commands_print_no_library_noise_but_keep_warnings(workdir, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run)
+    corrupt(run / load.CHECKPOINTS / "2")
+    data = bright_dir(tmp_path / "data")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # As a user without torch, with Python logging at INFO (where jax reports its TPU probe).
+    driver = ("import logging, sys; logging.basicConfig(level=logging.INFO); sys.modules['torch'] = None; "
+              "from laser_jax.evaluate import main; sys.exit(main(sys.argv))")
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-c", driver, f"--model={run}", f"--data={data}", "--max_length=32",
+                           "--noprogress"], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if any(n in line for n in NOISE)], proc.stderr
+    assert "checkpoint step 2 in" in proc.stderr and "could not be loaded" in proc.stderr
+    assert "pony" in proc.stdout

@@ -27,6 +27,7 @@ import orbax.checkpoint as ocp
 from transformers import AutoTokenizer
 
 from laser_jax.data.formatting import TextFormat
+from laser_jax.inference.quiet import quiet_loading
 from laser_jax.model import hf_io
 from laser_jax.model.config import ModelConfig, RopeScaling, from_hf_config, resolve_attention_impl
 from laser_jax.model.decoder import abstract_variables
@@ -159,7 +160,7 @@ def restore_variables(step_dir: str, cfg: ModelConfig) -> dict:
     item = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), saved)
     restore_args = jax.tree_util.tree_map(
         lambda x: ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype), item)
-    with ocp.PyTreeCheckpointer() as ckptr:  # Orbax wants an absolute path
+    with quiet_loading(), ocp.PyTreeCheckpointer() as ckptr:  # Orbax wants an absolute path
         restored = ckptr.restore(os.path.abspath(os.path.join(step_dir, "state")), args=ocp.args.PyTreeRestore(
             item=item, restore_args=restore_args, partial_restore=True))
     pdt = dtype_of(cfg.param_dtype)
