@@ -201,5 +201,6 @@ def test_sentence_transformers_with_chat_wrapping(src_dir, tokenizer, tmp_path):
     st = SentenceTransformer(out, trust_remote_code=True, device="cpu")
     enc = LaserEncoder.from_pretrained(out, dtype="float32")
     opts = dict(batch_size=4, max_length=64)
-    assert _cos(st.encode_query(QUERIES, prompt=INSTRUCTION), enc.encode_queries(QUERIES, INSTRUCTION, **opts)).min() >= 0.9999
+    q = st.encode_query(QUERIES, prompt=INSTRUCTION)
+    assert _cos(q, enc.encode_queries(QUERIES, INSTRUCTION, **opts)).min() >= 0.9999
     assert _cos(st.encode_document(DOCS), enc.encode_documents(DOCS, **opts)).min() >= 0.9999
