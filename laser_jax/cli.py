@@ -45,6 +45,9 @@ def run_cli(flag_values: flags.FlagValues, run: Callable[[flags.FlagValues], Uni
     """
     argv = list(sys.argv if argv is None else argv)
     flag_values.unparse_flags()
+    if any(a in ("-h", "--help") for a in argv[1:]):  # before parsing: required flags may be missing
+        print(flag_values.get_help(include_special_flags=False))
+        return 0
     try:
         rest = flag_values(argv)
     except flags.Error as e:

@@ -84,3 +84,15 @@ def test_repad_left_widens_and_shifts_segments():
     batch["q_ids"] = np.array([[3, 7]], np.int32)
     assert repad_left(batch, {"q": 4})["q_ids"].tolist() == [[3, 3, 3, 7]]
     assert repad_left(batch, {"e": 4})["e_ids"].tolist() == [[0, 5, 6, 7]]
+
+
+def test_inference_widths_follow_the_batch_not_the_maximum():
+    from laser_jax.data.tokenize import INFERENCE_BUCKETING, batch_width
+
+    widths = [batch_width(n, 8192) for n in (0, 1, 16, 17, 20, 33, 48, 49, 64, 65, 128, 129, 1000, 8192)]
+    assert widths == [16, 16, 16, 32, 32, 48, 48, 64, 64, 128, 128, 256, 1024, 8192]
+    assert INFERENCE_BUCKETING.length(20, 8192) == 32       # not 1024 (1/8 of 8192)
+    assert batch_width(300, 300) == 300 and batch_width(70, 100) == 100  # capped at max_len
+    assert len({batch_width(n, 8192) for n in range(8193)}) == 4 + 7     # 16..64, 128..8192
+    with pytest.raises(ValueError, match="longer than max_len"):
+        batch_width(513, 512)

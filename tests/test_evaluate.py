@@ -225,17 +225,19 @@ def test_cli_model_path_uses_laser_encoder(tmp_path, monkeypatch, capsys):
     calls = []
 
     class LaserEncoder:
+        num_thinking_steps = 3
+
         @classmethod
         def from_pretrained(cls, path, dtype=None):
             calls.append(("load", path, dtype))
             return cls()
 
         def encode_queries(self, queries, instruction, num_thinking_steps=3, max_length=512,
-                           batch_size=32):
+                           batch_size=32, **_):
             calls.append(("q", instruction, num_thinking_steps, max_length, batch_size))
             return np.stack([hash_vec(t) for t in queries]).astype(np.float32)
 
-        def encode_documents(self, docs, num_thinking_steps=3, max_length=512, batch_size=32):
+        def encode_documents(self, docs, num_thinking_steps=3, max_length=512, batch_size=32, **_):
             calls.append(("d", num_thinking_steps, max_length, batch_size))
             return np.stack([hash_vec(t) for t in docs]).astype(np.float32)
 
@@ -250,3 +252,36 @@ def test_cli_model_path_uses_laser_encoder(tmp_path, monkeypatch, capsys):
     assert list(got["domains"]) == ["pony"]
     assert set(got["average"]) == {"ndcg@10", "recall@10", "recall@100"}
     assert "pony" in capsys.readouterr().out
+
+
+def test_precomputed_non_finite_rows_are_an_error_naming_file_and_rows(tmp_path, capsys, monkeypatch):
+    d, qids, dids, q_emb, d_emb = designed_domain(str(tmp_path))
+    q, dd = str(tmp_path / "Q.npy"), str(tmp_path / "D.npy")
+    save_embeddings(q, qids, q_emb)
+    bad = d_emb.astype(np.float32)
+    bad[[3, 7, 9, 11]] = np.nan
+    bad[5, 0] = np.inf
+    save_embeddings(dd, dids, bad)
+    monkeypatch.setattr(evaluate, "FINITE_CHECK_ROWS", 4)  # rows found across blocks
+    rc = evaluate.main(["evaluate", f"--data={d}", f"--query_embeddings={q}", f"--document_embeddings={dd}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {dd}: 5 row(s) with NaN or Inf values, first rows [3, 5, 7, 9, 11]"), err
+    q_bad = q_emb.copy()
+    q_bad[1, 2] = np.nan
+    save_embeddings(q, qids, q_bad)
+    with pytest.raises(ValueError, match=r"Q.npy: 1 row\(s\) with NaN or Inf values, first rows \[1\]"):
+        evaluate.evaluate_precomputed(d, q, dd)
+
+
+def test_truncated_npy_names_the_file(tmp_path, capsys):
+    d, qids, dids, q_emb, d_emb = designed_domain(str(tmp_path))
+    q, dd = str(tmp_path / "Q.npy"), str(tmp_path / "D.npy")
+    save_embeddings(q, qids, q_emb)
+    save_embeddings(dd, dids, d_emb.astype(np.float32))
+    with open(dd, "r+b") as f:
+        f.truncate(os.path.getsize(dd) - 100)
+    rc = evaluate.main(["evaluate", f"--data={d}", f"--query_embeddings={q}", f"--document_embeddings={dd}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {dd}: the file is shorter than its header says: it looks truncated"), err

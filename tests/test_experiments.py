@@ -24,12 +24,19 @@ def task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def micro(task, tmp_path_factory):
     """A 2-step ablation of two variants and one seed through the real trainer (subprocesses),
-    on the tiny config's :smoke variant shrunk further."""
+    on the tiny config's :smoke variant shrunk further, with rewrite-then-retrieve (a tiny random
+    LM saved as an HF directory) and the latency table."""
+    from laser_jax.inference.load import load_tokenizer
+    from laser_jax.model.hf_io import save_pretrained
+    from tiny_models import tiny_loaded
+
     root = tmp_path_factory.mktemp("ablation")
     out, runs = str(root / "out"), str(root / "runs")
-    code = ablate.main(["ablate", "--seeds=0", "--variants=basic,laser", "--steps=2", f"--out={out}",
-                        f"--runs_dir={runs}", f"--task_dir={os.path.dirname(task['meta'])}",
-                        "--config=configs/tiny.py:smoke", "--split=dev", *MICRO_MODEL])
+    lm = tiny_loaded(load_tokenizer(task["tokenizer"]), seed=5)
+    lm_dir = save_pretrained(str(root / "lm"), lm.variables["params"], lm.cfg, lm.tokenizer, dtype="float32")
+    code = ablate.main(["ablate", "--seeds=0", "--variants=basic,laser,rewrite_then_retrieve", "--steps=2",
+                        f"--out={out}", f"--runs_dir={runs}", f"--task_dir={os.path.dirname(task['meta'])}",
+                        "--config=configs/tiny.py:smoke", "--split=dev", f"--lm={lm_dir}", *MICRO_MODEL])
     return code, out, runs
 
 
@@ -38,9 +45,12 @@ def test_micro_ablation_writes_json_markdown_and_plot(micro):
     assert code == 0, open(os.path.join(runs, "laser", "seed0", "log_eval_results.txt")).read()[-3000:]
     with open(os.path.join(out, "ablation.json")) as f:
         result = json.load(f)
-    assert set(result) == {"metric", "seeds", "variants", "command", "machine"}
+    assert set(result) == {"metric", "seeds", "variants", "command", "machine", "latency"}
     assert result["metric"] == "ndcg@10" and result["seeds"] == [0]
-    assert set(result["variants"]) == {"basic", "laser"}
+    assert set(result["variants"]) == {"basic", "laser", "rewrite_then_retrieve"}
+    assert set(result["latency"]) == {"basic", "laser", "rewrite_then_retrieve"}
+    assert set(result["latency"]["laser"]) == {"batch1", "batch64"}
+    assert result["latency"]["basic"]["batch64"]["ratio_to_basic"] == 1.0
     for v in result["variants"].values():
         assert set(v) == {"mean", "std", "per_seed"}
         assert len(v["per_seed"]) == 1 and 0.0 <= v["mean"] <= 1.0 and v["std"] == 0.0
@@ -48,6 +58,8 @@ def test_micro_ablation_writes_json_markdown_and_plot(micro):
     assert "ablate" in result["command"] and "CPU" in result["machine"]
     md = open(os.path.join(out, "ablation.md")).read()
     assert "| LaSER |" in md and "steps2" in md and "2 steps x 4 queries" in md
+    assert "| rewrite-then-retrieve (LM reasoning + explicit view) |" in md and "## Retrieval latency" in md
+    assert os.path.isfile(os.path.join(runs, "rewrite_cache", "dev", "steps2.jsonl"))
     with open(os.path.join(out, "ablation.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     # both runs trained the asked budget through the trainer, K=1 for basic

@@ -94,9 +94,10 @@ def test_export_writes_laser_meta_readme_and_tokenizer(exported):
 def test_readme_torch_snippet_runs_and_matches_module(exported):
     card = open(os.path.join(exported, "README.md")).read()
     blocks = re.findall(r"```python\n(.*?)```", card, re.S)
-    assert len(blocks) == 2 and "LaserEncoder.from_pretrained" in blocks[0]
+    assert len(blocks) == 3 and "LaserEncoder.from_pretrained" in blocks[0]
+    assert "SentenceTransformer(" in blocks[1]
     scope = {}
-    exec(blocks[1].replace(export_hf.MODEL_DIR_PLACEHOLDER, exported), scope)  # noqa: S102
+    exec(blocks[2].replace(export_hf.MODEL_DIR_PLACEHOLDER, exported), scope)  # noqa: S102
     model, tok, meta = torch_encoder.load(exported)
     want = torch_encoder.latent_embed(model, tok, scope["queries"], 2)
     np.testing.assert_allclose(scope["q"], want, atol=1e-6)
@@ -159,3 +160,47 @@ def test_torch_formatting_matches_laser_encoder_with_chat_wrapping(tokenizer):
     assert torch_encoder.format_texts(tokenizer, QUERIES, meta, INSTRUCTION) == enc.format_queries(QUERIES, INSTRUCTION)
     assert torch_encoder.format_texts(tokenizer, DOCS, meta) == enc.format_documents(DOCS)
     assert torch_encoder.format_texts(tokenizer, DOCS, {"query_template": TEMPLATE}) == DOCS
+
+
+# ------------------------------------------------------------------ sentence-transformers
+def test_sentence_transformers_loads_the_export_with_the_latent_loop(exported, unmerged):
+    from sentence_transformers import SentenceTransformer
+
+    names = set(os.listdir(exported))
+    assert {"laser_st.py", "modules.json", "config_sentence_transformers.json"} <= names
+    st = SentenceTransformer(exported, trust_remote_code=True, device="cpu")
+    enc = LaserEncoder.from_pretrained(exported, dtype="float32")
+    texts = QUERIES + DOCS
+    assert _cos(st.encode(texts, batch_size=4), enc.encode(texts, **ENC)).min() >= 0.9999
+    # A prompt is the query instruction (filled into the query template), documents as they are.
+    long = dict(batch_size=4, max_length=64)  # templated queries are longer than 16 tokens
+    q = st.encode_query(QUERIES, prompt=INSTRUCTION)
+    assert _cos(q, unmerged.encode_queries(QUERIES, INSTRUCTION, **long)).min() >= 0.9999
+    default_q = st.encode_query(QUERIES)
+    assert _cos(default_q, enc.encode_queries(QUERIES, export_hf.DEFAULT_QUERY_INSTRUCTION, **long)).min() >= 0.9999
+    d = st.encode_document(DOCS)
+    assert _cos(d, enc.encode_documents(DOCS, **long)).min() >= 0.9999
+    assert np.allclose(np.linalg.norm(d, axis=-1), 1.0, atol=1e-5)
+    assert st.get_embedding_dimension() == enc.cfg.hidden_size
+
+
+def test_sentence_transformers_refuses_the_export_without_trust_remote_code(exported):
+    from sentence_transformers import SentenceTransformer
+
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        SentenceTransformer(exported, device="cpu")
+
+
+def test_sentence_transformers_with_chat_wrapping(src_dir, tokenizer, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    base = model_io.load_hf_dir(src_dir, "float32")
+    chat = model_io.LoadedModel(base.cfg, base.variables, base.tokenizer,
+                                TextFormat(query_template=TEMPLATE, chat_template=True), 3)
+    out = export_hf.export_loaded(chat, str(tmp_path / "chat"), dtype="float32")
+    st = SentenceTransformer(out, trust_remote_code=True, device="cpu")
+    enc = LaserEncoder.from_pretrained(out, dtype="float32")
+    opts = dict(batch_size=4, max_length=64)
+    q = st.encode_query(QUERIES, prompt=INSTRUCTION)
+    assert _cos(q, enc.encode_queries(QUERIES, INSTRUCTION, **opts)).min() >= 0.9999
+    assert _cos(st.encode_document(DOCS), enc.encode_documents(DOCS, **opts)).min() >= 0.9999

@@ -147,3 +147,16 @@ def test_model_meta_needs_mteb(model, monkeypatch):
     fresh = LaserMtebEncoder(encoder=model.encoder)
     with pytest.raises(ImportError, match="pip install mteb"):
         fresh.mteb_model_meta
+
+
+def test_mteb_batch_size_and_progress_bar_are_honoured(model, encoder, capsys):
+    encoder.batch_shapes.clear()
+    got = model.encode(loader(DOCS), task_metadata=task("X"), prompt_type="document", batch_size=2,
+                       show_progress_bar=True)
+    assert {rows for rows, _ in encoder.batch_shapes} == {2}
+    assert "3/3" in capsys.readouterr().err
+    np.testing.assert_allclose(got, encoder.encode(DOCS, **OPTS), atol=1e-6)
+    encoder.batch_shapes.clear()
+    model.encode(loader(DOCS), task_metadata=task("X"), prompt_type="document")
+    assert {rows for rows, _ in encoder.batch_shapes} == {OPTS["batch_size"]}
+    assert capsys.readouterr().err == ""

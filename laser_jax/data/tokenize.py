@@ -4,7 +4,10 @@ A text is tokenized as `tokenizer(text, add_special_tokens=True)` (whatever spec
 tokens the tokenizer itself adds), truncated on the RIGHT at `max_len`, and LEFT padded
 with the pad id (EOS when the tokenizer has no pad token); the mask is 1 on real tokens.
 A batch is padded to the length bucket of its longest row, so XLA compiles only a handful
-of shapes. All arrays are int32 numpy.
+of shapes. Training buckets by fractions of the maximum length (a few shapes per view);
+inference (`INFERENCE_BUCKETING`) follows the texts actually in the batch: multiples of 16
+up to 64, then powers of two, capped at the maximum length, so a 20-token query is padded
+to 32 whatever the maximum (8192 by default at evaluation). All arrays are int32 numpy.
 """
 from __future__ import annotations
 
@@ -34,13 +37,20 @@ class Bucketing:
       multiple: every length is a multiple of this.
       fractions: bucket lengths are these fractions of max_len (rounded up to `multiple`);
         None pads to the longest row rounded up to `multiple` (many shapes).
+      powers_of_two: widths follow the longest row whatever max_len: multiples of
+        `multiple` up to 4 x `multiple`, then powers of two, capped at max_len
+        (`batch_width`; `fractions` is then unused).
     """
 
     multiple: int = 16
     fractions: Optional[Tuple[float, ...]] = DEFAULT_FRACTIONS
+    powers_of_two: bool = False
 
     def length(self, n: int, max_len: int) -> int:
-        """Padded length for a batch whose longest row has `n` tokens (see bucket_length)."""
+        """Padded length for a batch whose longest row has `n` tokens (see bucket_length,
+        batch_width)."""
+        if self.powers_of_two:
+            return batch_width(n, max_len, self.multiple)
         return bucket_length(n, max_len, self.multiple, self.fractions)
 
 
@@ -87,6 +97,33 @@ def bucket_length(n: int, max_len: int, multiple: int = 16,
         if length >= n:
             return length
     raise ValueError(f"row of {n} tokens is longer than max_len={max_len}")
+
+
+def batch_width(n: int, max_len: int, multiple: int = 16) -> int:
+    """Padded width of a batch whose longest row has `n` tokens, following `n` only.
+
+    Widths: `multiple`, 2x, 3x, 4x `multiple` (16, 32, 48, 64), then powers of two (128,
+    256, ...), capped at `max_len`; about log2(max_len) shapes in all, and a batch of
+    short texts stays narrow however large `max_len` is.
+
+    Args:
+      n: tokens in the longest row (0 <= n <= max_len).
+      max_len: the truncation length.
+      multiple: the step of the small widths.
+    """
+    if max_len < 1 or multiple < 1:
+        raise ConfigError(f"max_len ({max_len}) and multiple ({multiple}) must be >= 1")
+    if n > max_len:
+        raise ValueError(f"row of {n} tokens is longer than max_len={max_len}")
+    if n <= 4 * multiple:
+        width = _round_up(n, multiple)
+    else:
+        width = 1 << (int(n) - 1).bit_length()
+    return min(width, max_len)
+
+
+# Inference: batch widths follow the texts in the batch (see batch_width).
+INFERENCE_BUCKETING = Bucketing(powers_of_two=True)
 
 
 def pad_token_id(tokenizer) -> int:

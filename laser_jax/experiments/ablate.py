@@ -19,9 +19,17 @@ development split, for tuning). Variants:
                           then a student distilled from it frozen (laser.teacher_from)
   explicit_upper          the trained `laser` models' explicit view fed the gold reasoning
                           (laser_jax.experiments.explicit_upper): an upper bound
+  rewrite_then_retrieve   the trained `laser` models' explicit view fed reasoning written by a
+                          pretrained language model (--lm; laser_jax.experiments.rewrite): the
+                          baseline LaSER replaces; the LM writes once for all seeds
+
+With --latency (the default) the per-query retrieval time of basic (K=1), LaSER (the latent
+view) and rewrite-then-retrieve (with --lm) is measured once, on the first seed's `laser`
+model, after every other job (laser_jax.experiments.latency), into ablation.json's "latency"
+and a table in ablation.md.
 
 Outputs in OUT: ablation.json ({"metric", "seeds", "variants": {name: {mean, std,
-per_seed}}, "command", "machine"}), ablation.md (table with per-domain means, the command,
+per_seed}}, "command", "machine"}, and "latency" when measured), ablation.md (table with per-domain means, the command,
 machine, date, budget and timings) and ablation.png. Runs live in RUNS (default
 runs/ablation); a run whose workdir already holds results for the same command is reused.
 """
@@ -41,6 +49,7 @@ from absl import flags
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data import synthetic
 from laser_jax.experiments.jobs import REPO_ROOT, Job, child_env, cpu_slots, run_jobs
+from laser_jax.experiments.rewrite import lm_fingerprint
 from laser_jax.experiments.report import (load_average, machine_description, results_json, summarize_scores,
                                           write_markdown, write_plot)
 
@@ -57,14 +66,17 @@ VARIANTS: Dict[str, dict] = {
 }
 TEACHER = {"laser.lambda_latent": 0.0, "laser.lambda_kl_out": 0.0, "laser.lambda_kl_mid": 0.0,
            "data.eval_dir": ""}
-DERIVED = ("explicit_upper",)  # evaluated from the `laser` runs, no training of its own
+DERIVED = ("explicit_upper", "rewrite_then_retrieve")  # evaluated from the `laser` runs, no training
+DERIVED_MODULES = {"explicit_upper": "laser_jax.experiments.explicit_upper",
+                   "rewrite_then_retrieve": "laser_jax.experiments.rewrite"}
 ALL_VARIANTS = tuple(VARIANTS) + DERIVED
 DEFAULT_VARIANTS = ALL_VARIANTS
 LABELS = {"basic": "basic contrastive (K=1)", "latent_only": "latent only (K=3, no explicit view)",
           "laser": "LaSER", "no_process_alignment": "w/o process alignment (lambda_kl_mid=0)",
           "no_output_distillation": "w/o output distillation (lambda_kl_out=0)",
           "no_co_learning": "w/o co-learning (frozen explicit teacher)",
-          "explicit_upper": "explicit view + gold reasoning (upper bound)"}
+          "explicit_upper": "explicit view + gold reasoning (upper bound)",
+          "rewrite_then_retrieve": "rewrite-then-retrieve (LM reasoning + explicit view)"}
 
 
 # ----------------------------------------------------------------------------- config
@@ -116,9 +128,40 @@ def train_argv(config: str, workdir: str, overrides: dict) -> List[str]:
             *[f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]]
 
 
+def derived_job(variant: str, seed: int, seeds: Sequence[int], variants: Sequence[str], runs_dir: str,
+                data: dict, split: str, eval_max_length: int, eval_batch_size: int, lm: str = "") -> Job:
+    """The evaluation of a derived variant (DERIVED) on the seed's trained `laser` run."""
+    laser_run = os.path.join(runs_dir, "laser", f"seed{seed}")
+    out = os.path.join(laser_run, f"{variant}_{split}.json")
+    argv = [sys.executable, "-m", DERIVED_MODULES[variant], f"--model={laser_run}", f"--data={data[split]}",
+            f"--output={out}", f"--max_length={eval_max_length}", f"--batch_size={eval_batch_size}"]
+    deps = [f"laser/seed{seed}"] if "laser" in variants else []
+    config = None
+    if variant == "rewrite_then_retrieve":
+        argv += [f"--lm={lm}", f"--cache_dir={os.path.join(runs_dir, 'rewrite_cache', split)}"]
+        config = {"lm": lm_fingerprint(lm) if os.path.isdir(lm) else None}  # a rewritten LM reruns
+        if seed != seeds[0]:  # the first seed's job writes the cache the others read
+            deps.append(f"{variant}/seed{seeds[0]}")
+    return Job(f"{variant}/seed{seed}", variant, seed, laser_run, argv, out, deps, config=config,
+               owns_workdir=False)
+
+
+def latency_job(jobs: List[Job], seeds: Sequence[int], runs_dir: str, data: dict, split: str, lm: str,
+                max_length: int) -> Job:
+    """The latency measurement on the first seed's `laser` run, after every other job (alone)."""
+    out = os.path.join(runs_dir, "latency.json")
+    argv = [sys.executable, "-m", "laser_jax.experiments.latency",
+            f"--model={os.path.join(runs_dir, 'laser', f'seed{seeds[0]}')}", f"--data={data[split]}",
+            f"--output={out}", f"--max_length={max_length}"] + ([f"--lm={lm}"] if lm else [])
+    job = Job("latency", "latency", seeds[0], runs_dir, argv, out, [j.name for j in jobs], owns_workdir=False)
+    if os.path.exists(job.marker):
+        os.remove(job.marker)  # timings are measured again by every ablation run, never reused
+    return job
+
+
 def plan_jobs(variants: Sequence[str], seeds: Sequence[int], config: str, runs_dir: str, data: dict,
-              split: str, base: dict, eval_max_length: int, eval_batch_size: int) -> List[Job]:
-    """Jobs for every (variant, seed), with the teacher runs and upper-bound evaluations."""
+              split: str, base: dict, eval_max_length: int, eval_batch_size: int, lm: str = "") -> List[Job]:
+    """Jobs for every (variant, seed), with the teacher runs and the derived evaluations."""
     data_overrides = {"data.synthetic": False, "data.train_files": data["train"],
                       "model.tokenizer": data["tokenizer"], "data.eval_dir": data[split]}
     jobs = []
@@ -126,14 +169,9 @@ def plan_jobs(variants: Sequence[str], seeds: Sequence[int], config: str, runs_d
         for seed in seeds:
             run = os.path.join(runs_dir, variant, f"seed{seed}")
             common = {**data_overrides, **base, "train.seed": seed}
-            if variant == "explicit_upper":
-                laser_run = os.path.join(runs_dir, "laser", f"seed{seed}")
-                out = os.path.join(laser_run, f"explicit_upper_{split}.json")
-                argv = [sys.executable, "-m", "laser_jax.experiments.explicit_upper", f"--model={laser_run}",
-                        f"--data={data[split]}", f"--output={out}", f"--max_length={eval_max_length}",
-                        f"--batch_size={eval_batch_size}"]
-                jobs.append(Job(f"explicit_upper/seed{seed}", variant, seed, laser_run, argv, out,
-                                deps=[f"laser/seed{seed}"] if "laser" in variants else []))
+            if variant in DERIVED:
+                jobs.append(derived_job(variant, seed, seeds, variants, runs_dir, data, split, eval_max_length,
+                                        eval_batch_size, lm))
                 continue
             overrides = {**common, **VARIANTS[variant]}
             deps = []
@@ -174,7 +212,36 @@ flags.DEFINE_multi_string("set", [], "extra config override FIELD=VALUE for ever
 flags.DEFINE_string("task_dir", "", "an already generated task (laser_jax.data.synthetic) to use instead of "
                     "generating the config's into RUNS/data", flag_values=FLAGS)
 flags.DEFINE_string("notes", "", "a markdown file appended to ablation.md", flag_values=FLAGS)
+flags.DEFINE_string("lm", "", "pretrained language model (HF directory) that writes the reasoning of "
+                    "rewrite_then_retrieve (and is timed by --latency)", flag_values=FLAGS)
+flags.DEFINE_boolean("latency", True, "measure per-query retrieval time (basic, laser, rewrite_then_retrieve) "
+                     "once, on the first seed's laser run", flag_values=FLAGS)
 define_help(FLAGS)
+
+
+def pretrained_lm_dir(f, runs_dir: str) -> str:
+    """The language model of rewrite_then_retrieve: --lm (absolute), or "" when there is none.
+    The one place a default LM (e.g. one pretrained into RUNS) is to be hooked in."""
+    del runs_dir  # no default LM yet
+    return os.path.abspath(f.lm) if f.lm else ""
+
+
+def _variants(f, lm: str) -> Optional[List[str]]:
+    """--variants, checked (None after an error line). rewrite_then_retrieve needs an LM: asked
+    for without one it is an error; in the default list it is left out with a note."""
+    variants = [v.strip() for v in f.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    if unknown:
+        print(f"error: unknown variants {unknown} (known: {', '.join(ALL_VARIANTS)})", file=sys.stderr)
+        return None
+    if "rewrite_then_retrieve" in variants and not lm:
+        if f["variants"].present:
+            print("error: the variant rewrite_then_retrieve needs a pretrained language model: give --lm=HF_DIR",
+                  file=sys.stderr)
+            return None
+        print("[ablate] no --lm: rewrite_then_retrieve left out", file=sys.stderr)
+        variants.remove("rewrite_then_retrieve")
+    return variants
 
 
 def _task(f, runs_dir: str, cfg) -> Optional[dict]:
@@ -197,31 +264,33 @@ def _task(f, runs_dir: str, cfg) -> Optional[dict]:
 def _command(f, argv: Sequence[str]) -> int:
     t0, load0 = time.time(), load_average()
     seeds = [int(s) for s in f.seeds.split(",") if s.strip()]
-    variants = [v.strip() for v in f.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in ALL_VARIANTS]
-    if unknown or not seeds:
-        print(f"error: unknown variants {unknown} (known: {', '.join(ALL_VARIANTS)})" if unknown
-              else "error: no seeds", file=sys.stderr)
+    runs_dir = os.path.abspath(f.runs_dir)
+    lm = pretrained_lm_dir(f, runs_dir)
+    variants = _variants(f, lm)
+    if variants is None or not seeds:
+        if variants is not None:
+            print("error: no seeds", file=sys.stderr)
         return 2
     config = resolve_config_path(f.config)
     base = {k: _parse_value(v) for k, v in (kv.split("=", 1) for kv in f.set)}
     if f.steps:
         base["train.num_steps"] = f.steps
     cfg = load_config(config, base)
-    runs_dir = os.path.abspath(f.runs_dir)
     os.makedirs(runs_dir, exist_ok=True)
     data = _task(f, runs_dir, cfg)
     if data is None:
         return 2
-    jobs = plan_jobs(variants, seeds, config, runs_dir, data, f.split, base,
-                     max(cfg.eval.max_length, cfg.data.explicit_max_len), cfg.eval.batch_size)
+    max_length = max(cfg.eval.max_length, cfg.data.explicit_max_len)
+    jobs = plan_jobs(variants, seeds, config, runs_dir, data, f.split, base, max_length, cfg.eval.batch_size, lm)
+    if f.latency and "laser" in variants:
+        jobs.append(latency_job(jobs, seeds, runs_dir, data, f.split, lm, max_length))
     cpus = [] if f.no_pin else cpu_slots(f.parallel)
     run_jobs(jobs, f.parallel, child_env(f.parallel, os.path.join(runs_dir, "xla_cache")), cpus=cpus)
     summary = summarize_scores(jobs, variants, seeds)
     command = "python -m laser_jax.experiments.ablate " + " ".join(shlex.quote(a) for a in argv[1:])
     failed = [j.name for j in jobs if j.returncode not in (0,)]
     timing = _timing(jobs, t0, load0, f.parallel, cpus) + (f"; FAILED: {', '.join(failed)}" if failed else "")
-    _write_results(f, summary, seeds, command, _budget(cfg, config, base), timing)
+    _write_results(f, summary, seeds, command, _budget(cfg, config, base), timing, read_latency(jobs))
     return 1 if failed else 0
 
 
@@ -245,16 +314,28 @@ def _timing(jobs: List[Job], t0: float, load0: str, parallel: int, cpus: Sequenc
                         for v in dict.fromkeys(j.variant for j in jobs)))
 
 
-def _write_results(f, summary: dict, seeds: List[int], command: str, budget: str, timing: str) -> None:
+def read_latency(jobs: List[Job]) -> Optional[dict]:
+    """The latency job's table, or None when it did not run or failed."""
+    job = next((j for j in jobs if j.variant == "latency"), None)
+    if job is None or job.returncode != 0 or not os.path.isfile(job.result):
+        return None
+    with open(job.result) as f:
+        return json.load(f)
+
+
+def _write_results(f, summary: dict, seeds: List[int], command: str, budget: str, timing: str,
+                   latency: Optional[dict] = None) -> None:
     """ablation.json, ablation.md (printed) and ablation.png in --out."""
     machine = machine_description()
     notes = open(f.notes, encoding="utf-8").read() if f.notes else ""
     os.makedirs(f.out, exist_ok=True)
     with open(os.path.join(f.out, "ablation.json"), "w") as out:
-        json.dump(results_json(summary, seeds, command, machine), out, indent=2)
+        result = results_json(summary, seeds, command, machine)
+        json.dump({**result, "latency": latency} if latency else result, out, indent=2)
         out.write("\n")
     md = os.path.join(f.out, "ablation.md")
-    write_markdown(md, summary, seeds, command, machine, budget, timing, f.split, notes, labels=LABELS)
+    write_markdown(md, summary, seeds, command, machine, budget, timing, f.split, notes, labels=LABELS,
+                   latency=latency)
     if summary:
         try:
             write_plot(os.path.join(f.out, "ablation.png"), summary,

@@ -6,7 +6,8 @@ instruction, chat wrapping when the model was trained with it), the gold reasoni
 model runs its explicit view (`laser_jax.method.views.explicit_view`: one pass with the EOS
 embedding appended) and v* is the query embedding. Documents go through the latent view
 (`LaserEncoder.encode_documents`), as at inference. Scoring is the project's BRIGHT
-evaluation (`laser_jax.inference.evaluate.score_embeddings`).
+evaluation (`laser_jax.inference.evaluate.score_embeddings`). `evaluate_explicit` is that
+scoring for any query-side reasoning (gold here; an LM's in `laser_jax.experiments.rewrite`).
 
     python -m laser_jax.experiments.explicit_upper --model=WORKDIR --data=EVAL_DIR [--output=R.json]
 """
@@ -16,7 +17,7 @@ import functools
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ import numpy as np
 from absl import flags
 
 from laser_jax.cli import run_cli
-from laser_jax.data.formatting import chat_wrap, explicit_text, format_query
+from laser_jax.data.formatting import TextFormat, chat_wrap, explicit_text, format_query
 from laser_jax.data.jsonl import get_id, get_text, read_objects
 from laser_jax.inference.encoder import LaserEncoder, default_dtype, encode_texts
 from laser_jax.inference.evaluate import format_table, score_embeddings, summarize
@@ -74,14 +75,8 @@ class ExplicitEncoder:
 
     def texts(self, queries: Sequence[str], reasonings: Sequence[str], instruction: str) -> List[str]:
         """The explicit-view texts, formatted exactly as the training pipeline does."""
-        fmt, tok = self.loaded.text_format, self.loaded.tokenizer
-        out = []
-        for q, r in zip(queries, reasonings):
-            text = format_query(fmt.query_template, instruction, q)
-            if fmt.chat_template:
-                text = chat_wrap(tok, text)
-            out.append(explicit_text(text, r, q))
-        return out
+        prefixes = query_prefixes(self.loaded.text_format, self.loaded.tokenizer, queries, instruction)
+        return [explicit_text(p, r, q) for p, q, r in zip(prefixes, queries, reasonings)]
 
     def encode(self, queries: Sequence[str], reasonings: Sequence[str], instruction: str,
                max_length: int = 1024, batch_size: int = 32) -> np.ndarray:
@@ -91,6 +86,64 @@ class ExplicitEncoder:
         encode_fn = functools.partial(encode_explicit, self.model, self.loaded.variables, eos_id=self.eos_id)
         return encode_texts(self.loaded.tokenizer, self.texts(queries, reasonings, instruction), encode_fn,
                             self.loaded.cfg.hidden_size, max_length=max_length, batch_size=batch_size)
+
+
+def query_prefixes(text_format: TextFormat, tokenizer, queries: Sequence[str], instruction: str) -> List[str]:
+    """What comes before the reasoning in each explicit-view text: the query template filled
+    with the instruction and query, chat-wrapped (with `tokenizer`) when the format says so."""
+    out = []
+    for q in queries:
+        text = format_query(text_format.query_template, instruction, q)
+        out.append(chat_wrap(tokenizer, text) if text_format.chat_template else text)
+    return out
+
+
+def domain_dir(data_dir: str, name: str) -> str:
+    """The directory of domain `name` in `data_dir` (which may be that domain's directory)."""
+    return data_dir if bright.is_domain_dir(data_dir) else os.path.join(data_dir, name)
+
+
+# (domain, its directory) -> the query-side reasoning of each query, in domain.query_ids order
+Reasonings = Callable[[bright.BrightDomain, str], List[str]]
+
+
+def gold_reasonings(domain: bright.BrightDomain, directory: str) -> List[str]:
+    """The gold reasoning (`<directory>/reasoning.jsonl`) of every query of `domain`."""
+    gold = read_reasoning(directory)
+    missing = [q for q in domain.query_ids if q not in gold]
+    if missing:
+        raise ValueError(f"{domain.name}: no gold reasoning for {len(missing)} queries (e.g. {missing[:3]})")
+    return [gold[q] for q in domain.query_ids]
+
+
+def evaluate_explicit(loaded, data_dir: str, reasonings: Reasonings, *,
+                      domains: Optional[Sequence[str]] = None, max_length: int = 1024, batch_size: int = 32):
+    """Score a retriever whose queries are its explicit view fed some reasoning.
+
+    Queries: query + `reasonings(domain, directory)` through the explicit view (v*);
+    documents: the latent view (`LaserEncoder.encode_documents`), as at inference.
+
+    Args:
+      loaded: the retriever (`LoadedModel`).
+      data_dir: a BRIGHT-format directory of domains, or one domain's directory.
+      reasonings: the query-side reasoning of each query (gold: `gold_reasonings`; written by
+        a language model: `laser_jax.experiments.rewrite`).
+      domains, max_length, batch_size: as in `evaluate_explicit_upper`.
+
+    Returns:
+      list of `DomainResult`, in domain order.
+    """
+    explicit = ExplicitEncoder(loaded)
+    latent = LaserEncoder(loaded.cfg, loaded.variables, loaded.tokenizer, loaded.text_format,
+                          loaded.num_thinking_steps)
+    results = []
+    for domain in bright.load_bright(data_dir, domains):
+        instruction = domain.require_instruction()
+        q_emb = explicit.encode(domain.queries, reasonings(domain, domain_dir(data_dir, domain.name)),
+                                instruction, max_length, batch_size)
+        d_emb = latent.encode_documents(domain.documents, max_length=max_length, batch_size=batch_size)
+        results.append(score_embeddings(domain, q_emb, d_emb))
+    return results
 
 
 def evaluate_explicit_upper(model: str, data_dir: str, *, domains: Optional[Sequence[str]] = None,
@@ -110,22 +163,8 @@ def evaluate_explicit_upper(model: str, data_dir: str, *, domains: Optional[Sequ
     """
     if loaded is None:
         loaded = load_for_inference(model, default_dtype())
-    explicit = ExplicitEncoder(loaded)
-    latent = LaserEncoder(loaded.cfg, loaded.variables, loaded.tokenizer, loaded.text_format,
-                          loaded.num_thinking_steps)
-    results = []
-    for domain in bright.load_bright(data_dir, domains):
-        instruction = domain.require_instruction()
-        gold = read_reasoning(os.path.join(data_dir, domain.name) if not bright.is_domain_dir(data_dir)
-                              else data_dir)
-        missing = [q for q in domain.query_ids if q not in gold]
-        if missing:
-            raise ValueError(f"{domain.name}: no gold reasoning for {len(missing)} queries (e.g. {missing[:3]})")
-        q_emb = explicit.encode(domain.queries, [gold[q] for q in domain.query_ids], instruction,
-                                max_length, batch_size)
-        d_emb = latent.encode_documents(domain.documents, max_length=max_length, batch_size=batch_size)
-        results.append(score_embeddings(domain, q_emb, d_emb))
-    return results
+    return evaluate_explicit(loaded, data_dir, gold_reasonings, domains=domains, max_length=max_length,
+                             batch_size=batch_size)
 
 
 # ----------------------------------------------------------------------------------- CLI

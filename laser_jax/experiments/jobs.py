@@ -23,7 +23,8 @@ SINGLE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 
 @dataclasses.dataclass
 class Job:
-    """One subprocess: a training run or an explicit-upper evaluation."""
+    """One subprocess: a training run, or an evaluation of a trained run (explicit upper bound,
+    rewrite-then-retrieve, latency)."""
     name: str                      # e.g. "laser/seed1"
     variant: str
     seed: int
@@ -33,6 +34,8 @@ class Job:
     deps: List[str] = dataclasses.field(default_factory=list)
     config: Optional[dict] = None  # a training run's resolved config (config file + overrides)
     cpu: Optional[int] = None      # the CPU the running job is pinned to (run_jobs with cpus)
+    owns_workdir: bool = True      # a training run (its workdir is cleared before it starts); False for
+                                   # an evaluation writing into another job's workdir
     log: str = ""
     returncode: Optional[int] = None
     seconds: float = 0.0
@@ -120,7 +123,7 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print, cpus: Sequenc
                     job.seconds = float(json.load(f).get("seconds", 0.0))
                 log(f"[ablate] {job.name}: reusing the finished run in {job.workdir}")
                 continue
-            if job.variant != "explicit_upper" and os.path.isdir(job.workdir):
+            if job.owns_workdir and os.path.isdir(job.workdir):
                 shutil.rmtree(job.workdir)  # stale or different run: start clean
             os.makedirs(job.workdir, exist_ok=True)
             job.log = os.path.join(job.workdir, f"log_{os.path.splitext(os.path.basename(job.result))[0]}.txt")

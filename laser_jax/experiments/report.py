@@ -61,7 +61,8 @@ def beats(summary: dict, a: str, b: str) -> Optional[bool]:
 
 
 def ordering_verdict(summary: dict) -> str:
-    checks = [("laser", "latent_only"), ("latent_only", "basic"), ("explicit_upper", "laser")]
+    checks = [("laser", "latent_only"), ("latent_only", "basic"), ("explicit_upper", "laser"),
+              ("laser", "rewrite_then_retrieve")]
     parts = []
     for a, b in checks:
         verdict = beats(summary, a, b)
@@ -94,10 +95,28 @@ def load_average() -> str:
         return "n/a"
 
 
+def latency_lines(latency: dict, labels: Optional[Dict[str, str]] = None) -> list:
+    """The efficiency table (markdown lines) of `laser_jax.experiments.latency`'s result."""
+    labels = labels or {}
+    keys = list(next(iter(latency.values())))
+    lines = ["## Retrieval latency", "",
+             "Per-query time from the formatted query to its embedding on this machine's CPU (median "
+             "after a compiling warm-up; batch time / batch size), on the first seed's LaSER model "
+             "(basic: the same model at K=1), in the ablation's job environment (with --parallel > 1 "
+             "XLA runs on one thread per job, this one too).", "",
+             "| variant | " + " | ".join(f"{k} ms/query | {k} x basic" for k in keys) + " |",
+             "|---|" + "---|---|" * len(keys)]
+    for variant, row in latency.items():
+        lines.append(f"| {labels.get(variant, variant)} | " + " | ".join(
+            f"{row[k]['ms_per_query']:.2f} | {row[k]['ratio_to_basic']:.2f}" for k in keys) + " |")
+    return lines + [""]
+
+
 def write_markdown(path: str, summary: dict, seeds, command: str, machine: str, budget: str,
-                   timing: str, split: str, notes: str = "", labels: Optional[Dict[str, str]] = None) -> None:
-    """ablation.md: the table (a row per variant, `labels` naming them), the ordering verdict
-    and the set-up."""
+                   timing: str, split: str, notes: str = "", labels: Optional[Dict[str, str]] = None,
+                   latency: Optional[dict] = None) -> None:
+    """ablation.md: the table (a row per variant, `labels` naming them), the ordering verdict,
+    the latency table (when measured) and the set-up."""
     labels = labels or {}
     domains = sorted({d for s in summary.values() for d in s["per_domain"]})
     lines = [f"# LaSER ablations on the synthetic task ({split} split)", "",
@@ -110,8 +129,10 @@ def write_markdown(path: str, summary: dict, seeds, command: str, machine: str, 
         lines.append(f"| {labels.get(variant, variant)} | {100 * s['mean']:.1f} +- {100 * s['std']:.1f} | "
                      + " | ".join(f"{100 * s['per_domain'].get(d, float('nan')):.1f}" for d in domains)
                      + f" | {per_seed} |")
-    lines += ["", f"Ordering: {ordering_verdict(summary)}.", "",
-              "## Set-up", "", f"- command: `{command}`", f"- machine: {machine}",
+    lines += ["", f"Ordering: {ordering_verdict(summary)}.", ""]
+    if latency:
+        lines += latency_lines(latency, labels)
+    lines += ["## Set-up", "", f"- command: `{command}`", f"- machine: {machine}",
               f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='minutes')}",
               f"- budget (every variant and seed): {budget}", f"- timing: {timing}", ""]
     if notes:
@@ -134,7 +155,8 @@ def write_plot(path: str, summary: dict, title: str) -> None:
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4.2))
     x = np.arange(len(names))
     ax.bar(x, means, yerr=stds, capsize=4, color=["#999999" if n in ("basic", "latent_only") else
-                                                   "#4c72b0" if n != "explicit_upper" else "#55a868"
+                                                   "#55a868" if n == "explicit_upper" else
+                                                   "#dd8452" if n == "rewrite_then_retrieve" else "#4c72b0"
                                                    for n in names])
     for i, n in enumerate(names):
         ax.scatter([i] * len(summary[n]["per_seed"]), [100 * v for v in summary[n]["per_seed"]],

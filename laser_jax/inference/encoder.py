@@ -7,8 +7,11 @@
     scores = q @ d.T
 
 Texts are sorted by length, cut into batches of `batch_size` rows (the last one padded
-with empty rows), left padded to a few length buckets, so a long corpus compiles one
-program per bucket; rows come back in input order whatever the batching.
+with empty rows), left padded to the width bucket of the batch's longest text
+(`laser_jax.data.tokenize.batch_width`: 16, 32, 48, 64, then powers of two, capped at
+max_length), so a long corpus compiles one program per bucket and short texts stay short
+whatever max_length is; rows come back in input order whatever the batching.
+`LaserEncoder.compiled_widths` lists the widths its batches have had.
 
 The parts, for other views of the model (`laser_jax.experiments.explicit_upper`):
   encode_latent(model, variables, ids, mask, num_steps)   the jitted latent view ([B, D])
@@ -20,14 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from laser_jax.data.formatting import TextFormat, chat_wrap, format_query
-from laser_jax.data.tokenize import Bucketing, left_pad, pad_token_id, tokenize_texts
+from laser_jax.data.tokenize import INFERENCE_BUCKETING, Bucketing, left_pad, pad_token_id, tokenize_texts
 from laser_jax.inference.load import load_for_inference
 from laser_jax.method.views import latent_view, resolve_num_thinking_steps
 from laser_jax.model.config import ModelConfig
@@ -35,6 +40,28 @@ from laser_jax.model.decoder import Decoder
 
 # encode_fn(ids [B, T] int32, mask [B, T] int32) -> embeddings [B, D]
 EncodeFn = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def check_num_thinking_steps_flag(value: Optional[int]) -> Optional[int]:
+    """A command line's --num_thinking_steps, checked before any work: None (the model's
+    own K) or a K >= 1 (`resolve_num_thinking_steps`); ValueError naming the flag otherwise."""
+    if value is None:
+        return None
+    try:
+        return resolve_num_thinking_steps(value, value)
+    except ValueError as e:
+        raise ValueError(f"--num_thinking_steps={value}: {e}") from None
+
+
+def check_positive(**values) -> None:
+    """ValueError naming the first of `values` (flag name = value) that is not an integer
+    >= 1, e.g. check_positive(batch_size=0) -> "--batch_size=0 must be an integer >= 1";
+    None values (a default) pass."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"--{name}={value} must be an integer >= 1")
 
 
 def default_dtype() -> str:
@@ -50,7 +77,7 @@ def encode_latent(model: Decoder, variables, ids, mask, num_steps: int):
 
 
 def iter_batches(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, *, max_length: int = 512,
-                 batch_size: int = 32, bucketing: Bucketing = Bucketing()
+                 batch_size: int = 32, bucketing: Bucketing = INFERENCE_BUCKETING
                  ) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Yield (row indices into `texts`, float32 embeddings) batch by batch, longest first.
 
@@ -59,13 +86,12 @@ def iter_batches(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, *, max_le
       texts: the formatted texts.
       encode_fn: (ids, mask) -> [B, D], e.g. `functools.partial(encode_latent, model,
         variables, num_steps=K)`; called on batches of exactly `batch_size` rows (the last
-        one padded with empty rows) whose width is a length bucket of `max_length`.
+        one padded with empty rows) whose width is the length bucket of its longest row.
       max_length: truncation length in tokens.
       batch_size: rows per call.
       bucketing: how batch widths are chosen.
     """
-    if batch_size < 1 or max_length < 1:
-        raise ValueError(f"batch_size ({batch_size}) and max_length ({max_length}) must be >= 1")
+    check_positive(batch_size=batch_size, max_length=max_length)
     rows = tokenize_texts(tokenizer, list(texts), max_length)
     order = np.argsort([-len(r) for r in rows], kind="stable")
     pad = pad_token_id(tokenizer)
@@ -78,12 +104,16 @@ def iter_batches(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, *, max_le
         yield idx, np.asarray(jax.device_get(emb), np.float32)[:len(idx)]
 
 
-def encode_texts(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, dim: int, **batching
-                 ) -> np.ndarray:
-    """float32 [N, dim]: every text through `iter_batches(..., **batching)`, in input order."""
+def encode_texts(tokenizer, texts: Sequence[str], encode_fn: EncodeFn, dim: int, *,
+                 show_progress_bar: bool = False, desc: str = "encode", **batching) -> np.ndarray:
+    """float32 [N, dim]: every text through `iter_batches(..., **batching)`, in input order;
+    with `show_progress_bar` a tqdm bar (texts) on stderr."""
     out = np.zeros((len(texts), dim), np.float32)
-    for idx, emb in iter_batches(tokenizer, texts, encode_fn, **batching):
-        out[idx] = emb
+    with tqdm(total=len(texts), unit="text", desc=desc, file=sys.stderr, dynamic_ncols=True,
+              disable=not show_progress_bar) as bar:
+        for idx, emb in iter_batches(tokenizer, texts, encode_fn, **batching):
+            out[idx] = emb
+            bar.update(len(idx))
     return out
 
 
@@ -91,14 +121,21 @@ class LaserEncoder:
     """Latent-view encoder over one backbone (inference only)."""
 
     def __init__(self, cfg: ModelConfig, variables, tokenizer, text_format: TextFormat = TextFormat(),
-                 num_thinking_steps: int = 3, bucketing: Bucketing = Bucketing()):
+                 num_thinking_steps: int = 3, bucketing: Bucketing = INFERENCE_BUCKETING):
         self.cfg = cfg
         self.variables = variables
         self.tokenizer = tokenizer
         self.text_format = text_format
-        self.num_thinking_steps = num_thinking_steps
+        self.num_thinking_steps = resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
         self.bucketing = bucketing
         self.model = Decoder(cfg)
+        self.batch_shapes = set()  # (rows, width) of every batch encoded so far
+
+    @property
+    def compiled_widths(self) -> Tuple[int, ...]:
+        """The padded widths (tokens) of the batches encoded so far, ascending: one compiled
+        program each (per K and batch size)."""
+        return tuple(sorted({w for _, w in self.batch_shapes}))
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -117,6 +154,8 @@ class LaserEncoder:
             the spec's template without chat wrapping and J = 3).
         """
         dtype = dtype or default_dtype()
+        if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
+            resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
         loaded = load_for_inference(path, dtype)
         fmt = loaded.text_format
         fmt = dataclasses.replace(
@@ -129,7 +168,13 @@ class LaserEncoder:
     def encode_fn(self, num_thinking_steps: Optional[int] = None) -> EncodeFn:
         """(ids, mask) -> latent-view embeddings with K steps (default: the model's own)."""
         steps = resolve_num_thinking_steps(num_thinking_steps, self.num_thinking_steps)
-        return functools.partial(encode_latent, self.model, self.variables, num_steps=steps)
+        encode = functools.partial(encode_latent, self.model, self.variables, num_steps=steps)
+
+        def encode_fn(ids, mask):
+            self.batch_shapes.add(tuple(ids.shape))
+            return encode(ids, mask)
+
+        return encode_fn
 
     def iter_batches(self, texts: Sequence[str], num_thinking_steps: Optional[int] = None,
                      max_length: int = 512, batch_size: int = 32
@@ -139,14 +184,23 @@ class LaserEncoder:
                             batch_size=batch_size, bucketing=self.bucketing)
 
     def encode(self, texts: Sequence[str], num_thinking_steps: Optional[int] = None, max_length: int = 512,
-               batch_size: int = 32) -> np.ndarray:
+               batch_size: int = 32, show_progress_bar: bool = False, desc: str = "encode") -> np.ndarray:
         """Embed texts exactly as given (the tokenizer's own special tokens, no template).
+
+        Args:
+          texts: the texts.
+          num_thinking_steps: K (default: the model's own).
+          max_length: truncation length in tokens.
+          batch_size: rows per compiled call.
+          show_progress_bar: a tqdm bar (texts) on stderr.
+          desc: the bar's label.
 
         Returns:
           float32 [N, D], L2-normalised rows in input order.
         """
         return encode_texts(self.tokenizer, texts, self.encode_fn(num_thinking_steps), self.cfg.hidden_size,
-                            max_length=max_length, batch_size=batch_size, bucketing=self.bucketing)
+                            max_length=max_length, batch_size=batch_size, bucketing=self.bucketing,
+                            show_progress_bar=show_progress_bar, desc=desc)
 
     def format_queries(self, queries: Sequence[str], instruction: str) -> list:
         texts = [format_query(self.text_format.query_template, instruction, q) for q in queries]

@@ -28,7 +28,8 @@ import numpy as np
 from absl import flags, logging
 
 from laser_jax.cli import run_cli
-from laser_jax.inference.encoder import LaserEncoder
+from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag, check_positive
+from laser_jax.method.views import resolve_num_thinking_steps
 from laser_jax.retrieval import bright
 from laser_jax.retrieval.metrics import DEFAULT_METRICS, evaluate_run, run_from_topk
 from laser_jax.retrieval.search import DEFAULT_BLOCK_SIZE, exact_topk
@@ -155,11 +156,43 @@ def ids_path(npy_path: str) -> str:
     return base + ".ids.txt"
 
 
+FINITE_CHECK_ROWS = 65536  # rows per block of the finiteness check of saved embeddings
+
+
+def _open_npy(npy_path: str) -> np.ndarray:
+    """np.load(mmap_mode="r") with errors that name the file (a truncated file otherwise
+    says only "mmap length is greater than file size")."""
+    try:
+        return np.load(npy_path, mmap_mode="r")
+    except ValueError as e:
+        if "mmap length is greater than file size" in str(e) or "cannot reshape" in str(e):
+            raise ValueError(f"{npy_path}: the file is shorter than its header says: it looks "
+                             f"truncated (an interrupted copy or export?) ({e})") from None
+        raise ValueError(f"{npy_path}: not a readable .npy file ({e})") from None
+    except (OSError, EOFError) as e:
+        raise ValueError(f"{npy_path}: not a readable .npy file ({e})") from None
+
+
+def check_finite_rows(emb, path: str, block_rows: int = FINITE_CHECK_ROWS) -> None:
+    """ValueError naming `path` and its first rows with NaN or Inf (read in blocks, so a
+    memory-mapped corpus is never loaded whole)."""
+    bad, count = [], 0
+    for start in range(0, emb.shape[0], block_rows):
+        block = np.asarray(emb[start:start + block_rows])
+        rows = np.nonzero(~np.isfinite(block).all(axis=tuple(range(1, block.ndim))))[0]
+        count += len(rows)
+        bad.extend(int(start + r) for r in rows[:max(0, 5 - len(bad))])
+    if count:
+        raise ValueError(f"{path}: {count} row(s) with NaN or Inf values, first rows {bad} (0-based); "
+                         "re-export these embeddings")
+
+
 def _load_embeddings(npy_path: str, expected_ids: Sequence[str], what: str):
-    """Memory-maps an .npy and reads its ids, checking they are exactly expected_ids (any order)."""
+    """Memory-maps an .npy and reads its ids, checking they are exactly expected_ids (any order)
+    and that every row is finite."""
     if not os.path.isfile(npy_path):
         raise FileNotFoundError(f"{npy_path}: {what} embeddings file not found")
-    emb = np.load(npy_path, mmap_mode="r")
+    emb = _open_npy(npy_path)
     id_file = ids_path(npy_path)
     if not os.path.isfile(id_file):
         raise FileNotFoundError(f"{id_file}: ids file for {npy_path} not found (one id per "
@@ -183,6 +216,7 @@ def _load_embeddings(npy_path: str, expected_ids: Sequence[str], what: str):
         raise ValueError(f"{id_file}: ids do not match the domain's {what} ids: "
                          f"{len(missing)} missing (e.g. {missing[:3]}), "
                          f"{len(extra)} unknown (e.g. {extra[:3]})")
+    check_finite_rows(emb, npy_path)
     return emb, ids
 
 
@@ -214,18 +248,23 @@ def evaluate_precomputed(domain_dir: str, query_embeddings: str, document_embedd
                             metrics=metrics, block_size=block_size)
 
 
-def summarize(results: Sequence[DomainResult]) -> dict:
-    """{"domains": {name: {metric: value}}, "average": {metric: mean over domains}}."""
+def summarize(results: Sequence[DomainResult], num_thinking_steps: Optional[int] = None) -> dict:
+    """{"domains": {name: {metric: value}}, "average": {metric: mean over domains}}, and
+    "num_thinking_steps": K when the embeddings were encoded here with K latent steps."""
     names = list(results[0].metrics) if results else list(DEFAULT_METRICS)
-    return {
+    summary = {
         "domains": {r.name: dict(r.metrics) for r in results},
         "average": {m: float(np.mean([r.metrics[m] for r in results])) if results else 0.0
                     for m in names},
     }
+    if num_thinking_steps is not None:
+        summary["num_thinking_steps"] = int(num_thinking_steps)
+    return summary
 
 
-def format_table(results: Sequence[DomainResult]) -> str:
-    """A text table: domain, nDCG@10, R@10, R@100 (x100), #queries, #docs, then the average."""
+def format_table(results: Sequence[DomainResult], num_thinking_steps: Optional[int] = None) -> str:
+    """A text table: domain, nDCG@10, R@10, R@100 (x100), #queries, #docs, then the average
+    (headed by the K used, when given)."""
     header = ("domain", "nDCG@10", "R@10", "R@100", "#queries", "#docs")
     keys = ("ndcg@10", "recall@10", "recall@100")
     rows = [(r.name, *(f"{100 * r.metrics.get(k, float('nan')):.2f}" for k in keys),
@@ -239,7 +278,8 @@ def format_table(results: Sequence[DomainResult]) -> str:
     def fmt(row):
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
 
-    lines = ["(metrics in %)", fmt(header), "  ".join("-" * w for w in widths)]
+    steps = "" if num_thinking_steps is None else f", num_thinking_steps K={num_thinking_steps}"
+    lines = [f"(metrics in %{steps})", fmt(header), "  ".join("-" * w for w in widths)]
     lines += [fmt(row) for row in rows[:-1]] + ["  ".join("-" * w for w in widths), fmt(rows[-1])]
     return "\n".join(lines)
 
@@ -254,7 +294,8 @@ flags.DEFINE_string("data", None, "BRIGHT-format directory (domain sub-directori
 flags.DEFINE_list("domains", None, "Comma-separated domains to evaluate (default: all found).",
                   flag_values=FLAGS)
 flags.DEFINE_string("output", None, "Write the results JSON here.", flag_values=FLAGS)
-flags.DEFINE_integer("num_thinking_steps", 3, "Latent steps K at inference.", flag_values=FLAGS)
+flags.DEFINE_integer("num_thinking_steps", None, "Latent steps K at inference (default: the model's "
+                     "own, from laser.json or the checkpoint; 3 when neither says).", flag_values=FLAGS)
 flags.DEFINE_integer("max_length", 8192, "Max tokens per query/document.", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 16, "Encoding batch size.", flag_values=FLAGS)
 flags.DEFINE_integer("block_size", DEFAULT_BLOCK_SIZE, "Corpus rows per search block.",
@@ -263,35 +304,46 @@ flags.DEFINE_string("query_embeddings", None, "Pre-computed query embeddings Q.n
                     "(with Q.ids.txt).", flag_values=FLAGS)
 flags.DEFINE_string("document_embeddings", None, "Pre-computed document embeddings D.npy "
                     "(with D.ids.txt).", flag_values=FLAGS)
+flags.DEFINE_boolean("progress", True, "Progress bars (stderr) while encoding queries and documents.",
+                     flag_values=FLAGS)
 flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_name="h")
 
 
-def _laser_encoder_fns(model_path: str, num_thinking_steps: int, max_length: int, batch_size: int):
-    """(encode_queries_fn, encode_documents_fn) backed by LaserEncoder (which resolves K
-    through laser_jax.method.views.resolve_num_thinking_steps)."""
+def _laser_encoder_fns(model_path: str, num_thinking_steps: Optional[int], max_length: int, batch_size: int,
+                       progress: bool = True):
+    """(encode_queries_fn, encode_documents_fn, K) backed by LaserEncoder; K is
+    `num_thinking_steps`, or the model's own when None (laser_jax.method.views.resolve_num_thinking_steps)."""
     enc = LaserEncoder.from_pretrained(model_path, dtype=None)
+    num_thinking_steps = resolve_num_thinking_steps(num_thinking_steps, enc.num_thinking_steps)
 
     def encode_queries(texts, instruction):
         return enc.encode_queries(texts, instruction, num_thinking_steps=num_thinking_steps,
-                                  max_length=max_length, batch_size=batch_size)
+                                  max_length=max_length, batch_size=batch_size,
+                                  show_progress_bar=progress, desc="queries")
 
     def encode_documents(texts):
         return enc.encode_documents(texts, num_thinking_steps=num_thinking_steps,
-                                    max_length=max_length, batch_size=batch_size)
+                                    max_length=max_length, batch_size=batch_size,
+                                    show_progress_bar=progress, desc="documents")
 
-    return encode_queries, encode_documents
+    return encode_queries, encode_documents, num_thinking_steps
 
 
 def run(f: flags.FlagValues) -> dict:
     """Runs the evaluation the parsed flags describe; prints the table; returns the summary."""
     if not f.data:
         raise ValueError("--data is required")
+    check_num_thinking_steps_flag(f.num_thinking_steps)
+    check_positive(max_length=f.max_length, batch_size=f.batch_size, block_size=f.block_size)
+    steps = None
     precomputed = (f.query_embeddings is not None, f.document_embeddings is not None)
     if any(precomputed):
         if not all(precomputed):
             raise ValueError("--query_embeddings and --document_embeddings go together")
         if f.model:
             raise ValueError("give either --model or pre-computed embeddings, not both")
+        if f.num_thinking_steps is not None:
+            raise ValueError("--num_thinking_steps does not apply to pre-computed embeddings")
         if f.domains:
             raise ValueError("--domains does not apply to pre-computed embeddings (one domain "
                              "directory)")
@@ -300,10 +352,11 @@ def run(f: flags.FlagValues) -> dict:
     else:
         if not f.model:
             raise ValueError("--model is required (or --query_embeddings/--document_embeddings)")
-        q_fn, d_fn = _laser_encoder_fns(f.model, f.num_thinking_steps, f.max_length, f.batch_size)
+        q_fn, d_fn, steps = _laser_encoder_fns(f.model, f.num_thinking_steps, f.max_length, f.batch_size,
+                                               f.progress)
         results = evaluate_dir(f.data, q_fn, d_fn, domains=f.domains, block_size=f.block_size)
-    summary = summarize(results)
-    print(format_table(results), flush=True)
+    summary = summarize(results, steps)
+    print(format_table(results, steps), flush=True)
     if f.output:
         os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
         with open(f.output, "w", encoding="utf-8") as out:

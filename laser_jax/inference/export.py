@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from laser_jax import distributed
 from laser_jax.cli import run_cli
-from laser_jax.inference.encoder import LaserEncoder
+from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag, check_positive
 from laser_jax.inference.export_input import InputIndex, read_records, scan_input
 from laser_jax.inference.export_parts import (
     assemble, check_other_shardings, cleanup_parts, final_paths, finished_export, output_base, part_paths,
@@ -113,15 +113,17 @@ class ExportSettings:
             raise ValueError("--instruction applies to --kind=query only")
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype={self.dtype!r} must be one of {DTYPES}")
-        if self.batch_size < 1 or self.max_length < 1:
-            raise ValueError(f"batch_size ({self.batch_size}) and max_length ({self.max_length}) must be >= 1")
+        if self.num_thinking_steps is not None:
+            resolve_num_thinking_steps(self.num_thinking_steps, self.num_thinking_steps)
+        check_positive(batch_size=self.batch_size, max_length=self.max_length, chunk_size=self.chunk_size,
+                       num_shards=self.num_shards)
         if self.num_shards is None and self.shard_index is not None:
             raise ValueError("--shard_index needs --num_shards")
         if self.num_shards is not None and (self.shard_index is None or not 0 <= self.shard_index < self.num_shards):
             raise ValueError(f"--shard_index={self.shard_index} must be in [0, {self.num_shards}) with --num_shards")
 
     def resolved_chunk_size(self) -> int:
-        return self.chunk_size or BATCHES_PER_CHUNK * self.batch_size
+        return self.chunk_size if self.chunk_size is not None else BATCHES_PER_CHUNK * self.batch_size
 
 
 @dataclasses.dataclass
@@ -275,6 +277,7 @@ def run_export(encoder, input_path: str, output_path: str, settings: ExportSetti
     elif index.chunk_size != chunk_size:
         raise ValueError(f"index was scanned with chunk_size={index.chunk_size}, not {chunk_size}")
     fmt = _formatter(encoder, settings.kind, settings.instruction)
+    os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
     recorded = _recorded_settings(encoder, settings, fmt, steps, chunk_size, index)
     done = finished_export(final, recorded, settings.overwrite)
     if done is not None:
@@ -359,6 +362,7 @@ def run(f: flags.FlagValues) -> ExportResult:
         return ExportResult(f.output, meta["num_rows"], meta["dim"], 0, 0, 0, True)
     if not f.model or not f.input:
         raise ValueError("--model and --input are required (or --assemble)")
+    check_num_thinking_steps_flag(f.num_thinking_steps)
     settings = ExportSettings(
         kind=f.kind, instruction=f.instruction, num_thinking_steps=f.num_thinking_steps,
         max_length=f.max_length, batch_size=f.batch_size, dtype=f.dtype, chunk_size=f.chunk_size,

@@ -10,15 +10,27 @@ adapters, when present, are folded into the base weights; then HF_DIR gets:
   config.json, model*.safetensors   loadable by transformers.AutoModelForCausalLM
   tokenizer files                   the model's tokenizer
   laser.json                        num_thinking_steps K, query_template, chat_template
+  laser_st.py, modules.json,        a sentence-transformers module running the latent loop
+  config_sentence_transformers.json  (`SentenceTransformer(HF_DIR, trust_remote_code=True)`;
+                                    without trust_remote_code it refuses to load)
   README.md                         a model card: how to encode with K latent steps, with
                                     laser_jax and with plain PyTorch (laser_jax.inference.torch_encoder)
+
+Everything is written into a temporary sibling of HF_DIR (`.HF_DIR.partial-<pid>`) that is
+renamed into place at the end (with --overwrite, its files replace those of HF_DIR); on any
+failure it is removed, so no partial model directory is left behind. A full disk is one
+"error: disk full: ..." line and exit status 4 (docs/faults.md).
 
 In process: `export_loaded(loaded_model, out_dir, dtype=...)` or `export_hf(path, out_dir)`.
 """
 from __future__ import annotations
 
+import errno
 import inspect
+import json
 import os
+import re
+import shutil
 import sys
 from typing import Optional, Sequence
 
@@ -26,6 +38,7 @@ from absl import flags, logging
 
 from laser_jax.cli import run_cli
 from laser_jax.inference import load, torch_encoder
+from laser_jax.inference.encoder import check_num_thinking_steps_flag
 from laser_jax.method.views import resolve_num_thinking_steps
 from laser_jax.model import hf_io
 
@@ -33,6 +46,54 @@ __all__ = ["export_loaded", "export_hf", "model_card", "main"]
 
 DTYPES = ("bfloat16", "float16", "float32")
 MODEL_DIR_PLACEHOLDER = "path/to/this/model"
+EXIT_DISK_FULL = 4  # docs/faults.md
+ST_MODULE_FILE = "laser_st.py"  # laser_jax/inference/laser_st.py, copied into every export
+ST_MODULE_CLASS = "laser_st.LaserLatentEncoder"
+DEFAULT_QUERY_INSTRUCTION = "Given a query, retrieve relevant passages that answer the query."
+_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "enospc", "storagefull")
+_WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
+
+
+class DiskFullError(OSError):
+    """The export ran out of disk space (nothing was left behind)."""
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` or its cause/context chain says the disk is full (OSError ENOSPC /
+    EDQUOT, or safetensors' SafetensorError wrapping one)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(t in str(exc).lower() for t in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _partial_dir(out_dir: str) -> str:
+    path = os.path.abspath(out_dir)
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.partial-{os.getpid()}")
+
+
+def _move_into_place(partial: str, out_dir: str) -> None:
+    """The finished export in `partial` becomes `out_dir`: renamed when out_dir is absent
+    or empty, else its files replace out_dir's (old weight shards removed first)."""
+    if os.path.isdir(out_dir) and not os.listdir(out_dir):
+        os.rmdir(out_dir)
+    if not os.path.exists(out_dir):
+        os.replace(partial, out_dir)
+        return
+    for stale in os.listdir(out_dir):
+        if _WEIGHT_FILE.fullmatch(stale):
+            os.remove(os.path.join(out_dir, stale))
+    for name in os.listdir(partial):
+        target = os.path.join(out_dir, name)
+        if os.path.isdir(target) and not os.path.islink(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(partial, name), target)
+    os.rmdir(partial)
 
 
 def _check_out_dir(out_dir: str, overwrite: bool, source: Optional[str] = None) -> None:
@@ -72,14 +133,45 @@ def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
     if lora and not loaded.cfg.lora_rank:
         raise ValueError("the variables carry LoRA adapters but the config has lora_rank=0, so "
                          "their scale (lora_alpha / lora_rank) is unknown")
+    partial = _partial_dir(out_dir)
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        _write(loaded, partial, dtype, steps, lora, source)
+        _move_into_place(partial, out_dir)
+    except BaseException as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(e, Exception) and _is_disk_full(e):
+            raise DiskFullError(errno.ENOSPC, f"disk full: could not write the Hugging Face export to "
+                                f"{out_dir} (no space left on device); nothing was left behind. Free space "
+                                "(or choose --out on a larger disk) and rerun the same command.") from e
+        raise
+    logging.info("exported %s (%s, K=%d) to %s", source or "model", dtype, steps, out_dir)
+    return out_dir
+
+
+def write_sentence_transformers_files(out_dir: str,
+                                      query_instruction: str = DEFAULT_QUERY_INSTRUCTION) -> None:
+    """laser_st.py (the self-contained module), modules.json naming it, and
+    config_sentence_transformers.json: prompts "query" (an instruction, filled into the
+    query template by the module) and "document" (none), cosine similarity."""
+    shutil.copyfile(os.path.join(os.path.dirname(os.path.abspath(__file__)), ST_MODULE_FILE),
+                    os.path.join(out_dir, ST_MODULE_FILE))
+    with open(os.path.join(out_dir, "modules.json"), "w", encoding="utf-8") as f:
+        json.dump([{"idx": 0, "name": "0", "path": "", "type": ST_MODULE_CLASS}], f, indent=2)
+    with open(os.path.join(out_dir, "config_sentence_transformers.json"), "w", encoding="utf-8") as f:
+        json.dump({"model_type": "SentenceTransformer",
+                   "prompts": {"query": query_instruction, "document": ""},
+                   "default_prompt_name": None, "similarity_fn_name": "cosine"}, f, indent=2)
+
+
+def _write(loaded, out_dir: str, dtype: str, steps: int, lora, source: Optional[str]) -> None:
     hf_io.save_pretrained(out_dir, loaded.variables["params"], loaded.cfg, tokenizer=loaded.tokenizer,
                           lora=lora, dtype=dtype)
     load.write_laser_meta(out_dir, loaded.text_format, steps)
+    write_sentence_transformers_files(out_dir)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(loaded.cfg, loaded.text_format, steps, dtype=dtype, source=source,
                            merged_lora=bool(lora)))
-    logging.info("exported %s (%s, K=%d) to %s", source or "model", dtype, steps, out_dir)
-    return out_dir
 
 
 def export_hf(model_path: str, out_dir: str, *, dtype: str = "bfloat16",
@@ -91,6 +183,8 @@ def export_hf(model_path: str, out_dir: str, *, dtype: str = "bfloat16",
     """
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r} must be one of {DTYPES}")
+    if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
+        resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
     _check_out_dir(out_dir, overwrite, model_path)  # fail before the (slow) load
     loaded = load.load_for_inference(model_path, "float32")
     return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
@@ -162,6 +256,24 @@ scores = q @ d.T
 
 Corpora: `python -m laser_jax.export --model={MODEL_DIR_PLACEHOLDER} --input=docs.jsonl --output=docs.npy`.
 
+## With sentence-transformers
+
+`laser_st.py` (beside the weights) runs the same latent loop in PyTorch; loading it needs
+`trust_remote_code=True` (without it sentence-transformers refuses to load the model rather
+than pool it another way). A prompt is the query *instruction*: `encode_query(texts,
+prompt=...)` fills the query template with it (the saved "query" prompt is a generic
+instruction); `encode_document` and plain `encode` use the texts as they are.
+
+```python
+from sentence_transformers import SentenceTransformer
+
+model = SentenceTransformer("{MODEL_DIR_PLACEHOLDER}", trust_remote_code=True)
+q = model.encode_query(["What is 3 plus 4?"],
+                       prompt="Given a question, retrieve passages that answer it.")
+d = model.encode_document(["The number 7 is the sum of two smaller numbers."])
+scores = model.similarity(q, d)
+```
+
 ## With PyTorch and transformers only
 
 The same latent loop (`laser_jax/torch_encoder.py`):
@@ -183,10 +295,16 @@ flags.DEFINE_boolean("overwrite", False, "Allow a non-empty --out directory.", f
 flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_name="h")
 
 
-def _run(f: flags.FlagValues) -> str:
+def _run(f: flags.FlagValues):
     if not f.model or not f.out:
         raise ValueError("--model and --out are required")
-    return export_hf(f.model, f.out, dtype=f.dtype, num_thinking_steps=f.num_thinking_steps, overwrite=f.overwrite)
+    check_num_thinking_steps_flag(f.num_thinking_steps)
+    try:
+        return export_hf(f.model, f.out, dtype=f.dtype, num_thinking_steps=f.num_thinking_steps,
+                         overwrite=f.overwrite)
+    except DiskFullError as e:
+        print(f"error: {e.strerror}", file=sys.stderr)
+        return EXIT_DISK_FULL
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

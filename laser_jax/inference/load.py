@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,7 @@ import orbax.checkpoint as ocp
 from transformers import AutoTokenizer
 
 from laser_jax.data.formatting import TextFormat
+from laser_jax.inference.quiet import quiet_loading
 from laser_jax.model import hf_io
 from laser_jax.model.config import ModelConfig, RopeScaling, from_hf_config, resolve_attention_impl
 from laser_jax.model.decoder import abstract_variables
@@ -35,6 +37,13 @@ CHECKPOINTS = "checkpoints"  # WORKDIR/checkpoints/<step>/
 TOKENIZER = "tokenizer"  # WORKDIR/tokenizer/
 LASER_META = "laser.json"  # HF_DIR/laser.json
 DEFAULT_NUM_THINKING_STEPS = 3  # K of an HF directory without laser.json (the spec's)
+
+log = logging.getLogger("laser_jax")
+
+
+class CheckpointLoadError(ValueError):
+    """Checkpoints exist under a directory but none of them loads (a ValueError, so the
+    command-line tools report it as bad input: one line, exit status 2)."""
 
 
 @dataclasses.dataclass
@@ -97,16 +106,24 @@ def step_dirs(directory: str) -> List[str]:
     return sorted(steps, key=int)
 
 
-def find_checkpoint(path: str) -> Optional[str]:
-    """The checkpoint step directory meant by `path`: a workdir (its newest checkpoint),
-    its `checkpoints` directory, or a step directory itself; None if none is found."""
+def checkpoint_candidates(path: str) -> List[str]:
+    """The checkpoint step directories meant by `path`, newest first: a step directory
+    itself (only it), or a workdir / its `checkpoints` directory (all complete steps, so
+    that a damaged newest one can fall back to the one before); [] if none is found."""
     if os.path.isdir(os.path.join(path, "state")) and os.path.isdir(os.path.join(path, "meta")):
-        return path
+        return [path]
     for directory in (os.path.join(path, CHECKPOINTS), path):
         steps = step_dirs(directory)
         if steps:
-            return os.path.join(directory, steps[-1])
-    return None
+            return [os.path.join(directory, s) for s in reversed(steps)]
+    return []
+
+
+def find_checkpoint(path: str) -> Optional[str]:
+    """The checkpoint step directory meant by `path`: a workdir (its newest checkpoint),
+    its `checkpoints` directory, or a step directory itself; None if none is found."""
+    found = checkpoint_candidates(path)
+    return found[0] if found else None
 
 
 def read_meta(step_dir: str) -> dict:
@@ -143,23 +160,66 @@ def restore_variables(step_dir: str, cfg: ModelConfig) -> dict:
     item = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), saved)
     restore_args = jax.tree_util.tree_map(
         lambda x: ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype), item)
-    with ocp.PyTreeCheckpointer() as ckptr:
-        restored = ckptr.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(
+    with quiet_loading(), ocp.PyTreeCheckpointer() as ckptr:  # Orbax wants an absolute path
+        restored = ckptr.restore(os.path.abspath(os.path.join(step_dir, "state")), args=ocp.args.PyTreeRestore(
             item=item, restore_args=restore_args, partial_restore=True))
     pdt = dtype_of(cfg.param_dtype)
     variables = {**restored["frozen"], **restored["trainable"]}
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x, pdt), variables)
 
 
-def load_checkpoint(step_dir: str, dtype: str) -> LoadedModel:
-    """A checkpoint step directory (its tokenizer is WORKDIR/tokenizer)."""
+def _checkpoint_tokenizer(step_dir: str):
+    return load_tokenizer(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))), TOKENIZER))
+
+
+def _load_step(step_dir: str, dtype: str, tokenizer) -> LoadedModel:
     meta = read_meta(step_dir)
     cfg = model_config_from_meta(meta, dtype)
-    tok_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))), TOKENIZER)
-    tokenizer = load_tokenizer(tok_dir)
     variables = restore_variables(step_dir, cfg)
     fmt = TextFormat(**meta["text_format"])
     return LoadedModel(cfg, variables, tokenizer, fmt, int(meta["num_thinking_steps"]))
+
+
+def load_checkpoint(step_dir: str, dtype: str) -> LoadedModel:
+    """A checkpoint step directory (its tokenizer is WORKDIR/tokenizer)."""
+    step_dir = os.path.abspath(step_dir)
+    return _load_step(step_dir, dtype, _checkpoint_tokenizer(step_dir))
+
+
+def _failure(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def load_newest_checkpoint(candidates: Sequence[str], dtype: str) -> LoadedModel:
+    """The newest of `candidates` (step directories, newest first) that loads, as training
+    resumes from the newest intact checkpoint: each one that fails is skipped with a
+    warning naming its step.
+
+    Raises:
+      CheckpointLoadError: none of them loads (the message names the directory and each
+        step's failure).
+    """
+    candidates = [os.path.abspath(c) for c in candidates]
+    tokenizer = _checkpoint_tokenizer(candidates[0])  # one per workdir; its absence is not damage
+    failed = []
+    for i, step_dir in enumerate(candidates):
+        try:
+            loaded = _load_step(step_dir, dtype, tokenizer)
+        except Exception as e:  # a truncated or otherwise damaged checkpoint: try the one before
+            failed.append((os.path.basename(step_dir), _failure(e)))
+            if i + 1 < len(candidates):
+                log.warning("checkpoint step %s in %s could not be loaded (%s); using the previous one",
+                            failed[-1][0], os.path.dirname(step_dir), failed[-1][1])
+            continue
+        if failed:
+            log.warning("loaded checkpoint step %s of %s (skipped the unreadable step(s) %s)",
+                        os.path.basename(step_dir), os.path.dirname(step_dir),
+                        ", ".join(s for s, _ in failed))
+        return loaded
+    where = os.path.dirname(candidates[0]) if len(candidates) > 1 else candidates[0]
+    raise CheckpointLoadError(f"{where}: no checkpoint could be loaded ("
+                              + "; ".join(f"step {s}: {r}" for s, r in failed) + ")")
 
 
 # ---------------------------------------------------------------------------------- any path
@@ -170,14 +230,20 @@ def load_for_inference(path: str, dtype: str) -> LoadedModel:
       path: the directory.
       dtype: parameter and compute dtype ("float32", "bfloat16", "float16").
 
+    A relative `path` is taken from the current directory. A workdir whose newest
+    checkpoint is damaged loads the newest one that restores, with a warning naming the
+    skipped step.
+
     Raises:
       FileNotFoundError: `path` is none of these.
+      CheckpointLoadError: checkpoints exist but none loads.
     """
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model directory")
-    found = find_checkpoint(path)
-    if found is not None:
-        return load_checkpoint(found, dtype)
+    path = os.path.abspath(path)
+    candidates = checkpoint_candidates(path)
+    if candidates:
+        return load_newest_checkpoint(candidates, dtype)
     if os.path.isfile(os.path.join(path, "config.json")):
         return load_hf_dir(path, dtype)
     raise FileNotFoundError(

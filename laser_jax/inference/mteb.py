@@ -123,6 +123,8 @@ class LaserMtebEncoder:
                  instructions: Optional[Mapping[str, str]] = None,
                  default_instruction: str = DEFAULT_INSTRUCTION, **kwargs: Any):
         del device, kwargs
+        if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
+            resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
         if encoder is None:
             if not model_name:
                 raise ValueError("give model_name (a model path) or an encoder")
@@ -175,16 +177,17 @@ class LaserMtebEncoder:
             BrightRetrieval).
           prompt_type: PromptType.query -> query template with the task's instruction;
             PromptType.document -> document formatting; None -> as queries.
-          **kwargs: mteb's encode kwargs (batch_size, show_progress_bar, ...); ignored, the
-            encoder's own batch size keeps compiled shapes few.
+          **kwargs: mteb's encode kwargs: `batch_size` (rows per compiled call; default the
+            wrapper's own) and `show_progress_bar` are honoured, others ignored.
 
         Returns:
           float32 [N, D] L2-normalised, in input order.
         """
-        del hf_split, kwargs
+        del hf_split
         texts = _texts(inputs)
+        batch_size = kwargs.get("batch_size") or self.batch_size
         opts = dict(num_thinking_steps=self.num_thinking_steps, max_length=self.max_length,
-                    batch_size=self.batch_size)
+                    batch_size=int(batch_size), show_progress_bar=bool(kwargs.get("show_progress_bar", False)))
         if not texts:
             return np.zeros((0, int(self.encoder.cfg.hidden_size)), np.float32)
         if _prompt_kind(prompt_type) == "document":

@@ -1,0 +1,140 @@
+"""What the latent view thinks: the tokens behind each soft step.
+
+For each query (formatted exactly as the latent view reads it) the latent view runs
+(`laser_jax.method.views.latent_view`: prefill, then K-1 soft steps); at each soft step j < K-1
+its state h_j becomes the next input through softmax(logits(h_j)) @ E
+(`laser_jax.method.views.soft_token`). This prints the top-k tokens of that distribution,
+decoded, with their probabilities, beside the domain's gold reasoning when it has one.
+
+    python -m laser_jax.experiments.thoughts --model=RUN --data=DIR/eval/<domain> --num_queries=3
+        [--top_k=5] [--num_thinking_steps=K] [--output=FILE.md]
+    python -m laser_jax.experiments.thoughts --model=RUN --query="What is 3 plus 4?" [--instruction=...]
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from laser_jax.cli import define_help, run_cli
+from laser_jax.data.tokenize import left_pad, pad_token_id, tokenize_texts
+from laser_jax.experiments.explicit_upper import REASONING_FILE, query_prefixes, read_reasoning
+from laser_jax.inference.encoder import default_dtype
+from laser_jax.inference.load import LoadedModel, load_for_inference
+from laser_jax.method.views import latent_view, resolve_num_thinking_steps
+from laser_jax.model.decoder import Decoder
+from laser_jax.retrieval import bright
+
+
+@dataclasses.dataclass
+class Thought:
+    """One query: its id, the text the latent view reads, per soft step the top-k
+    (token text, token id, probability) in falling probability, and the gold reasoning."""
+    id: str
+    text: str
+    steps: List[List[Tuple[str, int, float]]]
+    gold: Optional[str] = None
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_steps"))
+def soft_step_probs(model: Decoder, variables, ids, mask, num_steps: int):
+    """float32 [B, K-1, V]: softmax(logits(h_j)) for j < K-1, the distributions the latent view
+    turns into its soft tokens (its states from `latent_view`, the LM head as in `soft_token`)."""
+    _, states_BJD = latent_view(model, variables, ids, mask, num_steps)
+    logits_BJV = model.apply(variables, states_BJD[:, :num_steps - 1], method=Decoder.logits)
+    return jax.nn.softmax(logits_BJV.astype(jnp.float32), axis=-1)
+
+
+def think(loaded: LoadedModel, texts: Sequence[str], *, top_k: int = 5, num_steps: Optional[int] = None,
+          max_length: int = 512) -> List[List[List[Tuple[str, int, float]]]]:
+    """Per text, per soft step (K-1 of them), the top-k (token text, id, probability)."""
+    steps = resolve_num_thinking_steps(num_steps, loaded.num_thinking_steps)
+    if steps == 1 or not texts:
+        return [[] for _ in texts]
+    tok = loaded.tokenizer
+    rows = tokenize_texts(tok, list(texts), max_length)
+    ids, mask = left_pad(rows, max(len(r) for r in rows), pad_token_id(tok))
+    probs = np.asarray(jax.device_get(soft_step_probs(Decoder(loaded.cfg), loaded.variables, jnp.asarray(ids),
+                                                      jnp.asarray(mask), steps)))
+    out = []
+    for p_JV in probs:
+        top_JK = np.argsort(-p_JV, axis=-1, kind="stable")[:, :top_k]
+        out.append([[(tok.decode([int(t)]), int(t), float(p[t])) for t in top] for p, top in zip(p_JV, top_JK)])
+    return out
+
+
+def domain_thoughts(loaded: LoadedModel, domain_dir: str, *, num_queries: int = 3, **kw) -> List[Thought]:
+    """The first `num_queries` queries of a BRIGHT-format domain directory, with gold reasoning
+    when the domain has reasoning.jsonl."""
+    domain = bright.load_domain(domain_dir)
+    ids, queries = domain.query_ids[:num_queries], domain.queries[:num_queries]
+    texts = query_prefixes(loaded.text_format, loaded.tokenizer, queries, domain.require_instruction())
+    gold = read_reasoning(domain_dir) if os.path.isfile(os.path.join(domain_dir, REASONING_FILE)) else {}
+    return [Thought(i, t, s, gold.get(i)) for i, t, s in zip(ids, texts, think(loaded, texts, **kw))]
+
+
+def format_thoughts(thoughts: Sequence[Thought]) -> str:
+    """Markdown: per query its text, a table of the soft steps' top tokens, the gold reasoning."""
+    lines = []
+    for th in thoughts:
+        lines += [f"## Query {th.id}", "", "```", th.text, "```", ""]
+        if not th.steps:
+            lines += ["(K=1: no soft steps)", ""]
+        else:
+            lines += ["| soft step | top tokens (probability) |", "|---|---|"]
+            for j, top in enumerate(th.steps):
+                cells = ", ".join(f"`{t!r}` {p:.3f}" for t, _, p in top)
+                lines.append(f"| {j} | {cells} |")
+            lines.append("")
+        if th.gold is not None:
+            lines += ["Gold reasoning:", "", "```", th.gold, "```", ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------- CLI
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("model", None, "Training workdir, checkpoint or HF directory.", flag_values=FLAGS)
+flags.DEFINE_string("data", "", "One BRIGHT-format domain directory (e.g. DIR/eval/steps3).", flag_values=FLAGS)
+flags.DEFINE_integer("num_queries", 3, "Queries shown from --data.", flag_values=FLAGS)
+flags.DEFINE_multi_string("query", [], "A query text (instead of --data; repeatable).", flag_values=FLAGS)
+flags.DEFINE_string("instruction", "", "Instruction of --query texts.", flag_values=FLAGS)
+flags.DEFINE_integer("top_k", 5, "Tokens shown per soft step.", flag_values=FLAGS)
+flags.DEFINE_integer("num_thinking_steps", None, "K (default: the model's).", flag_values=FLAGS)
+flags.DEFINE_integer("max_length", 512, "Query truncation length in tokens.", flag_values=FLAGS)
+flags.DEFINE_string("output", "", "Also write the markdown here.", flag_values=FLAGS)
+define_help(FLAGS)
+
+
+def run(f: flags.FlagValues) -> str:
+    """The markdown for the parsed flags (printed by run_cli); also written to --output."""
+    if not f.model or bool(f.data) == bool(f.query):
+        raise ValueError("--model and exactly one of --data and --query are required")
+    loaded = load_for_inference(f.model, default_dtype())
+    kw = dict(top_k=f.top_k, num_steps=f.num_thinking_steps, max_length=f.max_length)
+    if f.data:
+        thoughts = domain_thoughts(loaded, f.data, num_queries=f.num_queries, **kw)
+    else:
+        texts = query_prefixes(loaded.text_format, loaded.tokenizer, f.query, f.instruction)
+        thoughts = [Thought(str(i), t, s) for i, (t, s) in enumerate(zip(texts, think(loaded, texts, **kw)))]
+    text = format_thoughts(thoughts)
+    if f.output:
+        os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
+        with open(f.output, "w", encoding="utf-8") as out:
+            out.write(text + "\n")
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry; argv[0] is the program name. Returns the exit status."""
+    return run_cli(FLAGS, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

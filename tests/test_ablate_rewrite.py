@@ -1,0 +1,61 @@
+"""The ablation's rewrite-then-retrieve and latency jobs, planned without training anything."""
+import os
+import sys
+
+from laser_jax.experiments import ablate, jobs as jobs_lib, report
+
+DATA = {"dev": "/d/dev", "eval": "/d/eval", "train": "/d/train.jsonl", "tokenizer": "/d/tok"}
+
+
+def test_rewrite_jobs_share_one_generation_and_keep_the_laser_run(tmp_path):
+    runs = str(tmp_path / "runs")
+    jobs = ablate.plan_jobs(["laser", "rewrite_then_retrieve"], [0, 1], "configs/tiny.py", runs, DATA, "dev",
+                            {}, 64, 8, lm="/lm")
+    by = {j.name: j for j in jobs}
+    first, second = by["rewrite_then_retrieve/seed0"], by["rewrite_then_retrieve/seed1"]
+    assert first.argv[1:3] == ["-m", "laser_jax.experiments.rewrite"]
+    assert "--lm=/lm" in first.argv and f"--model={runs}/laser/seed0" in first.argv
+    cache = f"--cache_dir={runs}/rewrite_cache/dev"
+    assert cache in first.argv and cache in second.argv  # one cache for every seed
+    assert first.deps == ["laser/seed0"] and second.deps == ["laser/seed1", "rewrite_then_retrieve/seed0"]
+    assert first.result == f"{runs}/laser/seed0/rewrite_then_retrieve_dev.json"
+    assert not first.owns_workdir and by["laser/seed0"].owns_workdir
+    latency = ablate.latency_job(jobs, [0, 1], runs, DATA, "dev", "/lm", 64)
+    assert latency.deps == [j.name for j in jobs] and not latency.owns_workdir
+    assert f"--model={runs}/laser/seed0" in latency.argv and "--lm=/lm" in latency.argv
+
+
+def test_an_evaluation_job_does_not_clear_the_run_it_reads(tmp_path):
+    run = tmp_path / "laser" / "seed0"
+    run.mkdir(parents=True)
+    (run / "eval_results.json").write_text("{}")
+    out = str(run / "rewrite_then_retrieve_dev.json")
+    job = jobs_lib.Job("rewrite_then_retrieve/seed0", "rewrite_then_retrieve", 0, str(run),
+                       [sys.executable, "-c", f"open({out!r}, 'w').write('{{}}')"], out, owns_workdir=False)
+    jobs_lib.run_jobs([job], 1, dict(os.environ), log=lambda _: None)
+    assert job.returncode == 0 and (run / "eval_results.json").exists() and os.path.isfile(out)
+
+
+def test_rewrite_then_retrieve_without_an_lm(tmp_path, capsys):
+    args = ["ablate", f"--runs_dir={tmp_path}/runs", f"--out={tmp_path}/out"]
+    assert ablate.main(args + ["--variants=laser,rewrite_then_retrieve"]) == 2
+    assert "rewrite_then_retrieve needs a pretrained language model: give --lm" in capsys.readouterr().err
+    ablate.FLAGS.unparse_flags()
+    ablate.FLAGS(["ablate", "--lm=some/lm"])
+    assert ablate.pretrained_lm_dir(ablate.FLAGS, "/runs") == os.path.abspath("some/lm")
+    ablate.FLAGS(["ablate"])
+    assert ablate._variants(ablate.FLAGS, "") == [v for v in ablate.ALL_VARIANTS if v != "rewrite_then_retrieve"]
+    ablate.FLAGS.unparse_flags()
+
+
+def test_latency_table_in_the_markdown(tmp_path):
+    latency = {"basic": {"batch1": {"ms_per_query": 2.0, "ratio_to_basic": 1.0}},
+               "rewrite_then_retrieve": {"batch1": {"ms_per_query": 50.0, "ratio_to_basic": 25.0}}}
+    md = str(tmp_path / "a.md")
+    report.write_markdown(md, {}, [0], "cmd", "machine", "budget", "timing", "dev", labels=ablate.LABELS,
+                          latency=latency)
+    text = open(md).read()
+    assert "## Retrieval latency" in text and "| batch1 ms/query | batch1 x basic |" in text
+    assert "| rewrite-then-retrieve (LM reasoning + explicit view) | 50.00 | 25.00 |" in text
+    report.write_markdown(md, {}, [0], "cmd", "machine", "budget", "timing", "dev")
+    assert "latency" not in open(md).read()
