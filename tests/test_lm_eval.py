@@ -1,13 +1,9 @@
 """End-number accuracy of greedy reasoning (experiments/lm_eval.py) on hand-made cases."""
 import json
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
+from laser_jax.data.formatting import TextFormat
 from laser_jax.experiments import lm_eval
-from laser_jax.model.config import preset
-from laser_jax.model.decoder import Decoder, init_variables, positions_from_mask
+from laser_jax.inference.load import LoadedModel
 
 
 def _write_split(root):
@@ -42,24 +38,20 @@ def test_end_number_and_score_on_a_hand_made_split(tmp_path):
     assert r["exact"] == 1 / 3 and r["n"] == 3
 
 
-def test_generate_reasoning_is_greedy_decoding_up_to_eos(tokenizer):
-    cfg = preset("tiny_qwen3", vocab_size=len(tokenizer) + 16, hidden_size=32, intermediate_size=64,
-                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                 param_dtype="float32", compute_dtype="float32", scan_layers=False)
-    model = Decoder(cfg)
-    variables = init_variables(cfg, jax.random.key(1))
-    texts = ["Instruct: Given a question\nQuery: What is 3 plus 4?", "Query: 7"]
-    got = lm_eval.generate_reasoning(model, variables, tokenizer, texts, max_new=6, batch_size=2)
-    eos = tokenizer.eos_token_id
-    for text, out in zip(texts, got):  # the reference: argmax one token at a time, no cache
-        ids = tokenizer(text)["input_ids"]
-        new = []
-        for _ in range(6):
-            x = jnp.asarray([ids + new])
-            m = jnp.ones_like(x)
-            logits = model.apply(variables, x, positions_BT=positions_from_mask(m), kv_mask_BS=m, logits="last").logits
-            t = int(np.argmax(np.asarray(logits[0, -1])))
-            if t == eos:
-                break
-            new.append(t)
-        assert out == tokenizer.decode(new)
+def test_end_number_accuracy_prompts_the_explicit_prefix_and_scores(tmp_path, tokenizer, monkeypatch):
+    split = _write_split(tmp_path)
+    seen = {}
+
+    def fake_generate(lm, prompts, *, max_new_tokens, batch_size):
+        seen.update(prompts=list(prompts), max_new=max_new_tokens)
+        return ["21 plus 3 is 24\n\n24 minus 4 is 20", "x 29", "12 minus 5 is 7"]
+
+    monkeypatch.setattr(lm_eval.rewrite, "generate_reasonings", fake_generate)
+    lm = LoadedModel(cfg=None, variables={}, tokenizer=tokenizer, text_format=TextFormat(), num_thinking_steps=1)
+    r = lm_eval.end_number_accuracy(lm, split, TextFormat(query_template="Instruct: {instruction}\nQuery: {query}"))
+    assert seen["prompts"][0] == "Instruct: Find the number.\nQuery: Start with 21."
+    longest = max(len(tokenizer(t)["input_ids"]) for t in ("9 plus 1 is 10\n\n10 plus 2 is 12\n\n12 minus 5 is 7",))
+    assert seen["max_new"] == longest + lm_eval.MARGIN
+    assert r["accuracy"] == 2 / 3 and r["per_domain"] == {"steps2": 0.5, "steps3": 1.0} and r["exact"] == 1 / 3
+    assert r["examples"][1] == {"query": "Start with 28.", "generated": "x 29",
+                                "gold": "28 minus 3 is 25\n\n25 plus 5 is 30"}

@@ -1,15 +1,15 @@
 """Greedy reasoning of a (pretrained) LM on the synthetic task, and its end-number accuracy.
 
 Each query of a BRIGHT-format split (eval/ or dev/ of `laser_jax.data.synthetic`) is
-formatted as the explicit view's prefix (the query template with the domain's instruction,
-chat-wrapped when asked), continued greedily (`model.generate.greedy_generate`, stopping at
-EOS, at most `max_new` tokens: by default the split's longest gold reasoning + a margin) and
-the generated reasoning decoded. Its LAST number is the model's answer; it is right when it
-equals the chain's end state (`<split>/<domain>/chains.jsonl` `states[-1]`).
+formatted as the explicit view's prefix (`explicit_upper.query_prefixes`: the query template
+with the domain's instruction, chat-wrapped when asked) and continued greedily up to EOS by
+`experiments.rewrite.generate_reasonings` (the generation rewrite-then-retrieve uses; at most
+`max_new` tokens: by default the split's longest gold reasoning + a margin). The LAST number
+of the generated reasoning is the model's answer; it is right when it equals the chain's end
+state (`<split>/<domain>/chains.jsonl` `states[-1]`).
 
     python -m laser_jax.experiments.lm_eval --model=DIR --split_dir=TASK/eval [--out=lm_eval.json]
 
-`generate_reasoning` (texts in, reasoning strings out) is also what rewrite-then-retrieve uses.
 """
 from __future__ import annotations
 
@@ -20,16 +20,13 @@ import re
 import sys
 from typing import Dict, List, Optional, Sequence
 
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
 from laser_jax.cli import define_help, run_cli
-
-from laser_jax.data.formatting import DEFAULT_QUERY_TEMPLATE, chat_wrap, format_query
-from laser_jax.data.tokenize import left_pad, pad_token_id, tokenize_texts
-from laser_jax.model.decoder import Decoder
-from laser_jax.model.generate import greedy_generate
+from laser_jax.data.formatting import TextFormat
+from laser_jax.experiments import explicit_upper, rewrite
+from laser_jax.inference.load import LoadedModel
 
 NUMBER = re.compile(r"-?\d+")
 MARGIN = 8  # tokens beyond the longest gold reasoning
@@ -74,48 +71,9 @@ def end_number(text: str) -> Optional[int]:
     return int(found[-1]) if found else None
 
 
-def prompts(tokenizer, queries: Sequence[str], instructions: Sequence[str],
-            query_template: str = DEFAULT_QUERY_TEMPLATE, chat_template: bool = False) -> List[str]:
+def split_prompts(tokenizer, queries: Sequence[SplitQuery], text_format: TextFormat) -> List[str]:
     """The explicit view's prefix of each query (what its reasoning follows)."""
-    texts = [format_query(query_template, ins, q) for q, ins in zip(queries, instructions)]
-    return [chat_wrap(tokenizer, t) for t in texts] if chat_template else texts
-
-
-def generate_reasoning(model: Decoder, variables, tokenizer, prompt_texts: Sequence[str], max_new: int,
-                       batch_size: int = 128, max_prompt_len: int = 4096) -> List[str]:
-    """Greedy continuation (up to EOS, at most `max_new` tokens, EOS excluded) of each prompt,
-    decoded. Batches are padded to one width and one batch size, so one program is compiled."""
-    eos = tokenizer.eos_token_id
-    pad = pad_token_id(tokenizer)
-    rows = tokenize_texts(tokenizer, list(prompt_texts), max_prompt_len)
-    if not rows:
-        return []
-    width = max(len(r) for r in rows)
-    bs = min(batch_size, len(rows))
-    out = []
-    for s in range(0, len(rows), bs):
-        chunk = rows[s:s + bs]
-        n = len(chunk)
-        chunk = chunk + [chunk[-1]] * (bs - n)
-        ids, mask = left_pad(chunk, width, pad)
-        gen = greedy_generate(model, variables, jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=int(max_new),
-                              stop_ids_B=eos, pad_id=pad)
-        tokens, lengths = np.asarray(gen.tokens), np.asarray(gen.lengths)
-        stopped = np.asarray(gen.stopped)
-        for i in range(n):
-            toks = tokens[i, :lengths[i]].tolist()
-            if stopped[i] and toks and toks[-1] == eos:
-                toks = toks[:-1]
-            out.append(tokenizer.decode(toks))
-    return out
-
-
-def default_max_new(tokenizer, queries: Sequence[SplitQuery]) -> int:
-    """The longest gold reasoning of the split in tokens + EOS + MARGIN (48 without gold)."""
-    gold = [q.reasoning for q in queries if q.reasoning]
-    if not gold:
-        return 48
-    return max(len(r) for r in tokenize_texts(tokenizer, gold, 100000)) + 1 + MARGIN
+    return [explicit_upper.query_prefixes(text_format, tokenizer, [q.query], q.instruction)[0] for q in queries]
 
 
 def score(queries: Sequence[SplitQuery], generated: Sequence[str]) -> Dict:
@@ -131,18 +89,16 @@ def score(queries: Sequence[SplitQuery], generated: Sequence[str]) -> Dict:
             "exact": float(exact.mean()) if len(exact) else 0.0, "n": int(len(ok))}
 
 
-def end_number_accuracy(model: Decoder, variables, tokenizer, split_dir: str, *,
-                        query_template: str = DEFAULT_QUERY_TEMPLATE, chat_template: bool = False,
+def end_number_accuracy(lm: LoadedModel, split_dir: str, text_format: TextFormat = TextFormat(), *,
                         max_new: int = 0, batch_size: int = 128, examples: int = 3) -> Dict:
-    """Greedy end-number accuracy on a split (module doc): score() plus "max_new" and a
-    few "examples" ({query, generated, gold})."""
+    """Greedy end-number accuracy of the language model `lm` on a split (module doc):
+    score() plus "max_new" and a few "examples" ({query, generated, gold})."""
     queries = [q for q in load_split(split_dir) if q.end_state is not None]
     if not queries:
         raise FileNotFoundError(f"{split_dir}: no queries with chains.jsonl end states")
-    max_new = max_new or default_max_new(tokenizer, queries)
-    texts = prompts(tokenizer, [q.query for q in queries], [q.instruction for q in queries], query_template,
-                    chat_template)
-    generated = generate_reasoning(model, variables, tokenizer, texts, max_new, batch_size)
+    max_new = max_new or rewrite.default_max_new_tokens(lm.tokenizer, split_dir, MARGIN)
+    generated = rewrite.generate_reasonings(lm, split_prompts(lm.tokenizer, queries, text_format),
+                                            max_new_tokens=max_new, batch_size=min(batch_size, len(queries)))
     result = score(queries, generated)
     result["max_new"] = int(max_new)
     result["examples"] = [{"query": q.query, "generated": g, "gold": q.reasoning}
@@ -172,10 +128,8 @@ def _command(f: flags.FlagValues) -> str:
     if not f.model or not f.split_dir:
         raise ValueError("--model and --split_dir are required")
     loaded = load_for_inference(f.model, "float32")
-    fmt = loaded.text_format
-    result = end_number_accuracy(Decoder(loaded.cfg), loaded.variables, loaded.tokenizer, f.split_dir,
-                                 query_template=fmt.query_template, chat_template=fmt.chat_template,
-                                 max_new=f.max_new, batch_size=f.batch_size)
+    result = end_number_accuracy(loaded, f.split_dir, loaded.text_format, max_new=f.max_new,
+                                 batch_size=f.batch_size)
     if f.out:
         with open(f.out, "w") as fh:
             json.dump(result, fh, indent=1)

@@ -163,15 +163,14 @@ def export_lm(train_dir: str, out: str, tokenizer_dir: str, param_dtype: str) ->
 
 def evaluate_lm(config, out: str, eval_dir: str) -> dict:
     """Greedy end-number accuracy of the LM in `out` on `eval_dir`, into out/lm_eval.json."""
+    from laser_jax.data.formatting import TextFormat
     from laser_jax.experiments import lm_eval
-    from laser_jax.inference.load import load_hf_dir
-    from laser_jax.model.decoder import Decoder
+    from laser_jax.inference.load import load_for_inference
 
     started = time.time()
-    loaded = load_hf_dir(out, "float32")
-    result = lm_eval.end_number_accuracy(Decoder(loaded.cfg), loaded.variables, loaded.tokenizer, eval_dir,
-                                         query_template=config.data.query_template,
-                                         chat_template=config.data.chat_template)
+    loaded = load_for_inference(out, "float32")
+    fmt = TextFormat(query_template=config.data.query_template, chat_template=config.data.chat_template)
+    result = lm_eval.end_number_accuracy(loaded, eval_dir, fmt)
     result["split_dir"] = eval_dir
     result["seconds"] = round(time.time() - started, 1)
     _write_json(os.path.join(out, EVAL_FILE), result)
