@@ -80,6 +80,8 @@ def test_lm_rows_batches_and_step_determinism(task, tokenizer_dir):
     rec = json.loads(open(task["train"]).readline())
     want = "Instruct: " + rec["prompt"] + "\nQuery: " + rec["query"] + rec["reasoning_query"]
     assert tok.decode(source.rows[0][:-1]) == want and source.rows[0][-1] == tok.eos_token_id
+    assert source.location(1) == f"{task['train']}: line 2"
+    assert source.location(n_train) == f"{task['corpus']}: line 1"
     opts = lm_pipeline.LMOptions(batch_size=8, num_widths=3, sort_batches=4, seed=3)
     a = lm_pipeline.LMStepBatcher(source, tok, opts)
     b = lm_pipeline.LMStepBatcher(source, tok, opts)

@@ -67,11 +67,11 @@ class LMSource:
     Attributes:
       rows: int32 arrays of token ids.
       kinds: int8 [N] TEXT | REASONING | PASSAGE.
-      origins: [(file, line)] of each row (1-based line; 0 when unknown).
+      origins: where each row comes from ("FILE: line N", or "FILE: record I").
       truncated: rows cut at max_len.
     """
 
-    def __init__(self, rows: List[np.ndarray], kinds: Sequence[int], origins: Sequence[tuple], truncated: int = 0):
+    def __init__(self, rows: List[np.ndarray], kinds: Sequence[int], origins: Sequence[str], truncated: int = 0):
         if not rows:
             raise DataError.at("data.train_files", "the causal-LM training data has no rows")
         self.rows = rows
@@ -84,8 +84,7 @@ class LMSource:
         return len(self.rows)
 
     def location(self, i: int) -> str:
-        path, line = self.origins[i]
-        return f"{path}: line {line}" if line else f"{path}: row {i}"
+        return self.origins[i]
 
     @property
     def summary(self) -> str:
@@ -131,7 +130,7 @@ def detect_format(train_files: str, lm_format: str = "auto") -> str:
 
 
 def read_text_jsonl(pattern: str):
-    """[(text, (file, line))] of JSONL records with a non-empty `text` string.
+    """[(text, "FILE: line N")] of JSONL records with a non-empty `text` string.
 
     Raises:
       DataError: naming every bad line (first 20).
@@ -151,7 +150,7 @@ def read_text_jsonl(pattern: str):
                 if not isinstance(text, str) or not text:
                     problems.append(Problem(path, "", "text", "missing, empty or not a string", n))
                     continue
-                out.append((text, (path, n)))
+                out.append((text, f"{path}: line {n}"))
     if problems:
         raise DataError(problems)
     return out
@@ -170,12 +169,12 @@ def reasoning_texts(records, tokenizer, query_template: str, chat_template: bool
 
 
 def read_passages(corpus_path: str):
-    """[(content, (file, line))] of a synthetic task's corpus.jsonl."""
+    """[(content, "FILE: line N")] of a synthetic task's corpus.jsonl."""
     out = []
     with open(corpus_path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if line.strip():
-                out.append((json.loads(line)["content"], (corpus_path, n)))
+                out.append((json.loads(line)["content"], f"{corpus_path}: line {n}"))
     return out
 
 
@@ -217,7 +216,7 @@ def open_lm_source(config, train_files: str, tokenizer, synthetic_corpus: str = 
         texts = reasoning_texts(records, tokenizer, d.query_template, d.chat_template)
         kinds = [REASONING] * len(texts)
         locate = getattr(source, "location", None)
-        origins = [(locate(i), 0) if locate else (train_files, 0) for i in range(len(texts))]
+        origins = [locate(i) if locate else f"{train_files}: record {i}" for i in range(len(texts))]
     if synthetic_corpus:
         passages = read_passages(synthetic_corpus)
         texts += [t for t, _ in passages]
