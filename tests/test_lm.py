@@ -100,6 +100,15 @@ def test_lm_rows_batches_and_step_determinism(task, tokenizer_dir):
     # length grouping: padding is much less than padding every batch to the longest row
     pad = np.mean([1 - a(s)["mask"].mean() for s in range(spe)])
     assert pad < 1 - source.lengths.mean() / source.lengths.max()
+    # the default (no grouping): random batches, still a function of the step alone
+    plain = dict(batch_size=8, num_widths=3, seed=3)
+    c, d = lm_pipeline.LMStepBatcher(source, tok, lm_pipeline.LMOptions(**plain)), \
+        lm_pipeline.LMStepBatcher(source, tok, lm_pipeline.LMOptions(**plain))
+    np.testing.assert_array_equal(c(spe + 1)["ids"], d(spe + 1)["ids"])
+    epoch = np.concatenate([c(s)["record"] for s in range(spe)])
+    assert len(set(epoch.tolist())) == len(epoch)
+    assert np.std([source.lengths[c(s)["record"]].mean() for s in range(spe)]) < \
+        np.std([source.lengths[a(s)["record"]].mean() for s in range(spe)])  # mixed lengths per batch
 
 
 def test_text_jsonl_rows(tmp_path, task):

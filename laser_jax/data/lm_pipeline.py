@@ -15,7 +15,9 @@ Every row is tokenized once at set-up (lengths are needed for length grouping). 
 exactly the batches an uninterrupted one would. Epoch e = k // steps_per_epoch orders the
 rows by a permutation seeded with (seed, e); within windows of `sort_batches` global batches
 the rows are sorted by length, cut into batches, and the epoch's batches shuffled (seeded
-with (seed, e)). A batch is padded (left) to the smallest of a few widths (`widths`: length
+with (seed, e)); sort_batches=1 (the default) keeps the permutation's random batches:
+length-homogeneous batches cut padding but made the tiny LM learn far slower (40.7% vs
+99.7% greedy end-number accuracy after 1500 steps on the synthetic task). A batch is padded (left) to the smallest of a few widths (`widths`: length
 quantiles of the rows) that holds its longest row, computed from the GLOBAL batch, so every
 host pads to the same width. Each epoch drops its last N mod global_batch rows.
 """
@@ -48,7 +50,7 @@ class LMOptions:
     process_index: int = 0
     process_count: int = 1
     num_widths: int = 4
-    sort_batches: int = 32
+    sort_batches: int = 1
     pad_multiple: int = 1
     shuffle: bool = True
     seed: int = 0

@@ -83,7 +83,9 @@ def _data_section() -> ml_collections.ConfigDict:
                                  # with data.synthetic: the task's queries + reasoning and its passages
     d.lm_max_len = 0             # tokens per LM row, EOS included (longer rows keep their start); 0 = explicit_max_len + 1
     d.lm_num_widths = 4          # padded widths: this many length quantiles of the rows (compiled shapes)
-    d.lm_sort_batches = 32       # rows are length-sorted within windows of this many batches (1 = no grouping)
+    d.lm_sort_batches = 1        # >1: rows length-sorted within windows of this many batches (less padding);
+                                 # 1 = none. On the synthetic task grouping (32) cut the LM's greedy accuracy at
+                                 # 1500 steps from 99.7% to 40.7%: batches of one length class learn much slower
     d.lm_corpus = ""             # a corpus.jsonl whose passages (`content`) join the rows ("" = none; with
                                  # data.synthetic: the generated task's)
     return d
