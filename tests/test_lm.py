@@ -156,3 +156,11 @@ def test_causal_lm_gradient_accumulation_runs(task, tmp_path):
     trained = loop.train(set_up(c, str(tmp_path / "acc")))
     rows = _rows(tmp_path / "acc")
     assert [r["step"] for r in rows] == [1] and np.isfinite(rows[0]["loss"]) and trained.skipped_steps == []
+
+
+def test_causal_lm_with_lora_trains_only_the_adapters(task, tmp_path):
+    c = lm_config(task, **{"lora.rank": 4, "train.num_steps": 2})
+    trained = loop.train(set_up(c, str(tmp_path / "lora")))
+    assert set(trained.state.trainable) == {"lora"} and set(trained.state.frozen) == {"params"}
+    rows = _rows(tmp_path / "lora")
+    assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) and r["l2_grads"] > 0 for r in rows)
