@@ -66,6 +66,24 @@ def all_finite(tree) -> bool:
     return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
 
 
+def newest_meta(workdir: str) -> Optional[Tuple[int, str, dict]]:
+    """(step, checkpoints directory, meta) of the newest complete checkpoint of WORKDIR that
+    has a meta item, read without writing anything; None when there is none."""
+    directory = epath.Path(workdir) / CHECKPOINTS
+    if not directory.is_dir():
+        return None
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir()),
+                   reverse=True)
+    for step in steps:
+        meta = directory / str(step) / "meta" / "metadata"
+        if meta.exists():
+            try:
+                return step, str(directory), json.loads(meta.read_text())
+            except ValueError:  # a damaged meta item: the restore reports it
+                continue
+    return None
+
+
 class Checkpointer:
     """Save and restore (state, data iterator, meta) under WORKDIR/checkpoints."""
 

@@ -58,10 +58,10 @@ def train(run: Run, stop: Optional[faults.StopSignals] = None, until: Optional[i
 
 def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
     c, program = run.config, run.program
-    save_run_files(run)
     iterator = train_iterator(run.source, run.tokenizer, run.options)
     checkpointer = run.checkpointer()
     restored = checkpointer.restore(run.abstract_state, iterator)
+    save_run_files(run)  # once the workdir's checkpoints (if any) restored: the config that trains
     if restored is None:
         state, start = fresh_state(run), 0
         log.info("starting from scratch: %s", describe(run))

@@ -29,6 +29,7 @@ from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder, init_variables
 from laser_jax.train import checkpoint as ckpt_lib
 from laser_jax.train import setup
+from laser_jax.train.config import ARCH_FIELDS
 from laser_jax.train.step import TrainState
 
 log = logging.getLogger("laser_jax")
@@ -122,10 +123,12 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Check the inputs, read the records, build the program, load a teacher (module doc).
 
     Raises:
-      ConfigError, DataError, FileNotFoundError, CheckpointMismatchError: bad input, named.
+      ConfigError, DataError, FileNotFoundError, CheckpointMismatchError: bad input, named
+        (a config that cannot resume WORKDIR's checkpoints before anything is written there).
     """
     c = config
     is_writer = jax.process_index() == 0
+    check_resume(c, workdir)  # before anything is written to the workdir
     if is_writer:
         os.makedirs(workdir, exist_ok=True)
     paths = setup.resolve_data(c, workdir)
@@ -147,6 +150,42 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     return Run(config=c, workdir=workdir, is_writer=is_writer, paths=paths, tokenizer=tokenizer,
                text_format=text_format, model_cfg=model_cfg, source=source, options=options, program=program,
                teacher=load_teacher(c.laser.teacher_from, program), meta=meta)
+
+
+# ModelConfig fields that fix the shapes and structure of the saved state, and the config field
+# that sets each ("" = the architecture source, model.init_from or model.preset).
+_STRUCTURE_FIELDS = {**{f: f"model.{f}" for f in ARCH_FIELDS}, "family": "", "tie_word_embeddings": "",
+                     "attention_bias": "", "qk_norm": "", "scan_layers": "model.scan_layers",
+                     "lora_rank": "lora.rank", "lora_targets": "lora.targets"}
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuse, before anything is written to WORKDIR, a config whose model cannot resume the
+    checkpoints WORKDIR holds (another architecture, LoRA setting or layer layout).
+
+    Raises:
+      ConfigError: naming every differing field, its value here and in the checkpoint.
+    """
+    found = ckpt_lib.newest_meta(workdir)
+    if found is None or "model" not in found[2]:
+        return
+    step, directory, meta = found
+    here = dataclasses.asdict(setup.model_config(config, None))
+    source = "model.init_from" if config.model.init_from else "model.preset"
+    problems = []
+    for name, field in _STRUCTURE_FIELDS.items():
+        ours, theirs = here.get(name), meta["model"].get(name)
+        if name == "lora_targets":
+            ours, theirs = ",".join(ours or ()), ",".join(theirs or ())
+        if name not in meta["model"] or ours == theirs:
+            continue
+        label = field or f"{source} ({name})"
+        problems.append(f"{label}: {ours!r} here, {theirs!r} in the checkpoint")
+    if problems:
+        raise ConfigError(
+            f"--workdir: {workdir} holds checkpoints of another model (step {step} in {directory}), which this "
+            f"config cannot resume: {'; '.join(problems)}. Use a new --workdir, or the checkpoint's settings to "
+            "resume; nothing was written")
 
 
 def load_teacher(path: str, program: setup.Program) -> Optional[dict]:
