@@ -40,3 +40,29 @@ def test_a_refused_resume_writes_nothing_to_the_workdir(rtask, tmp_path, capsys)
     code, err = run_main(tiny_config(rtask, **{"train.num_steps": 4, "train.learning_rate": 5e-4}), run, capsys)
     assert code == 0, err[-3000:]
     assert json.loads((run / "run_config.json").read_text())["train"]["learning_rate"] == 5e-4
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only file system (a tmpfs mounted ro; needs mount rights, skipped elsewhere)."""
+    mount_point = tmp_path / "read_only"
+    mount_point.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount_point)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_read_only_workdir_exits_2_naming_it_before_compiling(rtask, read_only_dir, capsys, caplog):
+    for workdir in (read_only_dir, read_only_dir / "run"):  # the workdir itself, or its parent
+        with caplog.at_level("INFO", logger="laser_jax"):
+            code, err = run_main(tiny_config(rtask), workdir, capsys)
+        assert code == faults.EXIT_BAD_INPUT, err[-3000:]
+        assert err.startswith(f"error: --workdir: {workdir}: cannot write there (Read-only file system")
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        assert not any("compiling" in r.getMessage() for r in caplog.records)
+        caplog.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import tempfile
 from typing import Any, List, Optional
 
 import jax
@@ -28,7 +29,7 @@ from laser_jax.model import lora as lora_lib
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder, init_variables
 from laser_jax.train import checkpoint as ckpt_lib
-from laser_jax.train import setup
+from laser_jax.train import faults, setup
 from laser_jax.train.config import ARCH_FIELDS
 from laser_jax.train.step import TrainState
 
@@ -130,7 +131,7 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     is_writer = jax.process_index() == 0
     check_resume(c, workdir)  # before anything is written to the workdir
     if is_writer:
-        os.makedirs(workdir, exist_ok=True)
+        make_writable_workdir(workdir)
     paths = setup.resolve_data(c, workdir)
     setup.check_eval_dir(paths)
     tokenizer = setup.load_tokenizer(paths)
@@ -150,6 +151,27 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     return Run(config=c, workdir=workdir, is_writer=is_writer, paths=paths, tokenizer=tokenizer,
                text_format=text_format, model_cfg=model_cfg, source=source, options=options, program=program,
                teacher=load_teacher(c.laser.teacher_from, program), meta=meta)
+
+
+def make_writable_workdir(workdir: str) -> None:
+    """Create WORKDIR if needed and check that files can be written there (a read-only
+    directory or file system is reported now, not at the first file after compiling).
+
+    Raises:
+      ConfigError: naming the directory (a full disk propagates as itself: exit 4).
+    """
+    if "://" in workdir:  # a bucket: its writes are checked by the first save
+        return
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".laser_jax_write_check"):
+            pass
+    except OSError as e:
+        if faults.is_disk_full(e):
+            raise
+        raise ConfigError(f"--workdir: {workdir}: cannot write there ({e.strerror or e}"
+                          f"{': ' + e.filename if e.filename and e.filename != workdir else ''}); "
+                          "choose a writable --workdir") from None
 
 
 # ModelConfig fields that fix the shapes and structure of the saved state, and the config field
