@@ -59,3 +59,27 @@ def test_a_missing_config_file_is_one_line_naming_it(cli, tmp_path):
         line = one_error_line(err)
         assert code == 2 and "configs/nope.py" in line and "No such file" in line
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_real_model_config_without_weights_reports_every_problem_and_what_to_do(cli, tmp_path):
+    for check in ((), ("--check",)):
+        code, _, err = cli("--config=configs/qwen7b.py", f"--workdir={tmp_path / 'w'}", *check)
+        assert code == 2 and "Traceback" not in err
+        assert "model.tokenizer: empty" in err and "data.train_files: empty" in err  # both at once
+        assert "configs/qwen7b.py needs the Hugging Face model (--config.model.init_from=" in err
+        assert "--config=configs/qwen7b.py:smoke runs a tiny random model" in err
+        assert not os.path.exists(tmp_path / "w")
+
+
+def test_check_validates_config_data_and_workdir_without_writing_or_training(cli, tmp_path):
+    code, out, err = cli("--config=configs/tiny.py", f"--workdir={tmp_path / 'w'}", "--check")
+    assert code == 0 and out.startswith("config OK: configs/tiny.py: qwen3 "), err
+    assert not os.path.exists(tmp_path / "w")
+    code, out, err = cli("--config=configs/tiny.py", "--check")  # --workdir is optional with --check
+    assert code == 0 and "config OK" in out
+    code, _, err = cli("--config=configs/tiny.py:smoke", "--check", f"--config.data.train_files={tmp_path}/none.jsonl")
+    assert code == 2 and "none.jsonl" in err and "Traceback" not in err
+    code, _, err = cli("--config=configs/tiny.py", "--check", "--config.laser.num_thinking_steps=0")
+    assert code == 2 and "laser.num_thinking_steps: must be >= 1" in err
+    code, _, err = cli("--config=configs/tiny.py")  # training still needs a workdir
+    assert code == 2 and "--workdir is required" in err

@@ -38,13 +38,14 @@ class DataPaths:
     tokenizer_field: str = "model.tokenizer"  # the config field the tokenizer directory came from
 
 
-def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataPaths:
-    """Generate the synthetic task into WORKDIR/data when configured; pick the tokenizer."""
+def resolve_data(config: ml_collections.ConfigDict, workdir: str, data_dir: Optional[str] = None) -> DataPaths:
+    """Generate the synthetic task into WORKDIR/data (or `data_dir`) when configured; pick the
+    tokenizer."""
     d, m = config.data, config.model
     train_files, tokenizer, eval_dir = d.train_files, m.tokenizer or m.init_from, d.eval_dir
     field = "model.tokenizer" if m.tokenizer or not m.init_from else "model.init_from"
     if d.synthetic:
-        paths = ensure_generated(os.path.join(workdir, "data"), seed=d.synthetic_seed)
+        paths = ensure_generated(data_dir or os.path.join(workdir, "data"), seed=d.synthetic_seed)
         train_files = train_files or paths["train"]
         tokenizer = tokenizer or paths["tokenizer"]
         eval_dir = eval_dir or paths["eval"]

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import tempfile
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -129,16 +129,8 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """
     c = config
     is_writer = jax.process_index() == 0
-    check_resume(c, workdir)  # before anything is written to the workdir
-    if is_writer:
-        make_writable_workdir(workdir)
-    paths = setup.resolve_data(c, workdir)
-    setup.check_eval_dir(paths)
-    tokenizer = setup.load_tokenizer(paths)
-    model_cfg = setup.model_config(c, tokenizer)
-    setup.check_init_weights(c)
+    paths, tokenizer, model_cfg, source = check_inputs(c, workdir, write=is_writer)
     mesh = setup.run_mesh(c, setup.run_devices(c))
-    source = open_records(paths.train_files, group_size=c.data.group_size, skip_bad_records=c.data.skip_bad_records)
     summary = getattr(source, "summary", None)
     if is_writer and summary is not None:
         (log.warning if summary.num_skipped else log.info)("training data: %s", summary)
@@ -151,6 +143,48 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     return Run(config=c, workdir=workdir, is_writer=is_writer, paths=paths, tokenizer=tokenizer,
                text_format=text_format, model_cfg=model_cfg, source=source, options=options, program=program,
                teacher=load_teacher(c.laser.teacher_from, program), meta=meta)
+
+
+def check_inputs(config: ml_collections.ConfigDict, workdir: Optional[str], write: bool = True,
+                 data_dir: Optional[str] = None) -> Tuple[setup.DataPaths, Any, ModelConfig, Any]:
+    """The checks of a run's inputs that need no accelerator: the workdir (its checkpoints
+    against this config; writable), the data, the evaluation directory, the tokenizer, the
+    model and its weights. Returns (paths, tokenizer, model config, training records).
+
+    Args:
+      config: a validated run config.
+      workdir: the run's directory (None: not checked).
+      write: create WORKDIR (and the synthetic task in WORKDIR/data when needed); False
+        writes nothing there (`--check`: the synthetic task goes to `data_dir` then).
+      data_dir: where to generate the synthetic task instead of WORKDIR/data.
+    """
+    c = config
+    if workdir:
+        check_resume(c, workdir)  # before anything is written to the workdir
+        if write:
+            make_writable_workdir(workdir)
+        else:
+            check_writable(workdir)
+    paths = setup.resolve_data(c, workdir or "", data_dir)
+    setup.check_eval_dir(paths)
+    tokenizer = setup.load_tokenizer(paths)
+    model_cfg = setup.model_config(c, tokenizer)
+    setup.check_init_weights(c)
+    source = open_records(paths.train_files, group_size=c.data.group_size, skip_bad_records=c.data.skip_bad_records)
+    return paths, tokenizer, model_cfg, source
+
+
+def check_writable(workdir: str) -> None:
+    """Without writing: WORKDIR, or the directory it would be created in, is writable."""
+    if "://" in workdir:
+        return
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "not a directory" if not os.path.isdir(existing) else "not writable"
+        raise ConfigError(f"--workdir: {workdir}: cannot write there ({existing}: {reason}); "
+                          "choose a writable --workdir")
 
 
 def make_writable_workdir(workdir: str) -> None:
