@@ -72,12 +72,13 @@ def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
     check = _FiniteCheck(run, checkpointer)
     teacher = () if run.teacher is None else (run.teacher,)
     last, step, saved, interval = {}, start, start, _Interval(run)
+    progress = _Progress(run, start, last_step)
     try:
         while step < last_step and not stop_requested(run, stop, step - start):
             host_batch = next(iterator)
             batch = global_batch(host_batch, program.batch_sharding)
             if step == start:
-                _compile_first_step(run, state, batch, teacher)
+                progress.compiled(_compile_first_step(run, state, batch, teacher))
             state, metrics = program.step(state, batch, *teacher)  # dispatched; runs while the host goes on
             step += 1
             interval.add(host_batch, batch)
@@ -85,6 +86,9 @@ def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
             if step % c.train.log_every == 0 or step == run.total_steps or step == start + 1:
                 check.now()
                 last = log_metrics(run, step, jax.device_get(metrics), interval.take(), writer)
+                progress.line(step, last, interval.total_tokens)
+            elif progress.due():  # a line every PROGRESS_SECONDS between metrics rows
+                progress.line(step, _row(run, step, jax.device_get(metrics)), interval.total_tokens)
             if step % c.checkpoint.every_steps == 0 and step < run.total_steps:
                 check.now()
                 checkpointer.save(step, state, iterator, run.meta)
@@ -99,17 +103,68 @@ def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
     finally:
         writer.close()
     _report_end(stop, step, check.skipped, checkpointer)
+    if stop.signum is None and run.is_writer:
+        progress.done(step, checkpointer.directory, writer.path)
     return Trained.of(run, state=state, step=step, metrics=last, skipped_steps=check.skipped, signum=stop.signum)
 
 
-def _compile_first_step(run: Run, state, batch: dict, teacher: tuple) -> None:
+def _compile_first_step(run: Run, state, batch: dict, teacher: tuple) -> float:
     """Compile the step ahead of its first call (the call reuses the executable) and, with
-    several processes, meet the others before it runs its first collective."""
+    several processes, meet the others before it runs its first collective; returns the
+    seconds the compilation took."""
     started = time.time()
-    log.info("compiling the train step")
+    log.info("compiling the train step (the first step waits for it; minutes for a large model)")
     run.program.step.lower(state, batch, *teacher).compile()
-    log.info("compiled the train step in %.1f s", time.time() - started)
+    seconds = time.time() - started
+    log.info("compiled the train step in %.1f s", seconds)
     distributed.wait_for_all_processes("laser_jax/first_step")
+    return seconds
+
+
+PROGRESS_SECONDS = 20.0  # wall time between progress lines when metrics rows are further apart
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class _Progress:
+    """Progress lines: step/total, elapsed time, ETA, tokens/s, the main losses; one with each
+    metrics row and, between rows, one every PROGRESS_SECONDS (metrics.jsonl is not touched)."""
+
+    def __init__(self, run: Run, start: int, last_step: int):
+        self.run, self.start, self.last_step = run, start, last_step
+        self.t_start = self.t_line = self.t_steps = time.perf_counter()
+        self.compile_s = 0.0
+        self.tokens_line = 0.0
+
+    def compiled(self, seconds: float) -> None:
+        """The first step is compiled: step rates (ETA) are measured from now."""
+        self.compile_s = seconds
+        self.t_steps = self.t_line = time.perf_counter()
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.t_line >= PROGRESS_SECONDS
+
+    def line(self, step: int, row: dict, total_tokens: float) -> None:
+        now = time.perf_counter()
+        done, left = step - self.start, max(self.last_step - step, 0)
+        eta = left * (now - self.t_steps) / done if done else 0.0
+        tokens_per_s = (total_tokens - self.tokens_line) / max(now - self.t_line, 1e-9)
+        self.t_line, self.tokens_line = now, total_tokens
+        log.info("step %d/%d (%d%%) | %s elapsed, ETA %s | %.0f tok/s | loss %.4f (cl_lat %.3f cl_exp %.3f "
+                 "kl_out %.4f kl_mid %.4f) | acc %.2f/%.2f | lr %.2e%s", step, self.run.total_steps,
+                 100 * step // max(self.run.total_steps, 1), _duration(now - self.t_start), _duration(eta),
+                 tokens_per_s, row["loss"], row["loss_cl_latent"], row["loss_cl_explicit"], row["loss_kl_out"],
+                 row["loss_kl_mid"], row["acc_latent"], row["acc_explicit"], row["learning_rate"],
+                 _throughput_text(row))
+
+    def done(self, step: int, checkpoints: str, metrics_path: str) -> None:
+        log.info("trained to step %d in %s (%.0f s compiling); checkpoints in %s, metrics in %s", step,
+                 _duration(time.perf_counter() - self.t_start), self.compile_s, checkpoints, metrics_path)
 
 
 def _report_end(stop: faults.StopSignals, step: int, skipped: List[int], checkpointer: ckpt_lib.Checkpointer):
@@ -231,6 +286,8 @@ class _Interval:
         self.non_embedding_params = run.model_cfg.num_params(include_embeddings=False)
         self._reset()
 
+        self.total_tokens = 0.0  # since the loop began (progress lines' tokens/s)
+
     def _reset(self):
         self.t0, self.steps, self.tokens, self.flops = time.perf_counter(), 0, 0.0, 0.0
 
@@ -242,6 +299,7 @@ class _Interval:
         tokens = step_tokens(shapes, self.num_thinking_steps, self.explicit)
         self.steps += 1
         self.tokens += float(real * jax.process_count())
+        self.total_tokens += float(real * jax.process_count())
         self.flops += train_flops(self.non_embedding_params, tokens)
 
     def take(self) -> dict:
@@ -250,24 +308,31 @@ class _Interval:
         return stats
 
 
-def log_metrics(run: Run, step: int, metrics: dict, interval: dict, writer: MetricsWriter) -> dict:
-    """One metrics.jsonl row and progress line; returns the row."""
+def _row(run: Run, step: int, metrics: dict) -> dict:
+    """A step's losses, accuracies and learning rate."""
     m = {k: float(v) for k, v in metrics.items() if k not in ("finite", "tokens")}
+    return {"step": step, **m, "learning_rate": float(run.program.schedule(step - 1))}
+
+
+def log_metrics(run: Run, step: int, metrics: dict, interval: dict, writer: MetricsWriter) -> dict:
+    """One metrics.jsonl row (the progress line is `_Progress.line`'s); returns the row."""
     seconds = max(interval["seconds"], 1e-9)
-    row = {"step": step, **m, "learning_rate": float(run.program.schedule(step - 1)),
-           "step_time_s": seconds / max(interval["steps"], 1),
+    row = {**_row(run, step, metrics), "step_time_s": seconds / max(interval["steps"], 1),
            "tokens_per_s": interval["tokens"] / seconds,
            "tflops_per_s": interval["flops"] / seconds / 1e12 / jax.device_count()}
     peak = device_peak_tflops(run.config.train.peak_tflops)
     if peak:
         row["mfu"] = row["tflops_per_s"] / peak
     writer.write(row)
-    log.info("step %d/%d | loss %.4f (cl_lat %.3f cl_exp %.3f kl_out %.4f kl_mid %.4f) | acc %.2f/%.2f | "
-             "lr %.2e | %.3fs/step | %.0f tok/s | %.3f TFLOP/s/device%s", step, run.total_steps, m["loss"],
-             m["loss_cl_latent"], m["loss_cl_explicit"], m["loss_kl_out"], m["loss_kl_mid"], m["acc_latent"],
-             m["acc_explicit"], row["learning_rate"], row["step_time_s"], row["tokens_per_s"],
-             row["tflops_per_s"], f" | MFU {100 * row['mfu']:.1f}%" if peak else "")
     return row
+
+
+def _throughput_text(row: dict) -> str:
+    """The step time and per-device FLOP rate of a metrics row ("" for a progress-only row)."""
+    if "step_time_s" not in row:
+        return ""
+    return (f" | {row['step_time_s']:.3f}s/step | {row['tflops_per_s']:.3f} TFLOP/s/device"
+            + (f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else ""))
 
 
 def describe(run: Run) -> str:
