@@ -25,7 +25,7 @@ from laser_jax.data.tokenize import repad_left
 from laser_jax.model import hf_io
 from laser_jax.train import checkpoint as ckpt_lib
 from laser_jax.train import faults
-from laser_jax.train.flops import device_peak_tflops, step_tokens, train_flops
+from laser_jax.train.flops import StepFlops, peak_rates, throughput, train_step_flops
 from laser_jax.train.metrics import MetricsWriter
 from laser_jax.train.step import BATCH_KEYS, init_state
 from laser_jax.train.trainer import Run, Trained
@@ -140,6 +140,7 @@ class _Progress:
         self.t_start = self.t_line = self.t_steps = time.perf_counter()
         self.compile_s = 0.0
         self.tokens_line = 0.0
+        self.peak_source = run_peaks(run)["source"]
 
     def compiled(self, seconds: float) -> None:
         """The first step is compiled: step rates (ETA) are measured from now."""
@@ -160,7 +161,7 @@ class _Progress:
                  100 * step // max(self.run.total_steps, 1), _duration(now - self.t_start), _duration(eta),
                  tokens_per_s, row["loss"], row["loss_cl_latent"], row["loss_cl_explicit"], row["loss_kl_out"],
                  row["loss_kl_mid"], row["acc_latent"], row["acc_explicit"], row["learning_rate"],
-                 _throughput_text(row))
+                 _throughput_text(row, self.peak_source))
 
     def done(self, step: int, checkpoints: str, metrics_path: str) -> None:
         log.info("trained to step %d in %s (%.0f s compiling); checkpoints in %s, metrics in %s", step,
@@ -278,34 +279,47 @@ class _FiniteCheck:
 
 
 class _Interval:
-    """Steps, real tokens and model FLOPs since the last log line, and the wall time they took."""
+    """Steps, real tokens and FLOPs (executed and 6PT, laser_jax/train/flops.py) since the last
+    metrics row, and the wall time they took."""
 
     def __init__(self, run: Run):
         self.explicit = run.program.step_cfg.loss.needs_explicit
         self.num_thinking_steps = run.config.laser.num_thinking_steps
-        self.non_embedding_params = run.model_cfg.num_params(include_embeddings=False)
+        self.model_cfg = run.model_cfg
+        self._flops_of = {}  # batch shapes -> StepFlops (one per length bucket)
         self._reset()
-
         self.total_tokens = 0.0  # since the loop began (progress lines' tokens/s)
 
     def _reset(self):
-        self.t0, self.steps, self.tokens, self.flops = time.perf_counter(), 0, 0.0, 0.0
+        self.t0, self.steps, self.tokens = time.perf_counter(), 0, 0.0
+        self.flops = StepFlops(model_6pt=0.0, executed=0.0)
 
     def add(self, host_batch: dict, batch: dict) -> None:
         """One step: its real (non-padding) tokens (this host's share x hosts) and FLOPs."""
         real = sum(int(host_batch[k].sum()) for k in ("q_mask", "d_mask", "e_mask")
                    if k != "e_mask" or self.explicit)
-        shapes = {k: v.shape for k, v in batch.items()}
-        tokens = step_tokens(shapes, self.num_thinking_steps, self.explicit)
+        shapes = tuple((k, batch[k].shape) for k in ("q_ids", "d_ids", "e_ids") if k in batch)
+        if shapes not in self._flops_of:
+            self._flops_of[shapes] = train_step_flops(self.model_cfg, dict(shapes), self.num_thinking_steps,
+                                                      self.explicit)
+        step = self._flops_of[shapes]
         self.steps += 1
         self.tokens += float(real * jax.process_count())
         self.total_tokens += float(real * jax.process_count())
-        self.flops += train_flops(self.non_embedding_params, tokens)
+        self.flops = StepFlops(self.flops.model_6pt + step.model_6pt, self.flops.executed + step.executed)
 
     def take(self) -> dict:
         stats = dict(steps=self.steps, tokens=self.tokens, flops=self.flops, seconds=time.perf_counter() - self.t0)
         self._reset()
         return stats
+
+
+def run_peaks(run: Run) -> dict:
+    """The per-device peaks MFU is computed against (flops.peak_rates) and, as "source", where
+    the data-sheet figure came from."""
+    kind = jax.devices()[0].device_kind
+    peaks = peak_rates(kind, run.config.train.peak_tflops)
+    return {**peaks, "source": "train.peak_tflops" if run.config.train.peak_tflops else f"{kind} data sheet"}
 
 
 def _row(run: Run, step: int, metrics: dict) -> dict:
@@ -317,22 +331,30 @@ def _row(run: Run, step: int, metrics: dict) -> dict:
 def log_metrics(run: Run, step: int, metrics: dict, interval: dict, writer: MetricsWriter) -> dict:
     """One metrics.jsonl row (the progress line is `_Progress.line`'s); returns the row."""
     seconds = max(interval["seconds"], 1e-9)
+    peaks = {k: v for k, v in run_peaks(run).items() if k != "source"}
     row = {**_row(run, step, metrics), "step_time_s": seconds / max(interval["steps"], 1),
            "tokens_per_s": interval["tokens"] / seconds,
-           "tflops_per_s": interval["flops"] / seconds / 1e12 / jax.device_count()}
-    peak = device_peak_tflops(run.config.train.peak_tflops)
-    if peak:
-        row["mfu"] = row["tflops_per_s"] / peak
+           # tflops_per_s: executed matmul FLOPs (LoRA / remat as configured); model_tflops_per_s:
+           # the 6PT convention; mfu / mfu_measured_peak: executed vs the data-sheet / measured peak.
+           **throughput(interval["flops"], seconds, jax.device_count(), peaks)}
     writer.write(row)
     return row
 
 
-def _throughput_text(row: dict) -> str:
-    """The step time and per-device FLOP rate of a metrics row ("" for a progress-only row)."""
+def _throughput_text(row: dict, peak_source: str = "") -> str:
+    """The step time, per-device FLOP rates and MFU (naming the peak) of a metrics row ("" for
+    a progress-only row)."""
     if "step_time_s" not in row:
         return ""
-    return (f" | {row['step_time_s']:.3f}s/step | {row['tflops_per_s']:.3f} TFLOP/s/device"
-            + (f" | MFU {100 * row['mfu']:.1f}%" if "mfu" in row else ""))
+    text = (f" | {row['step_time_s']:.3f}s/step | {row['tflops_per_s']:.3f} TFLOP/s/device executed "
+            f"({row['model_tflops_per_s']:.3f} by 6PT)")
+    if "mfu" in row:
+        text += f" | MFU {100 * row['mfu']:.1f}% of {row['peak_tflops']:g} TFLOP/s ({peak_source})"
+    if "mfu_measured_peak" in row:
+        text += f", {100 * row['mfu_measured_peak']:.1f}% of the measured {row['peak_tflops_measured']:g}"
+    if "mfu" not in row and "mfu_measured_peak" not in row:
+        text += " | no peak known for this device: set train.peak_tflops for MFU"
+    return text
 
 
 def describe(run: Run) -> str:
