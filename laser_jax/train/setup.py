@@ -63,7 +63,7 @@ def load_tokenizer(paths: DataPaths):
         return load_tokenizer_dir(paths.tokenizer)
     except FileNotFoundError as e:
         raise ConfigError(f"{paths.tokenizer_field}: {e}") from None
-    except (OSError, ValueError) as e:  # transformers: unreadable or inconsistent tokenizer files
+    except (OSError, ValueError, TypeError) as e:  # transformers: unreadable or inconsistent files
         raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: the tokenizer cannot be loaded "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
@@ -109,7 +109,7 @@ def check_init_weights(config: ml_collections.ConfigDict) -> None:
         return
     try:
         SafetensorsDir(config.model.init_from)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: hf_io.WeightsFileError, a bad index
         raise ConfigError(f"model.init_from: {e}") from None
 
 

@@ -167,6 +167,8 @@ def check_inputs(config: ml_collections.ConfigDict, workdir: Optional[str], writ
             check_writable(workdir)
     paths = setup.resolve_data(c, workdir or "", data_dir)
     setup.check_eval_dir(paths)
+    if c.model.init_from:  # its config.json first: transformers reads it too, with less clear errors
+        setup.model_config(c, None)
     tokenizer = setup.load_tokenizer(paths)
     model_cfg = setup.model_config(c, tokenizer)
     setup.check_init_weights(c)
