@@ -50,5 +50,8 @@ def test_progress_lines_compile_time_eta_and_output_paths(rtask, tmp_path, capsy
         assert "mfu_measured_peak" not in r  # no measured peak for a CPU
     done = [m for m in messages if m.startswith("trained to step 4 in ")]
     assert done and f"metrics in {tmp_path}/metrics.jsonl" in done[0] and f"{tmp_path}/checkpoints" in done[0]
+    # The training curves as a PNG (losses, accuracies, learning rate of metrics.jsonl).
+    assert f"training curves in {tmp_path}/training_curves.png" in done[0]
+    assert (tmp_path / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"evaluation results: {os.path.join(tmp_path, 'eval_results.json')}" in out
     assert os.path.isfile(tmp_path / "eval_results.json")

@@ -27,6 +27,7 @@ from laser_jax.train import checkpoint as ckpt_lib
 from laser_jax.train import faults
 from laser_jax.train.flops import StepFlops, peak_rates, throughput, train_step_flops
 from laser_jax.train.metrics import MetricsWriter
+from laser_jax.train.plot import plot_metrics
 from laser_jax.train.step import BATCH_KEYS, init_state
 from laser_jax.train.trainer import Run, Trained
 
@@ -103,8 +104,10 @@ def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
     finally:
         writer.close()
     _report_end(stop, step, check.skipped, checkpointer)
-    if stop.signum is None and run.is_writer:
-        progress.done(step, checkpointer.directory, writer.path)
+    if run.is_writer:
+        plot = _plot(run.workdir)
+        if stop.signum is None:
+            progress.done(step, checkpointer.directory, writer.path, plot)
     return Trained.of(run, state=state, step=step, metrics=last, skipped_steps=check.skipped, signum=stop.signum)
 
 
@@ -163,9 +166,19 @@ class _Progress:
                  row["loss_kl_mid"], row["acc_latent"], row["acc_explicit"], row["learning_rate"],
                  _throughput_text(row, self.peak_source))
 
-    def done(self, step: int, checkpoints: str, metrics_path: str) -> None:
-        log.info("trained to step %d in %s (%.0f s compiling); checkpoints in %s, metrics in %s", step,
-                 _duration(time.perf_counter() - self.t_start), self.compile_s, checkpoints, metrics_path)
+    def done(self, step: int, checkpoints: str, metrics_path: str, plot: Optional[str]) -> None:
+        log.info("trained to step %d in %s (%.0f s compiling); checkpoints in %s, metrics in %s%s", step,
+                 _duration(time.perf_counter() - self.t_start), self.compile_s, checkpoints, metrics_path,
+                 f", training curves in {plot}" if plot else "")
+
+
+def _plot(workdir: str) -> Optional[str]:
+    """WORKDIR/training_curves.png (train/plot.py); a failure to plot is only a warning."""
+    try:
+        return plot_metrics(workdir)
+    except Exception as e:  # the run itself succeeded
+        log.warning("could not plot the training curves: %s: %s", type(e).__name__, e)
+        return None
 
 
 def _report_end(stop: faults.StopSignals, step: int, skipped: List[int], checkpointer: ckpt_lib.Checkpointer):
