@@ -52,8 +52,17 @@ define_help(FLAGS)
 log = logging.getLogger("laser_jax")
 
 
-def _command(f: flags.FlagValues) -> int:
+def quiet_libraries() -> None:
+    """INFO lines from laser_jax only; the libraries' (JAX probing for backends, Orbax and grain
+    through absl's logger, ...) from WARNING up, so the output is the run's progress and what
+    needs attention."""
+    logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("laser_jax").setLevel(logging.INFO)
+
+
+def _command(f: flags.FlagValues) -> int:
+    quiet_libraries()
     workdir = f.workdir and (os.path.abspath(f.workdir) if "://" not in f.workdir else f.workdir)
     config_file = f["config"].config_filename
     if f.check:
