@@ -50,8 +50,12 @@ def run_cli(flag_values: flags.FlagValues, run: Callable[[flags.FlagValues], Uni
         return 0
     try:
         rest = flag_values(argv)
+        _check_config_files(flag_values)
     except flags.Error as e:
         print(_usage_error(e, argv, flag_values), file=sys.stderr)
+        return EXIT_USAGE
+    except (AttributeError, KeyError, OSError) as e:  # a config file or --config.a.b override (below)
+        print(_config_error(e, argv), file=sys.stderr)
         return EXIT_USAGE
     if flag_values.help:
         print(flag_values.get_help(include_special_flags=False))
@@ -76,10 +80,58 @@ def run_cli(flag_values: flags.FlagValues, run: Callable[[flags.FlagValues], Uni
     return 0
 
 
+def _check_config_files(flag_values: flags.FlagValues) -> None:
+    """Raise the OSError of a config file that did not load (ml_collections keeps it until the
+    config is first read, and its message then names no file)."""
+    for name in list(flag_values):
+        flag = flag_values[name]
+        if flag.value is not None and getattr(flag.parser, "flag_type", lambda: "")() == "config object":
+            try:
+                flag.value.keys
+            except OSError as e:
+                raise _ConfigFileError(f"--{name}={flag.serialize().split('=', 1)[-1]}: cannot read the "
+                                       f"config file: {_last_line(str(e.__cause__ or e))}") from e
+
+
+class _ConfigFileError(OSError):
+    pass
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
+def _config_error(e: BaseException, argv: Sequence[str]) -> str:
+    """One "error: ..." line for a config that did not load: a missing file, or an override
+    `--config.a.b=v` naming no field (with ml_collections' "did you mean" suggestion)."""
+    if isinstance(e, _ConfigFileError):
+        return f"error: {e}"
+    while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(text))
+        e = e.args[0]
+    text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    if isinstance(e, OSError):  # an override after a config file that did not load
+        return f"error: cannot read the config file: {_last_line(str(e.__cause__ or e))}"
+    key, _, hint = text.strip().partition("\n")
+    key = key.strip("'\"")
+    overrides = [a for a in argv[1:] if a.lstrip("-").startswith("config.")]
+    named = [a for a in overrides if key in a.split("=", 1)[0].lstrip("-").split(".")[1:]] or overrides
+    where = named[0] if named else "--config"
+    field = where.split("=", 1)[0].lstrip("-").partition(".")[2]
+    unknown = "" if field.rpartition(".")[2] == key else f" ({key!r} unknown)"
+    return f"error: {where}: no config field {field or key}{unknown}{'; ' + hint[:1].lower() + hint[1:] if hint else ''}"
+
+
 def _usage_error(e: flags.Error, argv: Sequence[str], flag_values: flags.FlagValues) -> str:
     """One "error: ..." for a flag that did not parse; a `--config.a.b` override naming no
-    config field is said to be so, without the usage text."""
+    config field is said to be so, without the usage text; a config file whose get_config
+    raised (an unknown variant) gives its error's last line."""
     text = str(e)
+    if "Error whilst parsing config file" in text:
+        where = text.split(": Error whilst parsing config file", 1)[0].replace("flag ", "", 1)
+        return f"error: {where}: {_last_line(text).split(': ', 1)[-1]}"
+    if text.startswith("flag --config."):  # an override's value of the wrong type: no usage text
+        return f"error: {text[len('flag '):]}"
     cause = e.__cause__ or e.__context__
     if isinstance(cause, (AttributeError, KeyError)) or "AttributeError" in text or "KeyError" in text:
         bad = [a for a in argv[1:] if a.startswith("--config.")]

@@ -8,7 +8,7 @@
 #       [--cpus_per_task=N] [--mem=SIZE] [--exclusive] [--sbatch_arg=--reservation=R ...] \
 #       [--venv=PATH | --container=IMAGE [--container_mounts=SRC:DST,...]] [--module=NAME ...] \
 #       [--setup=SHELL_LINE ...] [--env=KEY=VALUE ...] [--mem_fraction=0.9] [--python=python] \
-#       [--repo=DIR] [--log_dir=DIR] [--script=FILE] [--dry_run] \
+#       [--repo=DIR] [--log_dir=DIR] [--script=FILE] [--dry_run] [--check_python=PATH] [--skip_check] \
 #       [--config.a.b=value ...] [-- EXTRA_TRAIN_ARGS ...]
 #
 # The job runs `srun python -m laser_jax.train --config=CONFIG --workdir=DIR [overrides]`, one
@@ -34,6 +34,13 @@
 # shell line before srun; --container runs every task in IMAGE with pyxis/enroot
 # (srun --container-image), mounting --repo at the same path.
 #
+# Before writing or submitting anything, the config is checked on this (login) node, without an
+# accelerator: `python -m laser_jax.train --check --config=CONFIG --workdir=DIR [overrides]`
+# validates every field and the data, tokenizer and model directories it names, so a job never
+# waits in the queue to fail on a typo. It runs in --repo with --check_python (default:
+# --venv's python, else --python); --skip_check skips it (e.g. when this node cannot run the
+# training environment, or the paths exist only on the compute nodes).
+#
 # --dry_run prints the commands (mkdir, the sbatch script as a here-document, sbatch), executes
 # nothing. The script is written to --script (default LOG_DIR/JOB_NAME-TIMESTAMP.sbatch; LOG_DIR
 # defaults to REPO/runs/slurm, which also receives the job's output JOB_NAME-JOBID.out).
@@ -51,7 +58,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 config="" workdir="" nodes=1 gpus_per_node=8 procs_per_node=""
 partition="" account="" qos="" time_limit="" job_name=laser_jax cpus_per_task="" mem="" exclusive=0
 venv="" container="" container_mounts="" mem_fraction=0.9 python=python
-repo=$REPO_ROOT log_dir="" script="" dry_run=0
+repo=$REPO_ROOT log_dir="" script="" dry_run=0 check_python="" skip_check=0
 modules=() setups=() envs=() sbatch_args=() overrides=()
 
 # Options take their value as --opt=value or --opt value.
@@ -64,6 +71,7 @@ while (($#)); do
     -h | --help) usage; exit 0 ;;
     --dry_run) dry_run=1; continue ;;
     --exclusive) exclusive=1; continue ;;
+    --skip_check) skip_check=1; continue ;;
   esac
   key=${arg%%=*}
   if [[ "$arg" == *=* ]]; then
@@ -95,10 +103,11 @@ while (($#)); do
     --env) envs+=("$value") ;;
     --mem_fraction) mem_fraction=$value ;;
     --python) python=$value ;;
+    --check_python) check_python=$value ;;
     --repo) repo=$value ;;
     --log_dir) log_dir=$value ;;
     --script) script=$value ;;
-    --dry_run | --exclusive) die "$key takes no value" ;;
+    --dry_run | --exclusive | --skip_check) die "$key takes no value" ;;
     *) die "unknown option '$key'" ;;
   esac
 done
@@ -191,6 +200,21 @@ sbatch_script() {
   echo "  bash -c $(squote "$per_task") laser_jax_task \\"
   echo "  $(quote_all "${train[@]}")"
 }
+
+# ---- check the config here, before anything is written or queued ----
+if ((skip_check == 0)); then
+  check_python=${check_python:-${venv:+$venv/bin/python}}
+  check_python=${check_python:-$python}
+  check=(env -C "$repo" JAX_PLATFORMS=cpu "$check_python" -m laser_jax.train --check "--config=$config"
+    "--workdir=$workdir" "${overrides[@]}")
+  if ((dry_run)); then
+    run "${check[@]}"
+  else
+    echo "$PROG: checking the config: $(quote_all "${check[@]}")" >&2
+    "${check[@]}" >&2 || die "the config did not pass the check above; nothing was submitted" \
+      "(fix it, or --skip_check to submit anyway)"
+  fi
+fi
 
 mkdirs=("$log_dir")
 [[ "$(dirname "$script")" == "$log_dir" ]] || mkdirs+=("$(dirname "$script")")

@@ -190,8 +190,10 @@ def test_slurm_dry_run_prints_sbatch_script_and_submit():
                          "--venv=/shared/venv", "--env=NCCL_SOCKET_IFNAME=ib0", "--config.train.lr=0.1",
                          script="/tmp/job.sbatch")
     lines = text.splitlines()
-    assert lines[0].startswith("mkdir -p ")
-    assert lines[1] == "cat > /tmp/job.sbatch <<'LASER_JAX_SBATCH_EOF'"
+    assert lines[0] == (f"env -C {REPO} JAX_PLATFORMS=cpu /shared/venv/bin/python -m laser_jax.train --check "
+                        "--config=configs/base.py --workdir=/shared/runs/b --config.train.lr=0.1")
+    assert lines[1].startswith("mkdir -p ")
+    assert lines[2] == "cat > /tmp/job.sbatch <<'LASER_JAX_SBATCH_EOF'"
     assert lines[-2] == "LASER_JAX_SBATCH_EOF" and lines[-1] == "sbatch /tmp/job.sbatch"
     for expected in ["#!/bin/bash", "#SBATCH --nodes=4", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8",
                      "#SBATCH --partition=gpu", "#SBATCH --account=acct", "#SBATCH --time=12:00:00",
@@ -232,7 +234,7 @@ echo "local=$SLURM_LOCALID ids=$JAX_LOCAL_DEVICE_IDS mem=$XLA_PYTHON_CLIENT_MEM_
 """)
     script = tmp_path / "sub" / "job.sbatch"
     text = slurm_dry_run("--gpus_per_node=4", "--procs_per_node=2", f"--python={fake_python}",
-                         f"--log_dir={tmp_path / 'logs'}", "--setup=echo setup-ran", "--", "--x", "a b",
+                         f"--log_dir={tmp_path / 'logs'}", "--setup=echo setup-ran", "--skip_check", "--", "--x", "a b",
                          script=script)
     out = run(["bash", "-c", text], env={"PATH": f"{bin_dir}:{os.environ['PATH']}"}, cwd=tmp_path)
     assert out.returncode == 0, out.stderr + out.stdout
@@ -246,12 +248,31 @@ echo "local=$SLURM_LOCALID ids=$JAX_LOCAL_DEVICE_IDS mem=$XLA_PYTHON_CLIENT_MEM_
 def test_slurm_submit_writes_the_printed_script(tmp_path):
     fake = write_exe(tmp_path / "sbatch", f"#!/bin/bash\ncp \"$1\" {tmp_path}/submitted\n")
     script = tmp_path / "job.sbatch"
-    args = ["bash", SLURM, *SLURM_ARGS, f"--script={script}", f"--log_dir={tmp_path}"]
+    args = ["bash", SLURM, *SLURM_ARGS, f"--script={script}", f"--log_dir={tmp_path}", "--skip_check"]
     out = run(args, env={"LASER_SBATCH": str(fake)})
     assert out.returncode == 0, out.stderr
     dry = run([*args[:2], "--dry_run", *args[2:]], env={"LASER_SBATCH": str(fake)}).stdout.splitlines()
     body = dry[dry.index(f"cat > {script} <<'LASER_JAX_SBATCH_EOF'") + 1:-2]
     assert (tmp_path / "submitted").read_text().splitlines() == body
+
+
+def test_slurm_checks_the_config_before_writing_or_submitting_the_job(tmp_path):
+    """The config is validated on the login node (`laser_jax.train --check`): a bad one is
+    refused with the check's message, before the sbatch script is written or sbatch runs."""
+    fake = write_exe(tmp_path / "sbatch", f"#!/bin/bash\ncp \"$1\" {tmp_path}/submitted\n")
+    script = tmp_path / "job.sbatch"
+    base = ["bash", SLURM, f"--workdir={tmp_path / 'run'}", f"--script={script}", f"--log_dir={tmp_path}",
+            f"--check_python={sys.executable}"]
+    for bad, message in [(["--config=configs/qwen7b.py"], "data.train_files: empty"),
+                         (["--config=configs/tiny.py", "--config.train.batchsize=4"], 'did you mean "batch_size"')]:
+        out = run([*base, *bad], env={"LASER_SBATCH": str(fake)}, timeout=300)
+        assert out.returncode == 2 and message in out.stderr and "nothing was submitted" in out.stderr, out.stderr
+        assert not script.exists() and not (tmp_path / "submitted").exists()
+    assert "model.tokenizer: empty" in run([*base, "--config=configs/qwen7b.py"], timeout=300).stderr  # all at once
+    out = run([*base, "--config=configs/tiny.py:smoke"], env={"LASER_SBATCH": str(fake)}, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "config OK: configs/tiny.py:smoke" in out.stderr and (tmp_path / "submitted").is_file()
+    assert not (tmp_path / "run").exists()  # the check writes nothing
 
 
 @pytest.mark.parametrize("args, message", [

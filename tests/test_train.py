@@ -21,6 +21,8 @@ from laser_jax.train.trainer import set_up
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_KEYS = ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid")
+LASER_JAX_FILES = {os.path.basename(f) for d, _, fs in os.walk(os.path.join(ROOT, "laser_jax")) for f in fs
+                   if f.endswith(".py")}
 
 
 @pytest.fixture(scope="session")
@@ -165,6 +167,11 @@ def run_cli(*args, timeout=600):
 def test_qwen3_0p6b_smoke_variant_trains_on_cpu(tmp_path):
     out = run_cli("--config=configs/qwen3_0p6b.py:smoke", f"--workdir={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
+    # The output is laser_jax's own lines (and warnings): no library INFO lines (JAX's backend
+    # probing, Orbax, grain).
+    info = [line for line in out.stderr.splitlines() if line.startswith("I") and "]" in line]
+    assert info and all(line.split("]")[0].rsplit(" ", 1)[-1].split(":")[0] in LASER_JAX_FILES for line in info), \
+        out.stderr[-3000:]
     rows = read_metrics(str(tmp_path))
     assert len(rows) >= 2 and all(np.isfinite(r["loss"]) for r in rows)
     for key in ("step", "loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid",

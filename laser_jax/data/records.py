@@ -14,7 +14,6 @@ formatting) or to `text` when there is no (or an empty) title.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, List, Optional, Tuple
 
 REASONING_FIELDS = ("reasoning_query", "reasoning_path")

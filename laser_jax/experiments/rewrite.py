@@ -35,7 +35,7 @@ from laser_jax.cli import define_help, run_cli
 from laser_jax.data.formatting import TextFormat
 from laser_jax.data.jsonl import read_objects
 from laser_jax.data.tokenize import Bucketing, left_pad, pad_token_id, tokenize_texts
-from laser_jax.experiments.explicit_upper import (REASONING_FILE, domain_dir, evaluate_explicit, query_prefixes,
+from laser_jax.experiments.explicit_upper import (REASONING_FILE, evaluate_explicit, query_prefixes,
                                                   read_reasoning)
 from laser_jax.inference.encoder import default_dtype
 from laser_jax.inference.evaluate import format_table, summarize

@@ -41,6 +41,7 @@ from laser_jax.inference import load, torch_encoder
 from laser_jax.inference.encoder import check_num_thinking_steps_flag
 from laser_jax.method.views import resolve_num_thinking_steps
 from laser_jax.model import hf_io
+from laser_jax.storage import is_disk_full
 
 __all__ = ["export_loaded", "export_hf", "model_card", "main"]
 
@@ -50,26 +51,11 @@ EXIT_DISK_FULL = 4  # docs/faults.md
 ST_MODULE_FILE = "laser_st.py"  # laser_jax/inference/laser_st.py, copied into every export
 ST_MODULE_CLASS = "laser_st.LaserLatentEncoder"
 DEFAULT_QUERY_INSTRUCTION = "Given a query, retrieve relevant passages that answer the query."
-_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "enospc", "storagefull")
 _WEIGHT_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
 
 
 class DiskFullError(OSError):
     """The export ran out of disk space (nothing was left behind)."""
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    """Whether `exc` or its cause/context chain says the disk is full (OSError ENOSPC /
-    EDQUOT, or safetensors' SafetensorError wrapping one)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(t in str(exc).lower() for t in _DISK_FULL_TEXT):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def _partial_dir(out_dir: str) -> str:
@@ -140,7 +126,7 @@ def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
         _move_into_place(partial, out_dir)
     except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
-        if isinstance(e, Exception) and _is_disk_full(e):
+        if isinstance(e, Exception) and is_disk_full(e):
             raise DiskFullError(errno.ENOSPC, f"disk full: could not write the Hugging Face export to "
                                 f"{out_dir} (no space left on device); nothing was left behind. Free space "
                                 "(or choose --out on a larger disk) and rerun the same command.") from e

@@ -176,7 +176,12 @@ def from_hf_config(hf: Mapping[str, Any] | str, **overrides) -> ModelConfig:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no config.json (is this a Hugging Face model directory?)")
         with open(path) as f:
-            hf = json.load(f)
+            try:
+                hf = json.load(f)
+            except ValueError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(hf, dict):
+            raise ValueError(f"{path}: not a JSON object")
     model_type = hf.get("model_type")
     family = {"qwen3": "qwen3", "qwen2": "qwen2", "llama": "llama"}.get(model_type)
     if family is None:
@@ -186,27 +191,42 @@ def from_hf_config(hf: Mapping[str, Any] | str, **overrides) -> ModelConfig:
                            "num_attention_heads") if k not in hf]
     if missing:
         raise ValueError(f"{source}: missing fields {missing}")
-    theta, scaling = _rope_from_hf(hf)
-    heads = int(hf["num_attention_heads"])
+    def number(key, default=None, kind=int, positive=True):
+        """hf[key] (default when absent or null, if given) as `kind`; a ValueError names the field."""
+        value = hf.get(key)
+        if value is None and default is not None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            raise ValueError(f"{source}: field {key!r} is {value!r}, expected {'an integer' if kind is int else 'a number'}")
+        if positive and value <= 0:
+            raise ValueError(f"{source}: field {key!r} is {value!r}, expected a positive number")
+        return kind(value)
+
+    try:
+        theta, scaling = _rope_from_hf(hf)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{source}: fields 'rope_theta' / 'rope_scaling': {type(e).__name__}: {e}") from None
+    heads = number("num_attention_heads")
+    hidden = number("hidden_size")
     eos = hf.get("eos_token_id")
     if isinstance(eos, list):
         eos = eos[0] if eos else None
     fields = dict(
         family=family,
-        vocab_size=int(hf["vocab_size"]),
-        hidden_size=int(hf["hidden_size"]),
-        intermediate_size=int(hf["intermediate_size"]),
-        num_hidden_layers=int(hf["num_hidden_layers"]),
+        vocab_size=number("vocab_size"),
+        hidden_size=hidden,
+        intermediate_size=number("intermediate_size"),
+        num_hidden_layers=number("num_hidden_layers"),
         num_attention_heads=heads,
-        num_key_value_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
+        num_key_value_heads=number("num_key_value_heads", heads),
+        head_dim=number("head_dim", hidden // heads),
         rope_theta=theta,
-        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rms_norm_eps=number("rms_norm_eps", 1e-6, float),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         attention_bias=bool(hf.get("attention_bias", family == "qwen2")),
         qk_norm=family == "qwen3",
         rope_scaling=scaling,
-        max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+        max_position_embeddings=number("max_position_embeddings", 32768),
         bos_token_id=hf.get("bos_token_id"),
         eos_token_id=eos,
         pad_token_id=hf.get("pad_token_id"),

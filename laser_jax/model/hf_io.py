@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+import struct
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import jax
@@ -35,6 +36,30 @@ _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's tensors do not match the model config (lists every problem)."""
+
+
+class WeightsFileError(ValueError):
+    """A safetensors file that cannot be read (truncated, damaged); names the file."""
+
+
+def check_safetensors_file(path: str) -> None:
+    """Raise WeightsFileError when `path` is not a whole safetensors file: its header must
+    parse and the file must be as long as the header's tensors need (an interrupted download
+    is caught here, at set-up, rather than when the tensors are read)."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            if 8 + header_len > size:
+                raise ValueError(f"its header needs {8 + header_len} bytes")
+            header = json.loads(f.read(header_len))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise WeightsFileError(f"{path}: not a readable safetensors file ({size} bytes: {e}); "
+                               "an interrupted download? Download it again") from None
+    if 8 + header_len + end > size:
+        raise WeightsFileError(f"{path}: truncated: {size} bytes, its tensors need {8 + header_len + end}; "
+                               "an interrupted download? Download it again")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,10 +123,14 @@ class SafetensorsDir:
             path = os.path.join(model_dir, fname)
             if not os.path.exists(path):
                 raise FileNotFoundError(f"{path}: listed in {INDEX_FILE} but missing")
-            with safe_open(path, framework="numpy") as f:
-                for name in f.keys():
-                    self.files[name] = path
-                    self.shapes[name] = tuple(f.get_slice(name).get_shape())
+            check_safetensors_file(path)
+            try:
+                with safe_open(path, framework="numpy") as f:
+                    for name in f.keys():
+                        self.files[name] = path
+                        self.shapes[name] = tuple(f.get_slice(name).get_shape())
+            except Exception as e:  # safetensors' SafetensorError: a damaged file
+                raise WeightsFileError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
 
     def read(self, name: str, index: Tuple[slice, ...] = ()) -> np.ndarray:
         """The tensor (or `tensor[index]`) as numpy, reading only that part from disk."""

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from typing import Any, Optional, Tuple
 
@@ -66,12 +67,88 @@ def all_finite(tree) -> bool:
     return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
 
 
+def _from_orbax(code_path: str) -> bool:
+    return f"{os.sep}orbax{os.sep}" in code_path or f"{os.sep}tensorstore{os.sep}" in code_path
+
+
+class _OrbaxErrorFilter(logging.Filter):
+    """Drops Orbax's own ERROR records of a failed save or restore (each with a traceback, from
+    every worker thread): Orbax raises the same error to its caller, where laser_jax reports
+    it once (a full disk as one line, docs/faults.md; anything else with its traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        if record.name == "asyncio":  # "... exception was never retrieved" of an Orbax write
+            exc = record.exc_info[1] if record.exc_info else None
+            return not (_from_orbax(record.getMessage()) or _raised_in_orbax(exc)
+                        or (exc is not None and faults.is_disk_full(exc)))
+        return not _from_orbax(record.pathname)
+
+
+def _raised_in_orbax(exc: Optional[BaseException]) -> bool:
+    tb = exc.__traceback__ if exc is not None else None
+    while tb is not None:
+        if _from_orbax(tb.tb_frame.f_code.co_filename):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _quiet_unraisable(previous):
+    """A sys.unraisablehook that drops the leftovers of a failed asynchronous save (Orbax's
+    coroutines, closed event loops, the full disk itself) and passes on everything else."""
+
+    def hook(unraisable):
+        exc, obj = unraisable.exc_value, unraisable.object
+        code = getattr(obj, "cr_code", None) or getattr(obj, "gi_code", None)
+        if ((code is not None and _from_orbax(code.co_filename))
+                or (isinstance(exc, RuntimeError) and "Event loop is closed" in str(exc))
+                or (exc is not None and faults.is_disk_full(exc))):
+            return
+        previous(unraisable)
+
+    hook.laser_jax_quiet = True
+    return hook
+
+
+def quiet_orbax_errors() -> None:
+    """Install `_OrbaxErrorFilter` (on absl's logger, which Orbax logs through, and asyncio's) and the
+    unraisable-exception filter, once per process."""
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OrbaxErrorFilter) for f in logger.filters):
+            logger.addFilter(_OrbaxErrorFilter())
+    if not getattr(sys.unraisablehook, "laser_jax_quiet", False):
+        sys.unraisablehook = _quiet_unraisable(sys.unraisablehook)
+
+
+def newest_meta(workdir: str) -> Optional[Tuple[int, str, dict]]:
+    """(step, checkpoints directory, meta) of the newest complete checkpoint of WORKDIR that
+    has a meta item, read without writing anything; None when there is none."""
+    directory = epath.Path(workdir) / CHECKPOINTS
+    if not directory.is_dir():
+        return None
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit() and (p / "state").is_dir()),
+                   reverse=True)
+    for step in steps:
+        meta = directory / str(step) / "meta" / "metadata"
+        if meta.exists():
+            try:
+                return step, str(directory), json.loads(meta.read_text())
+            except ValueError:  # a damaged meta item: the restore reports it
+                continue
+    return None
+
+
 class Checkpointer:
     """Save and restore (state, data iterator, meta) under WORKDIR/checkpoints."""
 
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
         self.directory = os.path.join(workdir, CHECKPOINTS) if "://" not in workdir else f"{workdir}/{CHECKPOINTS}"
+        quiet_orbax_errors()
         self.manager = ocp.CheckpointManager(self.directory, options=_manager_options(keep, async_save))
+        self.pending: Optional[int] = None  # the step of a save that may still be running
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
@@ -86,9 +163,13 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if meta is not None:
             items["meta"] = ocp.args.JsonSave(meta)
+        self.wait()  # the previous save's own failure names its step (Orbax would wait here anyway)
         log.info("saving checkpoint step %d to %s", step, self.directory)
         with self._disk_full_check(f"checkpoint step {step}"):
-            return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+            started = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        if started:
+            self.pending = step
+        return started
 
     @contextlib.contextmanager
     def _disk_full_check(self, what: str):
@@ -178,8 +259,10 @@ class Checkpointer:
         return json.loads(written[0].read_text()) if written else None
 
     def wait(self):
-        """Block until a pending asynchronous save is complete (raises its error, if any)."""
-        with self._disk_full_check("a checkpoint"):
+        """Block until a pending asynchronous save is complete (raises its error, if any,
+        naming its step)."""
+        pending, self.pending = self.pending, None
+        with self._disk_full_check(f"checkpoint step {pending}" if pending is not None else "a checkpoint"):
             self.manager.wait_until_finished()
 
     def close(self):

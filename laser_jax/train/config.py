@@ -214,6 +214,8 @@ def _model_problems(c: ml_collections.ConfigDict) -> List[str]:
     preset = PRESET_ALIASES.get(m.preset, m.preset)
     p.need(m.init_from or preset in PRESETS, "model.preset",
            f"unknown preset {m.preset!r} (known: {', '.join(sorted(PRESETS))})")
+    p.need(m.tokenizer or m.init_from or c.data.synthetic, "model.tokenizer",
+           "empty; set model.tokenizer or model.init_from to a directory with a Hugging Face tokenizer")
     for f in ARCH_FIELDS:
         p.need(getattr(m, f) >= 0, f"model.{f}", "must be >= 0 (0 = the preset's)")
     fields = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, remat_policy=m.remat_policy,

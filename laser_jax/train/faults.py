@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
@@ -16,6 +15,8 @@ import threading
 from typing import Callable, Dict, Iterable, Optional
 
 import numpy as np
+
+from laser_jax.storage import is_disk_full  # noqa: F401  (part of this module's interface)
 
 log = logging.getLogger("laser_jax")
 
@@ -146,23 +147,6 @@ def nonfinite_message(step: int, metrics: dict, records: np.ndarray,
 # ---------------------------------------------------------------------------------------
 # Full disk
 # ---------------------------------------------------------------------------------------
-_DISK_FULL_TEXT = ("no space left on device", "disk quota exceeded", "enospc")
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether `exc` or anything in its cause / context chain says the disk is full
-    (OSError ENOSPC / EDQUOT, or a wrapped message from TensorStore or Orbax)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(t in str(exc).lower() for t in _DISK_FULL_TEXT):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
 def disk_full_error(directory: str, what: str, keep_note: str = "") -> DiskFullError:
     """The message for a full disk: what could not be written, where, and what to do."""
     return DiskFullError(f"disk full: could not write {what} to {directory} (no space left on device). "

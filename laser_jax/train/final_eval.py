@@ -36,8 +36,10 @@ def evaluate_trained(trainer) -> dict:
     summary = summarize(results)
     summary["num_thinking_steps"] = steps
     if trainer.is_writer:
-        with open(os.path.join(trainer.workdir, RESULTS_FILE), "w") as f:
+        path = os.path.join(trainer.workdir, RESULTS_FILE)
+        with open(path, "w") as f:
             json.dump(summary, f, indent=2)
         print(f"\nHeld-out evaluation ({trainer.paths.eval_dir}, K={steps}):")
         print(format_table(results))
+        print(f"evaluation results: {path}")
     return summary

@@ -13,25 +13,29 @@ import numpy as np
 
 from laser_jax.data import lm_pipeline
 from laser_jax.method.lm_objective import LM_BATCH_KEYS
+from laser_jax.train.flops import StepFlops, train_step_flops
 
 
 def is_lm(config) -> bool:
     return config.train.get("objective", "laser") == "causal_lm"
 
 
-def set_up_data(config, paths, tokenizer, process_index: int, process_count: int):
-    """(source, options, total_steps) of an LM run. The passages of data.lm_corpus (with
-    data.synthetic by default the generated task's corpus.jsonl) join the other rows."""
+def open_source(config, paths, tokenizer) -> lm_pipeline.LMSource:
+    """The LM rows of a run. The passages of data.lm_corpus (with data.synthetic by default
+    the generated task's corpus.jsonl) join the other rows."""
     corpus = config.data.lm_corpus
     if not corpus and config.data.synthetic:
         corpus = os.path.join(os.path.dirname(paths.train_files), "corpus.jsonl")
         corpus = corpus if os.path.isfile(corpus) else ""
     if corpus and not os.path.isfile(corpus):
         raise FileNotFoundError(f"data.lm_corpus: {corpus}: no such file")
-    source = lm_pipeline.open_lm_source(config, paths.train_files, tokenizer, corpus)
+    return lm_pipeline.open_lm_source(config, paths.train_files, tokenizer, corpus)
+
+
+def options_and_steps(config, source, process_index: int, process_count: int):
+    """(LMOptions, total steps: train.num_steps or one epoch) of an LM run."""
     options = lm_pipeline.lm_options(config, process_index, process_count)
-    total = config.train.num_steps or lm_pipeline.steps_per_epoch(len(source), options)
-    return source, options, total
+    return options, config.train.num_steps or lm_pipeline.steps_per_epoch(len(source), options)
 
 
 def iterator(source, tokenizer, options):
@@ -49,15 +53,19 @@ def global_batch(host_batch: dict, batch_sharding) -> dict:
     return out
 
 
-def step_tokens(host_batch: dict) -> tuple:
-    """(real tokens on this host, positions run through the backbone on this host)."""
-    return int(np.sum(host_batch["mask"])), int(np.prod(host_batch["ids"].shape))
+def real_tokens(host_batch: dict) -> int:
+    """Real (non-padding) tokens of this host's LM batch."""
+    return int(np.sum(host_batch["mask"]))
 
 
-def progress_line(step: int, total: int, m: dict, row: dict, mfu: str) -> str:
-    return (f"step {step}/{total} | lm loss {m['loss']:.4f} | token acc {m['acc']:.3f} | "
-            f"lr {row['learning_rate']:.2e} | {row['step_time_s']:.3f}s/step | {row['tokens_per_s']:.0f} tok/s | "
-            f"{row['tflops_per_s']:.3f} TFLOP/s/device{mfu}")
+def step_flops(cfg, shape) -> StepFlops:
+    """FLOPs of one LM step on ids of `shape` [B, T]: the backbone as for one explicit-view
+    pass of the same positions (flops.train_step_flops), plus the LM head at every position
+    (forward, activation gradients, and the table's gradients when it trains)."""
+    b, t = shape
+    base = train_step_flops(cfg, {"q_ids": (0, 0), "d_ids": (0, 0), "e_ids": (b, t - 1)}, 1, True)
+    head = b * t * 2.0 * cfg.vocab_size * cfg.hidden_size * (2.0 + (0.0 if cfg.lora_rank else 1.0))
+    return StepFlops(model_6pt=base.model_6pt, executed=base.executed + head)
 
 
 def describe(run) -> str:

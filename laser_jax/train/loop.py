@@ -25,8 +25,9 @@ from laser_jax.data.tokenize import repad_left
 from laser_jax.model import hf_io
 from laser_jax.train import checkpoint as ckpt_lib
 from laser_jax.train import faults, lm
-from laser_jax.train.flops import device_peak_tflops, step_tokens, train_flops
+from laser_jax.train.flops import StepFlops, peak_rates, throughput, train_step_flops
 from laser_jax.train.metrics import MetricsWriter
+from laser_jax.train.plot import plot_metrics
 from laser_jax.train.step import BATCH_KEYS, init_state
 from laser_jax.train.trainer import Run, Trained
 
@@ -58,10 +59,10 @@ def train(run: Run, stop: Optional[faults.StopSignals] = None, until: Optional[i
 
 def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
     c, program = run.config, run.program
-    save_run_files(run)
-    iterator = (lm.iterator if lm.is_lm(c) else train_iterator)(run.source, run.tokenizer, run.options)
+    iterator = (lm.iterator if lm.is_lm(c) else train_iterator)(run.source, run.tokenizer, run.options)  # issue 15
     checkpointer = run.checkpointer()
     restored = checkpointer.restore(run.abstract_state, iterator)
+    save_run_files(run)  # once the workdir's checkpoints (if any) restored: the config that trains
     if restored is None:
         state, start = fresh_state(run), 0
         log.info("starting from scratch: %s", describe(run))
@@ -72,12 +73,13 @@ def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
     check = _FiniteCheck(run, checkpointer)
     teacher = () if run.teacher is None else (run.teacher,)
     last, step, saved, interval = {}, start, start, _Interval(run)
+    progress = _Progress(run, start, last_step)
     try:
         while step < last_step and not stop_requested(run, stop, step - start):
             host_batch = next(iterator)
             batch = global_batch(host_batch, program.batch_sharding)
             if step == start:
-                _compile_first_step(run, state, batch, teacher)
+                progress.compiled(_compile_first_step(run, state, batch, teacher))
             state, metrics = program.step(state, batch, *teacher)  # dispatched; runs while the host goes on
             step += 1
             interval.add(host_batch, batch)
@@ -85,6 +87,9 @@ def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
             if step % c.train.log_every == 0 or step == run.total_steps or step == start + 1:
                 check.now()
                 last = log_metrics(run, step, jax.device_get(metrics), interval.take(), writer)
+                progress.line(step, last, interval.total_tokens)
+            elif progress.due():  # a line every PROGRESS_SECONDS between metrics rows
+                progress.line(step, _row(run, step, jax.device_get(metrics)), interval.total_tokens)
             if step % c.checkpoint.every_steps == 0 and step < run.total_steps:
                 check.now()
                 checkpointer.save(step, state, iterator, run.meta)
@@ -99,17 +104,87 @@ def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
     finally:
         writer.close()
     _report_end(stop, step, check.skipped, checkpointer)
+    if run.is_writer:
+        plot = _plot(run.workdir)
+        if stop.signum is None:
+            progress.done(step, checkpointer.directory, writer.path, plot)
     return Trained.of(run, state=state, step=step, metrics=last, skipped_steps=check.skipped, signum=stop.signum)
 
 
-def _compile_first_step(run: Run, state, batch: dict, teacher: tuple) -> None:
+def _compile_first_step(run: Run, state, batch: dict, teacher: tuple) -> float:
     """Compile the step ahead of its first call (the call reuses the executable) and, with
-    several processes, meet the others before it runs its first collective."""
+    several processes, meet the others before it runs its first collective; returns the
+    seconds the compilation took."""
     started = time.time()
-    log.info("compiling the train step")
+    log.info("compiling the train step (the first step waits for it; minutes for a large model)")
     run.program.step.lower(state, batch, *teacher).compile()
-    log.info("compiled the train step in %.1f s", time.time() - started)
+    seconds = time.time() - started
+    log.info("compiled the train step in %.1f s", seconds)
     distributed.wait_for_all_processes("laser_jax/first_step")
+    return seconds
+
+
+PROGRESS_SECONDS = 20.0  # wall time between progress lines when metrics rows are further apart
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class _Progress:
+    """Progress lines: step/total, elapsed time, ETA, tokens/s, the main losses; one with each
+    metrics row and, between rows, one every PROGRESS_SECONDS (metrics.jsonl is not touched)."""
+
+    def __init__(self, run: Run, start: int, last_step: int):
+        self.run, self.start, self.last_step = run, start, last_step
+        self.t_start = self.t_line = self.t_steps = time.perf_counter()
+        self.compile_s = 0.0
+        self.tokens_line = 0.0
+        self.peak_source = run_peaks(run)["source"]
+
+    def compiled(self, seconds: float) -> None:
+        """The first step is compiled: step rates (ETA) are measured from now."""
+        self.compile_s = seconds
+        self.t_steps = self.t_line = time.perf_counter()
+
+    def due(self) -> bool:
+        return time.perf_counter() - self.t_line >= PROGRESS_SECONDS
+
+    def line(self, step: int, row: dict, total_tokens: float) -> None:
+        now = time.perf_counter()
+        done, left = step - self.start, max(self.last_step - step, 0)
+        eta = left * (now - self.t_steps) / done if done else 0.0
+        tokens_per_s = (total_tokens - self.tokens_line) / max(now - self.t_line, 1e-9)
+        self.t_line, self.tokens_line = now, total_tokens
+        if "loss_cl_latent" not in row:  # issue 15: a causal-LM run
+            log.info("step %d/%d (%d%%) | %s elapsed, ETA %s | %.0f tok/s | lm loss %.4f | token acc %.3f | "
+                     "lr %.2e%s", step, self.run.total_steps, 100 * step // max(self.run.total_steps, 1),
+                     _duration(now - self.t_start), _duration(eta), tokens_per_s, row["loss"], row["acc"],
+                     row["learning_rate"], _throughput_text(row, self.peak_source))
+            return
+        log.info("step %d/%d (%d%%) | %s elapsed, ETA %s | %.0f tok/s | loss %.4f (cl_lat %.3f cl_exp %.3f "
+                 "kl_out %.4f kl_mid %.4f) | acc %.2f/%.2f | lr %.2e%s", step, self.run.total_steps,
+                 100 * step // max(self.run.total_steps, 1), _duration(now - self.t_start), _duration(eta),
+                 tokens_per_s, row["loss"], row["loss_cl_latent"], row["loss_cl_explicit"], row["loss_kl_out"],
+                 row["loss_kl_mid"], row["acc_latent"], row["acc_explicit"], row["learning_rate"],
+                 _throughput_text(row, self.peak_source))
+
+    def done(self, step: int, checkpoints: str, metrics_path: str, plot: Optional[str]) -> None:
+        log.info("trained to step %d in %s (%.0f s compiling); checkpoints in %s, metrics in %s%s", step,
+                 _duration(time.perf_counter() - self.t_start), self.compile_s, checkpoints, metrics_path,
+                 f", training curves in {plot}" if plot else "")
+
+
+def _plot(workdir: str) -> Optional[str]:
+    """WORKDIR/training_curves.png (train/plot.py); a failure to plot is only a warning."""
+    try:
+        return plot_metrics(workdir)
+    except Exception as e:  # the run itself succeeded
+        log.warning("could not plot the training curves: %s: %s", type(e).__name__, e)
+        return None
 
 
 def _report_end(stop: faults.StopSignals, step: int, skipped: List[int], checkpointer: ckpt_lib.Checkpointer):
@@ -225,33 +300,41 @@ class _FiniteCheck:
 
 
 class _Interval:
-    """Steps, real tokens and model FLOPs since the last log line, and the wall time they took."""
+    """Steps, real tokens and FLOPs (executed and 6PT, laser_jax/train/flops.py) since the last
+    metrics row, and the wall time they took."""
 
     def __init__(self, run: Run):
         self.explicit = run.program.step_cfg.loss.needs_explicit
         self.lm = run.program.step_cfg.objective == "causal_lm"  # issue 15
         self.num_thinking_steps = run.config.laser.num_thinking_steps
-        self.non_embedding_params = run.model_cfg.num_params(include_embeddings=False)
+        self.model_cfg = run.model_cfg
+        self._flops_of = {}  # batch shapes -> StepFlops (one per length bucket)
         self._reset()
+        self.total_tokens = 0.0  # since the loop began (progress lines' tokens/s)
 
     def _reset(self):
-        self.t0, self.steps, self.tokens, self.flops = time.perf_counter(), 0, 0.0, 0.0
+        self.t0, self.steps, self.tokens = time.perf_counter(), 0, 0.0
+        self.flops = StepFlops(model_6pt=0.0, executed=0.0)
 
     def add(self, host_batch: dict, batch: dict) -> None:
         """One step: its real (non-padding) tokens (this host's share x hosts) and FLOPs."""
         if self.lm:  # issue 15
-            real, positions = lm.step_tokens(host_batch)
-            self.steps += 1
-            self.tokens += float(real * jax.process_count())
-            self.flops += train_flops(self.non_embedding_params, positions * jax.process_count())
-            return
-        real = sum(int(host_batch[k].sum()) for k in ("q_mask", "d_mask", "e_mask")
-                   if k != "e_mask" or self.explicit)
-        shapes = {k: v.shape for k, v in batch.items()}
-        tokens = step_tokens(shapes, self.num_thinking_steps, self.explicit)
+            real = lm.real_tokens(host_batch)
+            shapes = (("ids", batch["ids"].shape),)
+            if shapes not in self._flops_of:
+                self._flops_of[shapes] = lm.step_flops(self.model_cfg, batch["ids"].shape)
+        else:
+            real = sum(int(host_batch[k].sum()) for k in ("q_mask", "d_mask", "e_mask")
+                       if k != "e_mask" or self.explicit)
+            shapes = tuple((k, batch[k].shape) for k in ("q_ids", "d_ids", "e_ids") if k in batch)
+        if shapes not in self._flops_of:
+            self._flops_of[shapes] = train_step_flops(self.model_cfg, dict(shapes), self.num_thinking_steps,
+                                                      self.explicit)
+        step = self._flops_of[shapes]
         self.steps += 1
         self.tokens += float(real * jax.process_count())
-        self.flops += train_flops(self.non_embedding_params, tokens)
+        self.total_tokens += float(real * jax.process_count())
+        self.flops = StepFlops(self.flops.model_6pt + step.model_6pt, self.flops.executed + step.executed)
 
     def take(self) -> dict:
         stats = dict(steps=self.steps, tokens=self.tokens, flops=self.flops, seconds=time.perf_counter() - self.t0)
@@ -259,28 +342,47 @@ class _Interval:
         return stats
 
 
-def log_metrics(run: Run, step: int, metrics: dict, interval: dict, writer: MetricsWriter) -> dict:
-    """One metrics.jsonl row and progress line; returns the row."""
+def run_peaks(run: Run) -> dict:
+    """The per-device peaks MFU is computed against (flops.peak_rates) and, as "source", where
+    the data-sheet figure came from."""
+    kind = jax.devices()[0].device_kind
+    peaks = peak_rates(kind, run.config.train.peak_tflops)
+    return {**peaks, "source": "train.peak_tflops" if run.config.train.peak_tflops else f"{kind} data sheet"}
+
+
+def _row(run: Run, step: int, metrics: dict) -> dict:
+    """A step's losses, accuracies and learning rate."""
     m = {k: float(v) for k, v in metrics.items() if k not in ("finite", "tokens")}
+    return {"step": step, **m, "learning_rate": float(run.program.schedule(step - 1))}
+
+
+def log_metrics(run: Run, step: int, metrics: dict, interval: dict, writer: MetricsWriter) -> dict:
+    """One metrics.jsonl row (the progress line is `_Progress.line`'s); returns the row."""
     seconds = max(interval["seconds"], 1e-9)
-    row = {"step": step, **m, "learning_rate": float(run.program.schedule(step - 1)),
-           "step_time_s": seconds / max(interval["steps"], 1),
+    peaks = {k: v for k, v in run_peaks(run).items() if k != "source"}
+    row = {**_row(run, step, metrics), "step_time_s": seconds / max(interval["steps"], 1),
            "tokens_per_s": interval["tokens"] / seconds,
-           "tflops_per_s": interval["flops"] / seconds / 1e12 / jax.device_count()}
-    peak = device_peak_tflops(run.config.train.peak_tflops)
-    if peak:
-        row["mfu"] = row["tflops_per_s"] / peak
+           # tflops_per_s: executed matmul FLOPs (LoRA / remat as configured); model_tflops_per_s:
+           # the 6PT convention; mfu / mfu_measured_peak: executed vs the data-sheet / measured peak.
+           **throughput(interval["flops"], seconds, jax.device_count(), peaks)}
     writer.write(row)
-    if run.program.step_cfg.objective == "causal_lm":  # issue 15
-        log.info("%s", lm.progress_line(step, run.total_steps, m, row,
-                                        f" | MFU {100 * row['mfu']:.1f}%" if peak else ""))
-        return row
-    log.info("step %d/%d | loss %.4f (cl_lat %.3f cl_exp %.3f kl_out %.4f kl_mid %.4f) | acc %.2f/%.2f | "
-             "lr %.2e | %.3fs/step | %.0f tok/s | %.3f TFLOP/s/device%s", step, run.total_steps, m["loss"],
-             m["loss_cl_latent"], m["loss_cl_explicit"], m["loss_kl_out"], m["loss_kl_mid"], m["acc_latent"],
-             m["acc_explicit"], row["learning_rate"], row["step_time_s"], row["tokens_per_s"],
-             row["tflops_per_s"], f" | MFU {100 * row['mfu']:.1f}%" if peak else "")
     return row
+
+
+def _throughput_text(row: dict, peak_source: str = "") -> str:
+    """The step time, per-device FLOP rates and MFU (naming the peak) of a metrics row ("" for
+    a progress-only row)."""
+    if "step_time_s" not in row:
+        return ""
+    text = (f" | {row['step_time_s']:.3f}s/step | {row['tflops_per_s']:.3f} TFLOP/s/device executed "
+            f"({row['model_tflops_per_s']:.3f} by 6PT)")
+    if "mfu" in row:
+        text += f" | MFU {100 * row['mfu']:.1f}% of {row['peak_tflops']:g} TFLOP/s ({peak_source})"
+    if "mfu_measured_peak" in row:
+        text += f", {100 * row['mfu_measured_peak']:.1f}% of the measured {row['peak_tflops_measured']:g}"
+    if "mfu" not in row and "mfu_measured_peak" not in row:
+        text += " | no peak known for this device: set train.peak_tflops for MFU"
+    return text
 
 
 def describe(run: Run) -> str:

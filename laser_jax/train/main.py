@@ -1,6 +1,7 @@
 """Train a LaSER retriever.
 
     python -m laser_jax.train --config=configs/qwen3_0p6b.py --workdir=runs/q06 [--config.train.num_steps=100]
+    python -m laser_jax.train --config=configs/qwen3_0p6b.py --workdir=runs/q06 --check   # validate only
 
 Any config field can be overridden as `--config.a.b=value`. Rerunning with the same
 workdir resumes from its newest checkpoint. With `data.eval_dir` set, the trained model is
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from typing import Optional, Sequence
 
 from absl import flags
@@ -23,6 +25,7 @@ from ml_collections import config_flags
 
 from laser_jax import distributed
 from laser_jax.cli import define_help, run_cli
+from laser_jax.data import synthetic
 from laser_jax.data.errors import ConfigError, DataError
 from laser_jax.model.hf_io import CheckpointMismatchError
 from laser_jax.train import faults, stages
@@ -30,29 +33,77 @@ from laser_jax.train.checkpoint import CheckpointRestoreError, NonFiniteStateErr
 from laser_jax.train.config import validate
 from laser_jax.train.final_eval import evaluate_trained
 from laser_jax.train.loop import train
-from laser_jax.train.trainer import set_up
+from laser_jax.train.trainer import check_inputs, set_up
 
 FLAGS = flags.FlagValues()
 config_flags.DEFINE_config_file("config", None, "Run config file (configs/*.py[:variant]).", flag_values=FLAGS,
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the final model.", flag_values=FLAGS)
+flags.DEFINE_boolean("check", False, "Only check the config, the data and model paths it names, and (with "
+                     "--workdir) the workdir; exit 0 when all is well, 2 naming every problem. Writes nothing and "
+                     "needs no accelerator (launchers run it before submitting a job).", flag_values=FLAGS)
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Join a multi-process JAX cluster (auto: when launched by one).", flag_values=FLAGS)
 flags.mark_flag_as_required("config", flag_values=FLAGS)
-flags.register_validator("workdir", bool, "--workdir is required", flag_values=FLAGS)
+flags.register_multi_flags_validator(["workdir", "check"], lambda v: bool(v["workdir"] or v["check"]),
+                                     "--workdir is required", flag_values=FLAGS)
 define_help(FLAGS)
 
 log = logging.getLogger("laser_jax")
 
 
-def _command(f: flags.FlagValues) -> int:
+def quiet_libraries() -> None:
+    """INFO lines from laser_jax only; the libraries' (JAX probing for backends, Orbax and grain
+    through absl's logger, ...) from WARNING up, so the output is the run's progress and what
+    needs attention."""
+    logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("laser_jax").setLevel(logging.INFO)
+
+
+def _command(f: flags.FlagValues) -> int:
+    quiet_libraries()
+    workdir = f.workdir and (os.path.abspath(f.workdir) if "://" not in f.workdir else f.workdir)
+    config_file = f["config"].config_filename
+    if f.check:
+        return check_main(f.config, workdir, config_file)
     distributed.maybe_initialize(f.distributed)
-    workdir = os.path.abspath(f.workdir) if "://" not in f.workdir else f.workdir
-    return stages.run(f.config, workdir, train_main)  # issue 15: LM pretraining first when configured
+    # issue 15: with a pretrain section that asks for it, LM pretraining runs first (train/stages.py)
+    return stages.run(f.config, workdir, lambda config, directory: train_main(config, directory, config_file))
 
 
-def train_main(config, workdir: str) -> int:
+def _what_to_do(e: BaseException, config, config_file: Optional[str]) -> str:
+    """A hint after a config's problems: a real-model config run without its weights and
+    data is told what it needs, and which variant runs without them."""
+    text = str(e)
+    if not config_file or config.model.init_from or ":" in config_file or not any(
+            f"{field}:" in text for field in ("data.train_files", "model.tokenizer", "model.init_from")):
+        return ""
+    return (f"\n{config_file} needs the Hugging Face model (--config.model.init_from=/path/to/model: its weights "
+            "and tokenizer) and training data (--config.data.train_files=PATH); "
+            f"--config={config_file}:smoke runs a tiny random model on generated data without them")
+
+
+def check_main(config, workdir: Optional[str], config_file: Optional[str] = None) -> int:
+    """`--check`: validate the config and the inputs it names (`trainer.check_inputs`)
+    without writing anything or touching an accelerator; print one line, return 0 or 2."""
+    try:
+        validate(config)
+        with tempfile.TemporaryDirectory() as scratch:  # the synthetic task when it is not in WORKDIR/data yet
+            data_dir = None
+            if config.data.synthetic and not (workdir and synthetic.is_current(
+                    os.path.join(workdir, "data"), config.data.synthetic_seed)):
+                data_dir = scratch
+            _, _, model_cfg, source = check_inputs(config, workdir, write=False, data_dir=data_dir)
+    except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError) as e:
+        print(f"error: {e}{_what_to_do(e, config, config_file)}", file=sys.stderr)
+        return faults.EXIT_BAD_INPUT
+    print(f"config OK: {config_file or 'the config'}: {model_cfg.family} {model_cfg.num_params() / 1e6:.1f}M "
+          f"params, {len(source)} training records" + (f", workdir {workdir}" if workdir else ""))
+    return faults.EXIT_OK
+
+
+def train_main(config, workdir: str, config_file: Optional[str] = None) -> int:
     """Validate, set up and run; print one "error: ..." and return the exit code on the
     faults docs/faults.md lists (2 bad input, 3 non-finite, 4 disk full, 128+N signal N).
     Anything else propagates with its traceback (exit 1)."""
@@ -67,7 +118,8 @@ def train_main(config, workdir: str) -> int:
             validate(config)
             run = set_up(config, workdir)
         except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError) as e:
-            return fail(faults.EXIT_BAD_INPUT, e)
+            print(f"error: {e}{_what_to_do(e, config, config_file)}", file=sys.stderr)
+            return faults.EXIT_BAD_INPUT
         except OSError as e:
             return fail(faults.EXIT_DISK_FULL if faults.is_disk_full(e) else faults.EXIT_BAD_INPUT, e)
         try:

@@ -38,13 +38,14 @@ class DataPaths:
     tokenizer_field: str = "model.tokenizer"  # the config field the tokenizer directory came from
 
 
-def resolve_data(config: ml_collections.ConfigDict, workdir: str) -> DataPaths:
-    """Generate the synthetic task into WORKDIR/data when configured; pick the tokenizer."""
+def resolve_data(config: ml_collections.ConfigDict, workdir: str, data_dir: Optional[str] = None) -> DataPaths:
+    """Generate the synthetic task into WORKDIR/data (or `data_dir`) when configured; pick the
+    tokenizer."""
     d, m = config.data, config.model
     train_files, tokenizer, eval_dir = d.train_files, m.tokenizer or m.init_from, d.eval_dir
     field = "model.tokenizer" if m.tokenizer or not m.init_from else "model.init_from"
     if d.synthetic:
-        paths = ensure_generated(os.path.join(workdir, "data"), seed=d.synthetic_seed)
+        paths = ensure_generated(data_dir or os.path.join(workdir, "data"), seed=d.synthetic_seed)
         train_files = train_files or paths["train"]
         tokenizer = tokenizer or paths["tokenizer"]
         eval_dir = eval_dir or paths["eval"]
@@ -62,7 +63,7 @@ def load_tokenizer(paths: DataPaths):
         return load_tokenizer_dir(paths.tokenizer)
     except FileNotFoundError as e:
         raise ConfigError(f"{paths.tokenizer_field}: {e}") from None
-    except (OSError, ValueError) as e:  # transformers: unreadable or inconsistent tokenizer files
+    except (OSError, ValueError, TypeError) as e:  # transformers: unreadable or inconsistent files
         raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: the tokenizer cannot be loaded "
                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
 
@@ -111,7 +112,7 @@ def check_init_weights(config: ml_collections.ConfigDict) -> None:
         return
     try:
         SafetensorsDir(config.model.init_from)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # ValueError: hf_io.WeightsFileError, a bad index
         raise ConfigError(f"model.init_from: {e}") from None
 
 

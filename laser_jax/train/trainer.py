@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, List, Optional
+import tempfile
+from typing import Any, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,8 @@ from laser_jax.model import lora as lora_lib
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder, init_variables
 from laser_jax.train import checkpoint as ckpt_lib
-from laser_jax.train import lm, setup
+from laser_jax.train import faults, lm, setup
+from laser_jax.train.config import ARCH_FIELDS
 from laser_jax.train.step import TrainState
 
 log = logging.getLogger("laser_jax")
@@ -122,26 +124,18 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Check the inputs, read the records, build the program, load a teacher (module doc).
 
     Raises:
-      ConfigError, DataError, FileNotFoundError, CheckpointMismatchError: bad input, named.
+      ConfigError, DataError, FileNotFoundError, CheckpointMismatchError: bad input, named
+        (a config that cannot resume WORKDIR's checkpoints before anything is written there).
     """
     c = config
     is_writer = jax.process_index() == 0
-    if is_writer:
-        os.makedirs(workdir, exist_ok=True)
-    paths = setup.resolve_data(c, workdir)
-    setup.check_eval_dir(paths)
-    tokenizer = setup.load_tokenizer(paths)
-    model_cfg = setup.model_config(c, tokenizer)
-    setup.check_init_weights(c)
+    paths, tokenizer, model_cfg, source = check_inputs(c, workdir, write=is_writer)
     mesh = setup.run_mesh(c, setup.run_devices(c))
     if lm.is_lm(c):  # issue 15: causal-LM rows (data/lm_pipeline.py)
-        source, options, total_steps = lm.set_up_data(c, paths, tokenizer, jax.process_index(),
-                                                      jax.process_count())
+        options, total_steps = lm.options_and_steps(c, source, jax.process_index(), jax.process_count())
         if is_writer:
             log.info("training data: %s", source.summary)
     else:
-        source = open_records(paths.train_files, group_size=c.data.group_size,
-                              skip_bad_records=c.data.skip_bad_records)
         summary = getattr(source, "summary", None)
         if is_writer and summary is not None:
             (log.warning if summary.num_skipped else log.info)("training data: %s", summary)
@@ -154,6 +148,109 @@ def set_up(config: ml_collections.ConfigDict, workdir: str) -> Run:
     return Run(config=c, workdir=workdir, is_writer=is_writer, paths=paths, tokenizer=tokenizer,
                text_format=text_format, model_cfg=model_cfg, source=source, options=options, program=program,
                teacher=load_teacher(c.laser.teacher_from, program), meta=meta)
+
+
+def check_inputs(config: ml_collections.ConfigDict, workdir: Optional[str], write: bool = True,
+                 data_dir: Optional[str] = None) -> Tuple[setup.DataPaths, Any, ModelConfig, Any]:
+    """The checks of a run's inputs that need no accelerator: the workdir (its checkpoints
+    against this config; writable), the data, the evaluation directory, the tokenizer, the
+    model and its weights. Returns (paths, tokenizer, model config, training records).
+
+    Args:
+      config: a validated run config.
+      workdir: the run's directory (None: not checked).
+      write: create WORKDIR (and the synthetic task in WORKDIR/data when needed); False
+        writes nothing there (`--check`: the synthetic task goes to `data_dir` then).
+      data_dir: where to generate the synthetic task instead of WORKDIR/data.
+    """
+    c = config
+    if workdir:
+        check_resume(c, workdir)  # before anything is written to the workdir
+        if write:
+            make_writable_workdir(workdir)
+        else:
+            check_writable(workdir)
+    paths = setup.resolve_data(c, workdir or "", data_dir)
+    setup.check_eval_dir(paths)
+    if c.model.init_from:  # its config.json first: transformers reads it too, with less clear errors
+        setup.model_config(c, None)
+    tokenizer = setup.load_tokenizer(paths)
+    model_cfg = setup.model_config(c, tokenizer)
+    setup.check_init_weights(c)
+    if lm.is_lm(c):  # issue 15
+        return paths, tokenizer, model_cfg, lm.open_source(c, paths, tokenizer)
+    source = open_records(paths.train_files, group_size=c.data.group_size, skip_bad_records=c.data.skip_bad_records)
+    return paths, tokenizer, model_cfg, source
+
+
+def check_writable(workdir: str) -> None:
+    """Without writing: WORKDIR, or the directory it would be created in, is writable."""
+    if "://" in workdir:
+        return
+    existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "not a directory" if not os.path.isdir(existing) else "not writable"
+        raise ConfigError(f"--workdir: {workdir}: cannot write there ({existing}: {reason}); "
+                          "choose a writable --workdir")
+
+
+def make_writable_workdir(workdir: str) -> None:
+    """Create WORKDIR if needed and check that files can be written there (a read-only
+    directory or file system is reported now, not at the first file after compiling).
+
+    Raises:
+      ConfigError: naming the directory (a full disk propagates as itself: exit 4).
+    """
+    if "://" in workdir:  # a bucket: its writes are checked by the first save
+        return
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".laser_jax_write_check"):
+            pass
+    except OSError as e:
+        if faults.is_disk_full(e):
+            raise
+        raise ConfigError(f"--workdir: {workdir}: cannot write there ({e.strerror or e}"
+                          f"{': ' + e.filename if e.filename and e.filename != workdir else ''}); "
+                          "choose a writable --workdir") from None
+
+
+# ModelConfig fields that fix the shapes and structure of the saved state, and the config field
+# that sets each ("" = the architecture source, model.init_from or model.preset).
+_STRUCTURE_FIELDS = {**{f: f"model.{f}" for f in ARCH_FIELDS}, "family": "", "tie_word_embeddings": "",
+                     "attention_bias": "", "qk_norm": "", "scan_layers": "model.scan_layers",
+                     "lora_rank": "lora.rank", "lora_targets": "lora.targets"}
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuse, before anything is written to WORKDIR, a config whose model cannot resume the
+    checkpoints WORKDIR holds (another architecture, LoRA setting or layer layout).
+
+    Raises:
+      ConfigError: naming every differing field, its value here and in the checkpoint.
+    """
+    found = ckpt_lib.newest_meta(workdir)
+    if found is None or "model" not in found[2]:
+        return
+    step, directory, meta = found
+    here = dataclasses.asdict(setup.model_config(config, None))
+    source = "model.init_from" if config.model.init_from else "model.preset"
+    problems = []
+    for name, field in _STRUCTURE_FIELDS.items():
+        ours, theirs = here.get(name), meta["model"].get(name)
+        if name == "lora_targets":
+            ours, theirs = ",".join(ours or ()), ",".join(theirs or ())
+        if name not in meta["model"] or ours == theirs:
+            continue
+        label = field or f"{source} ({name})"
+        problems.append(f"{label}: {ours!r} here, {theirs!r} in the checkpoint")
+    if problems:
+        raise ConfigError(
+            f"--workdir: {workdir} holds checkpoints of another model (step {step} in {directory}), which this "
+            f"config cannot resume: {'; '.join(problems)}. Use a new --workdir, or the checkpoint's settings to "
+            "resume; nothing was written")
 
 
 def load_teacher(path: str, program: setup.Program) -> Optional[dict]:
