@@ -11,7 +11,7 @@ from laser_jax.train.metrics import read_metrics
 log = logging.getLogger("laser_jax")
 PLOT_FILE = "training_curves.png"
 PANELS = (("loss", ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid")),
-          ("accuracy (in-batch top-1)", ("acc_latent", "acc_explicit")),
+          ("accuracy (in-batch top-1; acc: LM next token)", ("acc_latent", "acc_explicit", "acc")),  # acc: issue 15
           ("learning rate", ("learning_rate",)))
 
 
