@@ -3,6 +3,7 @@ import json
 
 from laser_jax.data.formatting import TextFormat
 from laser_jax.experiments import lm_eval
+from laser_jax.inference import reasoning
 from laser_jax.inference.load import LoadedModel
 
 
@@ -46,12 +47,12 @@ def test_end_number_accuracy_prompts_the_explicit_prefix_and_scores(tmp_path, to
         seen.update(prompts=list(prompts), max_new=max_new_tokens)
         return ["21 plus 3 is 24\n\n24 minus 4 is 20", "x 29", "12 minus 5 is 7"]
 
-    monkeypatch.setattr(lm_eval.rewrite, "generate_reasonings", fake_generate)
+    monkeypatch.setattr(reasoning, "generate_reasonings", fake_generate)
     lm = LoadedModel(cfg=None, variables={}, tokenizer=tokenizer, text_format=TextFormat(), num_thinking_steps=1)
     r = lm_eval.end_number_accuracy(lm, split, TextFormat(query_template="Instruct: {instruction}\nQuery: {query}"))
     assert seen["prompts"][0] == "Instruct: Find the number.\nQuery: Start with 21."
     longest = max(len(tokenizer(t)["input_ids"]) for t in ("9 plus 1 is 10\n\n10 plus 2 is 12\n\n12 minus 5 is 7",))
-    assert seen["max_new"] == longest + lm_eval.MARGIN
+    assert seen["max_new"] == longest + lm_eval.LM_EVAL_MARGIN
     assert r["accuracy"] == 2 / 3 and r["per_domain"] == {"steps2": 0.5, "steps3": 1.0} and r["exact"] == 1 / 3
     assert r["examples"][1] == {"query": "Start with 28.", "generated": "x 29",
                                 "gold": "28 minus 3 is 25\n\n25 plus 5 is 30"}

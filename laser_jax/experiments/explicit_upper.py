@@ -17,7 +17,7 @@ import functools
 import json
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,30 +25,14 @@ import numpy as np
 from absl import flags
 
 from laser_jax.cli import run_cli
-from laser_jax.data.formatting import TextFormat, chat_wrap, explicit_text, format_query
-from laser_jax.data.jsonl import get_id, get_text, read_objects
+from laser_jax.data.formatting import explicit_text
 from laser_jax.inference.encoder import LaserEncoder, default_dtype, encode_texts
 from laser_jax.inference.evaluate import format_table, score_embeddings, summarize
 from laser_jax.inference.load import load_for_inference
+from laser_jax.inference.reasoning import REASONING_FILE, query_prefixes, read_reasoning  # noqa: F401 (re-exported)
 from laser_jax.method.views import explicit_view
 from laser_jax.model.decoder import Decoder
 from laser_jax.retrieval import bright
-
-REASONING_FILE = "reasoning.jsonl"
-
-
-def read_reasoning(domain_dir: str) -> Dict[str, str]:
-    """{query id: gold reasoning} from `<domain_dir>/reasoning.jsonl` ({"id", "reasoning"} lines).
-
-    Raises:
-      FileNotFoundError: the file is missing; DataError naming file, line and field.
-    """
-    path = os.path.join(domain_dir, REASONING_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no gold reasoning for this domain")
-    return {get_id(path, line, row, "id"): get_text(path, line, row, "reasoning")
-            for line, row in read_objects(path)}
-
 
 @functools.partial(jax.jit, static_argnames=("model", "eos_id"))
 def encode_explicit(model: Decoder, variables, ids, mask, eos_id: int):
@@ -86,16 +70,6 @@ class ExplicitEncoder:
         encode_fn = functools.partial(encode_explicit, self.model, self.loaded.variables, eos_id=self.eos_id)
         return encode_texts(self.loaded.tokenizer, self.texts(queries, reasonings, instruction), encode_fn,
                             self.loaded.cfg.hidden_size, max_length=max_length, batch_size=batch_size)
-
-
-def query_prefixes(text_format: TextFormat, tokenizer, queries: Sequence[str], instruction: str) -> List[str]:
-    """What comes before the reasoning in each explicit-view text: the query template filled
-    with the instruction and query, chat-wrapped (with `tokenizer`) when the format says so."""
-    out = []
-    for q in queries:
-        text = format_query(text_format.query_template, instruction, q)
-        out.append(chat_wrap(tokenizer, text) if text_format.chat_template else text)
-    return out
 
 
 def domain_dir(data_dir: str, name: str) -> str:

@@ -26,90 +26,18 @@ import os
 import sys
 from typing import Dict, List, Optional, Sequence, Union
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import flags
 
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data.formatting import TextFormat
 from laser_jax.data.jsonl import read_objects
-from laser_jax.data.tokenize import Bucketing, left_pad, pad_token_id, tokenize_texts
-from laser_jax.experiments.explicit_upper import (REASONING_FILE, evaluate_explicit, query_prefixes,
-                                                  read_reasoning)
+from laser_jax.experiments.explicit_upper import evaluate_explicit, query_prefixes
 from laser_jax.inference.encoder import default_dtype
 from laser_jax.inference.evaluate import format_table, summarize
 from laser_jax.inference.load import LoadedModel, load_for_inference
-from laser_jax.model.decoder import Decoder
-from laser_jax.model.generate import greedy_generate
+from laser_jax.inference.reasoning import (DEFAULT_MARGIN, decode_generation,  # noqa: F401 (re-exported)
+                                           default_max_new_tokens, generate_reasonings)
 from laser_jax.retrieval import bright
-
-DEFAULT_MARGIN = 16  # tokens beyond the longest gold reasoning
-
-
-# ------------------------------------------------------------------------------ generating
-def decode_generation(tokenizer, tokens: np.ndarray, length: int, stopped: bool) -> str:
-    """The text of one generated row: its first `length` tokens without the stop token."""
-    ids = [int(t) for t in tokens[:length - 1 if stopped else length]]
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-def generate_reasonings(lm: LoadedModel, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 16,
-                        max_prompt_length: int = 1024, stop_id: Optional[int] = None,
-                        bucketing: Bucketing = Bucketing()) -> List[str]:
-    """Greedy continuations of `prompts` by the language model, as strings, in input order.
-
-    Prompts are tokenized as given (right-truncated at `max_prompt_length`), sorted by length,
-    cut into batches of exactly `batch_size` rows (the last one filled with one-token rows)
-    and left padded to a length bucket, so few programs are compiled.
-
-    Args:
-      lm: the language model.
-      prompts: the prompt texts.
-      max_new_tokens: the most tokens generated per prompt.
-      batch_size: rows per generation call.
-      max_prompt_length: prompt truncation length in tokens.
-      stop_id: the token that ends a continuation (default the tokenizer's EOS); it is not
-        part of the returned text.
-      bucketing: how prompt widths are chosen.
-    """
-    tok = lm.tokenizer
-    stop = int(tok.eos_token_id if stop_id is None else stop_id)
-    pad = pad_token_id(tok)
-    model = Decoder(lm.cfg)
-    rows = tokenize_texts(tok, list(prompts), max_prompt_length)
-    if any(not r for r in rows):
-        raise ValueError("an empty prompt (no tokens) cannot be continued")
-    order = np.argsort([-len(r) for r in rows], kind="stable")
-    out: List[str] = [""] * len(rows)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = [rows[i] for i in idx] + [[pad]] * (batch_size - len(idx))
-        ids, mask = left_pad(batch, bucketing.length(max(len(r) for r in batch), max_prompt_length), pad)
-        gen = jax.device_get(greedy_generate(model, lm.variables, jnp.asarray(ids), jnp.asarray(mask),
-                                             max_new_tokens=max_new_tokens, stop_ids_B=stop, pad_id=pad))
-        for row, i in enumerate(idx):
-            out[i] = decode_generation(tok, np.asarray(gen.tokens[row]), int(gen.lengths[row]),
-                                       bool(gen.stopped[row]))
-    return out
-
-
-def default_max_new_tokens(tokenizer, data_dir: str, margin: int = DEFAULT_MARGIN) -> int:
-    """The longest gold reasoning (reasoning.jsonl) of any domain of `data_dir`, in the LM's
-    tokens, plus `margin`.
-
-    Raises:
-      ValueError: no domain has gold reasoning (then give max_new_tokens).
-    """
-    dirs = [data_dir] if bright.is_domain_dir(data_dir) else [
-        os.path.join(data_dir, d) for d in bright.list_domains(data_dir)]
-    texts = [r for d in dirs if os.path.isfile(os.path.join(d, REASONING_FILE))
-             for r in read_reasoning(d).values()]
-    if not texts:
-        raise ValueError(f"{data_dir}: no {REASONING_FILE} to size the generated reasoning from; "
-                         "give max_new_tokens (--max_new_tokens)")
-    return max(len(ids) for ids in tokenize_texts(tokenizer, texts, 10 ** 9)) + margin
-
 
 # ---------------------------------------------------------------------------------- cache
 def lm_fingerprint(path: str) -> str:

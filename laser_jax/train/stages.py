@@ -32,7 +32,14 @@ import jax
 import ml_collections
 
 from laser_jax.data.errors import ConfigError
+from laser_jax.data.formatting import TextFormat
+from laser_jax import distributed
 from laser_jax.data.synthetic import ensure_generated, read_meta
+from laser_jax.inference import reasoning
+from laser_jax.inference.load import load_for_inference, load_tokenizer
+from laser_jax.model.hf_io import save_pretrained
+from laser_jax.train import faults
+from laser_jax.train.config import validate
 
 log = logging.getLogger("laser_jax")
 
@@ -144,7 +151,6 @@ def _sync(name: str) -> None:
     """Every process meets here (several processes run the stages together; process 0
     alone writes the stage's files)."""
     if jax.process_count() > 1:
-        from laser_jax import distributed
 
         distributed.wait_for_all_processes(f"laser_jax/stages/{name}")
 
@@ -152,8 +158,6 @@ def _sync(name: str) -> None:
 def export_lm(train_dir: str, out: str, tokenizer_dir: str, param_dtype: str) -> None:
     """The stage's final checkpoint as a Hugging Face directory (weights in the model's
     parameter dtype, the task tokenizer, eos/pad ids in config.json)."""
-    from laser_jax.inference.load import load_for_inference, load_tokenizer
-    from laser_jax.model.hf_io import save_pretrained
 
     loaded = load_for_inference(train_dir, "float32")
     variables = jax.device_get(loaded.variables)
@@ -163,14 +167,10 @@ def export_lm(train_dir: str, out: str, tokenizer_dir: str, param_dtype: str) ->
 
 def evaluate_lm(config, out: str, eval_dir: str) -> dict:
     """Greedy end-number accuracy of the LM in `out` on `eval_dir`, into out/lm_eval.json."""
-    from laser_jax.data.formatting import TextFormat
-    from laser_jax.experiments import lm_eval
-    from laser_jax.inference.load import load_for_inference
-
     started = time.time()
     loaded = load_for_inference(out, "float32")
     fmt = TextFormat(query_template=config.data.query_template, chat_template=config.data.chat_template)
-    result = lm_eval.end_number_accuracy(loaded, eval_dir, fmt)
+    result = reasoning.end_number_accuracy(loaded, eval_dir, fmt)
     result["split_dir"] = eval_dir
     result["seconds"] = round(time.time() - started, 1)
     _write_json(os.path.join(out, EVAL_FILE), result)
@@ -206,11 +206,10 @@ def pretrain(config, workdir: str, train_main) -> tuple:
                                                         "train_seconds": round(time.time() - started, 1)})
             log.info("stage 1/2: wrote the LM to %s (%.0f s)", out, time.time() - started)
     if writer and config.pretrain.eval and (state != "reuse" or not os.path.exists(os.path.join(out, EVAL_FILE))):
-        from laser_jax.experiments.lm_eval import format_result
 
         result = evaluate_lm(config, out, task["eval"])
-        log.info("stage 1/2: LM %s on %s (%.0f s)", format_result(result), task["eval"], result["seconds"])
-        print(f"pretrained LM: {format_result(result)}", flush=True)
+        log.info("stage 1/2: LM %s on %s (%.0f s)", reasoning.format_result(result), task["eval"], result["seconds"])
+        print(f"pretrained LM: {reasoning.format_result(result)}", flush=True)
     _sync("exported")
     return 0, out
 
@@ -226,8 +225,6 @@ def run(config, workdir: str, train_main) -> int:
     """One or two stages (module doc); returns the exit code of the last stage run."""
     if not wants_pretraining(config):
         return train_main(config, workdir)
-    from laser_jax.train import faults
-    from laser_jax.train.config import validate
 
     try:
         validate(config)  # a bad fine-tuning config fails before the LM is trained
