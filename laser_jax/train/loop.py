@@ -144,6 +144,7 @@ class _Progress:
         self.compile_s = 0.0
         self.tokens_line = 0.0
         self.peak_source = run_peaks(run)["source"]
+        self.peak_noted = False  # "no peak known" is said on the first line only
 
     def compiled(self, seconds: float) -> None:
         """The first step is compiled: step rates (ETA) are measured from now."""
@@ -154,6 +155,8 @@ class _Progress:
         return time.perf_counter() - self.t_line >= PROGRESS_SECONDS
 
     def line(self, step: int, row: dict, total_tokens: float) -> None:
+        throughput_text = _throughput_text(row, self.peak_source, note_missing_peak=not self.peak_noted)
+        self.peak_noted = self.peak_noted or "step_time_s" in row
         now = time.perf_counter()
         done, left = step - self.start, max(self.last_step - step, 0)
         eta = left * (now - self.t_steps) / done if done else 0.0
@@ -163,14 +166,14 @@ class _Progress:
             log.info("step %d/%d (%d%%) | %s elapsed, ETA %s | %.0f tok/s | lm loss %.4f | token acc %.3f | "
                      "lr %.2e%s", step, self.run.total_steps, 100 * step // max(self.run.total_steps, 1),
                      _duration(now - self.t_start), _duration(eta), tokens_per_s, row["loss"], row["acc"],
-                     row["learning_rate"], _throughput_text(row, self.peak_source))
+                     row["learning_rate"], throughput_text)
             return
         log.info("step %d/%d (%d%%) | %s elapsed, ETA %s | %.0f tok/s | loss %.4f (cl_lat %.3f cl_exp %.3f "
                  "kl_out %.4f kl_mid %.4f) | acc %.2f/%.2f | lr %.2e%s", step, self.run.total_steps,
                  100 * step // max(self.run.total_steps, 1), _duration(now - self.t_start), _duration(eta),
                  tokens_per_s, row["loss"], row["loss_cl_latent"], row["loss_cl_explicit"], row["loss_kl_out"],
                  row["loss_kl_mid"], row["acc_latent"], row["acc_explicit"], row["learning_rate"],
-                 _throughput_text(row, self.peak_source))
+                 throughput_text)
 
     def done(self, step: int, checkpoints: str, metrics_path: str, plot: Optional[str]) -> None:
         log.info("trained to step %d in %s (%.0f s compiling); checkpoints in %s, metrics in %s%s", step,
@@ -369,9 +372,9 @@ def log_metrics(run: Run, step: int, metrics: dict, interval: dict, writer: Metr
     return row
 
 
-def _throughput_text(row: dict, peak_source: str = "") -> str:
+def _throughput_text(row: dict, peak_source: str = "", note_missing_peak: bool = True) -> str:
     """The step time, per-device FLOP rates and MFU (naming the peak) of a metrics row ("" for
-    a progress-only row)."""
+    a progress-only row); without a known peak, how to give one (when `note_missing_peak`)."""
     if "step_time_s" not in row:
         return ""
     text = (f" | {row['step_time_s']:.3f}s/step | {row['tflops_per_s']:.3f} TFLOP/s/device executed "
@@ -380,7 +383,7 @@ def _throughput_text(row: dict, peak_source: str = "") -> str:
         text += f" | MFU {100 * row['mfu']:.1f}% of {row['peak_tflops']:g} TFLOP/s ({peak_source})"
     if "mfu_measured_peak" in row:
         text += f", {100 * row['mfu_measured_peak']:.1f}% of the measured {row['peak_tflops_measured']:g}"
-    if "mfu" not in row and "mfu_measured_peak" not in row:
+    if "mfu" not in row and "mfu_measured_peak" not in row and note_missing_peak:
         text += " | no peak known for this device: set train.peak_tflops for MFU"
     return text
 
