@@ -1,5 +1,7 @@
 """Shared test set-up: 8 simulated CPU devices, no network, tiny local tokenizer."""
+import contextlib
 import os
+import subprocess
 
 # Must be set before jax is imported anywhere in the test process.
 # LLVM optimisation level 0: programs compile about 2x faster and run about 2x slower,
@@ -109,3 +111,18 @@ def nan_at_steps(run, steps):
 
     step.lower = p.step.lower  # the loop compiles the (normal) step ahead of its first call
     return dataclasses.replace(run, program=dataclasses.replace(p, step=step))
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point, options: str):
+    """A tmpfs mounted at `mount_point` (created) with mount `options` (e.g. "size=192k",
+    "ro,size=64k") for the block; needs mount rights, the test is skipped elsewhere."""
+    mount_point.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)

@@ -3,7 +3,6 @@ last good checkpoint kept, no NaN ever saved), a corrupted latest checkpoint, a 
 import errno
 import logging
 import os
-import subprocess
 import types
 
 import jax
@@ -12,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import nan_at_steps
+from conftest import mounted_tmpfs, nan_at_steps
 from laser_jax.train import checkpoint as ckpt_lib
 from laser_jax.train import faults
 from laser_jax.train import main as train_cli
@@ -155,16 +154,8 @@ def test_full_disk_while_checkpointing_names_the_directory_and_keeps_the_previou
 @pytest.fixture
 def tiny_tmpfs(tmp_path):
     """A 192 KiB tmpfs (needs mount rights; skipped elsewhere)."""
-    mount_point = tmp_path / "small_disk"
-    mount_point.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount_point)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small_disk", "size=192k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_really_full_disk_is_reported_as_such(rtask, tmp_path, tiny_tmpfs, capsys):

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from conftest import mounted_tmpfs
 from laser_jax.train import faults
 from test_reliability import rtask  # noqa: F401 (a fixture)
 
@@ -28,16 +29,8 @@ sys.exit(train_main(config, sys.argv[1]))
 @pytest.fixture
 def small_disk(tmp_path):
     """A 192 KiB tmpfs (needs mount rights; skipped elsewhere)."""
-    mount_point = tmp_path / "small_disk"
-    mount_point.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192k", "tmpfs", str(mount_point)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small_disk", "size=192k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_full_disk_in_an_async_save_is_one_message_naming_that_step(rtask, tmp_path, small_disk):

@@ -3,10 +3,10 @@ workdir that cannot be written, is refused with one "error: ..." line (exit 2) b
 anything is written there and before anything is compiled."""
 import json
 import os
-import subprocess
 
 import pytest
 
+from conftest import mounted_tmpfs
 from laser_jax.train import faults
 from test_reliability import rtask, run_main, tiny_config  # noqa: F401 (rtask: a fixture)
 
@@ -45,16 +45,8 @@ def test_a_refused_resume_writes_nothing_to_the_workdir(rtask, tmp_path, capsys)
 @pytest.fixture
 def read_only_dir(tmp_path):
     """A read-only file system (a tmpfs mounted ro; needs mount rights, skipped elsewhere)."""
-    mount_point = tmp_path / "read_only"
-    mount_point.mkdir()
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount_point)],
-                         capture_output=True, text=True)
-    if out.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "read_only", "ro,size=64k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def test_a_read_only_workdir_exits_2_naming_it_before_compiling(rtask, read_only_dir, capsys, caplog):

@@ -14,7 +14,6 @@ scoring for any query-side reasoning (gold here; an LM's in `laser_jax.experimen
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from typing import Callable, List, Optional, Sequence
@@ -27,9 +26,9 @@ from absl import flags
 from laser_jax.cli import run_cli
 from laser_jax.data.formatting import explicit_text
 from laser_jax.inference.encoder import LaserEncoder, default_dtype, encode_texts
-from laser_jax.inference.evaluate import format_table, score_embeddings, summarize
+from laser_jax.inference.evaluate import format_table, score_embeddings, summarize, write_summary
 from laser_jax.inference.load import load_for_inference
-from laser_jax.inference.reasoning import REASONING_FILE, query_prefixes, read_reasoning  # noqa: F401 (re-exported)
+from laser_jax.inference.reasoning import query_prefixes, read_reasoning
 from laser_jax.method.views import explicit_view
 from laser_jax.model.decoder import Decoder
 from laser_jax.retrieval import bright
@@ -158,10 +157,7 @@ def run(f: flags.FlagValues) -> None:
     results = evaluate_explicit_upper(f.model, f.data, max_length=f.max_length, batch_size=f.batch_size)
     print(format_table(results), flush=True)
     if f.output:
-        os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-        with open(f.output, "w", encoding="utf-8") as out:
-            json.dump(summarize(results), out, indent=2)
-            out.write("\n")
+        write_summary(f.output, summarize(results))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -33,10 +33,9 @@ from laser_jax.data.formatting import TextFormat
 from laser_jax.data.jsonl import read_objects
 from laser_jax.experiments.explicit_upper import evaluate_explicit, query_prefixes
 from laser_jax.inference.encoder import default_dtype
-from laser_jax.inference.evaluate import format_table, summarize
+from laser_jax.inference.evaluate import format_table, summarize, write_summary
 from laser_jax.inference.load import LoadedModel, load_for_inference
-from laser_jax.inference.reasoning import (DEFAULT_MARGIN, decode_generation,  # noqa: F401 (re-exported)
-                                           default_max_new_tokens, generate_reasonings)
+from laser_jax.inference.reasoning import DEFAULT_MARGIN, default_max_new_tokens, generate_reasonings
 from laser_jax.retrieval import bright
 
 # ---------------------------------------------------------------------------------- cache
@@ -159,10 +158,7 @@ def run(f: flags.FlagValues) -> None:
         gen_batch_size=f.gen_batch_size)
     print(format_table(results), flush=True)
     if f.output:
-        os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-        with open(f.output, "w", encoding="utf-8") as out:
-            json.dump(summarize(results), out, indent=2)
-            out.write("\n")
+        write_summary(f.output, summarize(results))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -25,9 +25,9 @@ from absl import flags
 
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data.tokenize import left_pad, pad_token_id, tokenize_texts
-from laser_jax.experiments.explicit_upper import REASONING_FILE, query_prefixes, read_reasoning
 from laser_jax.inference.encoder import default_dtype
 from laser_jax.inference.load import LoadedModel, load_for_inference
+from laser_jax.inference.reasoning import REASONING_FILE, query_prefixes, read_reasoning
 from laser_jax.method.views import latent_view, resolve_num_thinking_steps
 from laser_jax.model.decoder import Decoder
 from laser_jax.retrieval import bright

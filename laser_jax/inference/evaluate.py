@@ -358,12 +358,17 @@ def run(f: flags.FlagValues) -> dict:
     summary = summarize(results, steps)
     print(format_table(results, steps), flush=True)
     if f.output:
-        os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-        with open(f.output, "w", encoding="utf-8") as out:
-            json.dump(summary, out, indent=2)
-            out.write("\n")
+        write_summary(f.output, summary)
         logging.info("wrote %s", f.output)
     return summary
+
+
+def write_summary(path: str, summary: dict) -> None:
+    """Write a results summary (`summarize`) as indented JSON, creating its directory."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump(summary, out, indent=2)
+        out.write("\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
