@@ -42,10 +42,14 @@ def test_real_bright_metadata_and_dataloader(model):
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def test_mteb_evaluate_runs_a_mock_retrieval_task(model):
-    from mteb.mocks.mock_tasks.retrieval import MockRetrievalTask
+@pytest.mark.parametrize("mock", ["retrieval.MockRetrievalTask",  # BRIGHT's and BrowseComp-Plus's shape
+                                  "reranking.MockInstructionReranking"])  # FollowIR's (instructions, top-ranked)
+def test_mteb_evaluate_runs_a_mock_task(model, mock):
+    import importlib
 
+    module, name = mock.split(".")
+    task = getattr(importlib.import_module(f"mteb.mocks.mock_tasks.{module}"), name)()
     assert model.encoder.text_format.chat_template and model.num_thinking_steps == 3  # the authors' format
-    results = mteb.evaluate(model, [MockRetrievalTask()], cache=None, show_progress_bar=False, raise_error=True)
+    results = mteb.evaluate(model, [task], cache=None, show_progress_bar=False, raise_error=True)
     (result,) = results.task_results
     assert 0.0 <= result.get_score() <= 1.0

@@ -12,6 +12,7 @@ last-position states, L2-normalised.
 """
 import inspect
 import json
+import os
 import shutil
 
 import numpy as np
@@ -208,6 +209,10 @@ def test_evaluate_with_no_flags_and_with_chat_template_false(release_dir, oracle
         assert summary["text_format"] == {"query_template": "Instruct: {instruction}\nQuery: {query}",
                                           "chat_template": chat}
         assert summary["num_thinking_steps"] == 3
+    pony = os.path.join(data, "pony")
+    rc = evaluate.main(["evaluate", f"--data={pony}", f"--query_embeddings={tmp_path}/q.npy",
+                        f"--document_embeddings={tmp_path}/d.npy", "--chat_template=false"])
+    assert rc == 2 and "--chat_template does not apply to pre-computed embeddings" in capsys.readouterr().err
     assert evaluate.main(["evaluate", "--help"]) == 0
     helptext = capsys.readouterr().out
     assert "--chat_template" in helptext and "--query_template" in helptext and "--model_dtype" in helptext
@@ -274,3 +279,14 @@ def test_a_model_that_says_its_format_is_loaded_silently_and_flags_still_win(rel
     assert capsys.readouterr().err == ""
     assert enc.text_format == TextFormat(query_template="Q: {query}", chat_template=True)
     assert enc.num_thinking_steps == 3
+
+
+def test_float16_on_a_cpu_is_refused_in_one_line_before_loading(release_dir, tmp_path, capsys):
+    import jax
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("float16 runs on accelerators")
+    data = tmp_path / "none"
+    rc = evaluate.main(["evaluate", f"--model={release_dir}", f"--data={data}", "--model_dtype=float16"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "float16 does not run on a CPU" in err, err

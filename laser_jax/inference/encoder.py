@@ -68,6 +68,15 @@ def default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
 
 
+def check_dtype(dtype: str) -> None:
+    """ValueError for a parameter/compute dtype this machine cannot run: float16 on a CPU
+    (XLA's CPU backend has no float16 matrix product with float32 accumulation)."""
+    if dtype == "float16" and jax.default_backend() == "cpu":
+        raise ValueError("dtype float16 does not run on a CPU (XLA's CPU backend has no float16 matrix "
+                         "product accumulating in float32); use float32 or bfloat16 here (float16 is the "
+                         "LaSER authors' GPU setting)")
+
+
 @functools.partial(jax.jit, static_argnames=("model", "num_steps"))
 def encode_latent(model: Decoder, variables, ids, mask, num_steps: int):
     """Latent-view embeddings [B, D] float32 of a left-padded batch (one compile per model
@@ -161,6 +170,7 @@ class LaserEncoder:
             of a tokenizer without a chat template.
         """
         dtype = dtype or default_dtype()
+        check_dtype(dtype)
         check_overrides(chat_template, query_template, num_thinking_steps)  # before the (slow) load
         loaded = load_for_inference(path, dtype)
         fmt, steps, overridden = apply_overrides(loaded.text_format, loaded.num_thinking_steps,
