@@ -2,6 +2,7 @@
 
   python -m laser_jax.export --model=PATH --input=FILE.jsonl --output=OUT.npy \
       [--kind=document|query|raw] [--instruction=...] [--num_thinking_steps=K] \
+      [--chat_template=true|false] [--query_template=...] [--model_dtype=float16] \
       [--max_length=512] [--batch_size=32] [--dtype=float32|float16] [--chunk_size=N] \
       [--num_shards=N --shard_index=I] [--distributed=auto|on|off] [--overwrite]
   python -m laser_jax.export --output=OUT.npy --assemble --num_shards=N
@@ -15,7 +16,10 @@ Output: OUT.npy, float32 (or float16) [N, D], row i = the L2-normalised latent-v
 embedding of the i-th record, in input order; OUT.ids.txt, the ids in the same order;
 OUT.export.json, what was exported (settings, input fingerprint, model probe).
 `--kind=query` fills the model's query template with --instruction, `document` applies
-the document formatting (chat wrapping when the model uses it), `raw` none.
+the document formatting (chat wrapping when the model uses it), `raw` none. The model's
+text format is its own (checkpoint, laser.json; for a Hugging Face directory without
+laser.json the one `laser_jax.inference.text_format` chooses, said on stderr);
+--chat_template, --query_template and --num_thinking_steps override it.
 
 Streaming and resuming: the input is read chunk by chunk (`--chunk_size` records; only
 one chunk's texts are in memory), and rows are written into a memory-mapped part file
@@ -59,6 +63,7 @@ from laser_jax.inference.export_input import InputIndex, read_records, scan_inpu
 from laser_jax.inference.export_parts import (
     assemble, check_other_shardings, cleanup_parts, final_paths, finished_export, output_base, part_paths,
     read_json, resume_or_start, reuse_index, write_ids, write_json_atomic)
+from laser_jax.inference.text_format import define_format_flags, format_flag_values
 from laser_jax.method.views import resolve_num_thinking_steps
 
 __all__ = [
@@ -329,11 +334,13 @@ flags.DEFINE_enum("kind", "document", KINDS, "Formatting: query template (query)
 flags.DEFINE_string("instruction", "", "Query instruction (--kind=query).", flag_values=FLAGS)
 flags.DEFINE_integer("num_thinking_steps", None, "Latent steps K (default: the model's, from laser.json "
                      "or the checkpoint; 3 when neither says).", flag_values=FLAGS)
+define_format_flags(FLAGS)
 flags.DEFINE_integer("max_length", 512, "Max tokens per text (right truncation).", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 32, "Encoding batch size.", flag_values=FLAGS)
 flags.DEFINE_enum("dtype", "float32", DTYPES, "dtype of the written rows.", flag_values=FLAGS)
 flags.DEFINE_enum("model_dtype", None, ["float32", "bfloat16", "float16"], "Parameter/compute dtype "
-                  "(default: float32 on CPU, bfloat16 on accelerators).", flag_values=FLAGS)
+                  "(default: float32 on CPU, bfloat16 on accelerators; the LaSER authors evaluate in "
+                  "float16).", flag_values=FLAGS)
 flags.DEFINE_integer("chunk_size", None, f"Records per chunk, the resume unit (default "
                      f"{BATCHES_PER_CHUNK} x batch_size).", flag_values=FLAGS)
 flags.DEFINE_integer("num_shards", None, "Independent shard jobs: how many (default: one shard per "
@@ -363,6 +370,7 @@ def run(f: flags.FlagValues) -> ExportResult:
     if not f.model or not f.input:
         raise ValueError("--model and --input are required (or --assemble)")
     check_num_thinking_steps_flag(f.num_thinking_steps)
+    text_format = format_flag_values(f)
     settings = ExportSettings(
         kind=f.kind, instruction=f.instruction, num_thinking_steps=f.num_thinking_steps,
         max_length=f.max_length, batch_size=f.batch_size, dtype=f.dtype, chunk_size=f.chunk_size,
@@ -379,7 +387,7 @@ def run(f: flags.FlagValues) -> ExportResult:
     state = read_json(part_paths(f.output, shard_index, num_shards)["progress"])
     index = reuse_index(state, f.input, chunk_size) or scan_input(f.input, chunk_size)
     logging.info("%s: %d records in %d chunk(s)", f.input, index.num_records, index.num_chunks)
-    encoder = LaserEncoder.from_pretrained(f.model, dtype=f.model_dtype)
+    encoder = LaserEncoder.from_pretrained(f.model, dtype=f.model_dtype, **text_format)
     return run_export(encoder, f.input, f.output, settings, index=index)
 
 

@@ -8,7 +8,9 @@ On disk:
   WORKDIR/tokenizer                                the run's tokenizer
   HF_DIR/{config.json, *.safetensors, tokenizer}   a Hugging Face model; `laser.json` beside
                                                    them (written by `laser_jax.export_hf`) holds
-                                                   the text format and K it was trained with
+                                                   the text format and K it was trained with;
+                                                   without it the directory is foreign and gets
+                                                   the format `inference.text_format` chooses
 
 The training side writes this layout (CHECKPOINTS, TOKENIZER, make_meta) and this module
 reads it, so both are defined here: train may import inference, never the other way.
@@ -28,6 +30,7 @@ from transformers import AutoTokenizer
 
 from laser_jax.data.formatting import TextFormat
 from laser_jax.inference.quiet import quiet_loading
+from laser_jax.inference.text_format import ORIGIN_METADATA, hf_dir_format
 from laser_jax.model import hf_io
 from laser_jax.model.config import ModelConfig, RopeScaling, from_hf_config, resolve_attention_impl
 from laser_jax.model.decoder import abstract_variables
@@ -36,7 +39,6 @@ from laser_jax.model.layers import dtype_of
 CHECKPOINTS = "checkpoints"  # WORKDIR/checkpoints/<step>/
 TOKENIZER = "tokenizer"  # WORKDIR/tokenizer/
 LASER_META = "laser.json"  # HF_DIR/laser.json
-DEFAULT_NUM_THINKING_STEPS = 3  # K of an HF directory without laser.json (the spec's)
 
 log = logging.getLogger("laser_jax")
 
@@ -53,6 +55,9 @@ class LoadedModel:
     tokenizer: Any
     text_format: TextFormat
     num_thinking_steps: int
+    # ORIGIN_METADATA when the model says its format (checkpoint meta, laser.json); else
+    # where laser_jax.inference.text_format took it from (ORIGIN_AUTHORS, ORIGIN_SPEC)
+    format_origin: str = ORIGIN_METADATA
 
 
 def load_tokenizer(path: str):
@@ -84,10 +89,9 @@ def load_hf_dir(path: str, dtype: str) -> LoadedModel:
                          attention_impl=resolve_attention_impl("auto", dtype))
     tokenizer = load_tokenizer(path)
     params = hf_io.load_params(path, cfg)
-    meta = read_laser_meta(path)
-    fmt = TextFormat(**{k: meta[k] for k in ("query_template", "chat_template") if k in meta})
-    steps = int(meta.get("num_thinking_steps", DEFAULT_NUM_THINKING_STEPS))
-    return LoadedModel(cfg, {"params": params}, tokenizer, fmt, steps)
+    meta = read_laser_meta(path) if os.path.exists(os.path.join(path, LASER_META)) else None
+    fmt, steps, origin = hf_dir_format(meta, cfg.family, tokenizer)  # no laser.json: foreign
+    return LoadedModel(cfg, {"params": params}, tokenizer, fmt, steps, origin)
 
 
 # ---------------------------------------------------------------------- training checkpoints

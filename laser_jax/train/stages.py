@@ -36,7 +36,7 @@ from laser_jax.data.formatting import TextFormat
 from laser_jax import distributed
 from laser_jax.data.synthetic import ensure_generated, read_meta
 from laser_jax.inference import reasoning
-from laser_jax.inference.load import load_for_inference, load_tokenizer
+from laser_jax.inference.load import load_for_inference, load_tokenizer, write_laser_meta
 from laser_jax.model.hf_io import save_pretrained
 from laser_jax.train import faults
 from laser_jax.train.config import validate
@@ -157,12 +157,14 @@ def _sync(name: str) -> None:
 
 def export_lm(train_dir: str, out: str, tokenizer_dir: str, param_dtype: str) -> None:
     """The stage's final checkpoint as a Hugging Face directory (weights in the model's
-    parameter dtype, the task tokenizer, eos/pad ids in config.json)."""
+    parameter dtype, the task tokenizer, eos/pad ids in config.json, and laser.json with the
+    text format it was trained with, so loading it never takes a foreign model's format)."""
 
     loaded = load_for_inference(train_dir, "float32")
     variables = jax.device_get(loaded.variables)
     save_pretrained(out, variables["params"], loaded.cfg, load_tokenizer(tokenizer_dir), lora=variables.get("lora"),
                     dtype=param_dtype)
+    write_laser_meta(out, loaded.text_format, loaded.num_thinking_steps)
 
 
 def evaluate_lm(config, out: str, eval_dir: str) -> dict:
