@@ -63,7 +63,7 @@ def soft_token(model: Decoder, variables, h_BD):
 
 def check_soft_token_variables(cfg, variables) -> None:
     """ValueError when a soft_token "pause" model's variables lack its pause vector."""
-    if cfg.soft_token == "pause" and PAUSE not in variables.get(LATENT, {}):
+    if getattr(cfg, "soft_token", None) == "pause" and PAUSE not in (variables or {}).get(LATENT, {}):
         raise ValueError(f"the model's soft_token is 'pause' but its variables have no {LATENT}/{PAUSE} "
                          f"(collections: {sorted(variables)}); load it with laser_jax.inference.load, "
                          "which restores the vector from a checkpoint or an export")
