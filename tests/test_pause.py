@@ -261,3 +261,26 @@ def test_config_refuses_a_bad_switch_resuming_across_it_and_a_teacher_of_the_oth
     student = types.SimpleNamespace(model_cfg=model_config(paper, None))
     with pytest.raises(ConfigError, match="laser.teacher_from: .* soft_token='pause'"):
         load_teacher(workdir, student)
+
+
+def test_the_ablation_runs_both_pause_variants_and_the_lm_stage_has_no_pause_vector(task):  # noqa: F811
+    from laser_jax.data import synthetic
+    from laser_jax.experiments import ablate
+    from laser_jax.train.stages import stage_config
+
+    jobs = ablate.plan_jobs(["pause", "pause_latent_only"], [1], "configs/tiny.py", "/r",
+                            synthetic.paths(os.path.dirname(task["meta"]), ["steps2"]), "eval", {}, 64, 8)
+    pause, latent_only = (j.argv for j in jobs)
+    assert "--config.laser.soft_token=pause" in pause and "--config.laser.lambda_explicit=0.0" not in pause
+    assert "--config.laser.soft_token=pause" in latent_only and "--config.laser.lambda_explicit=0.0" in latent_only
+    assert "pause" in ablate.DEFAULT_VARIANTS and "pause_latent_only" in ablate.LABELS
+    assert stage_config(small_config(task, **{"laser.soft_token": "pause"}), task).laser.soft_token == \
+        "expected_embedding"
+
+
+def test_pause_steps_run_no_lm_head_in_the_flop_count():
+    from laser_jax.train.flops import encode_flops
+
+    cfg = tiny_cfg(tie=True)
+    paper = encode_flops(cfg.replace(soft_token="expected_embedding"), 4, 32, 3).executed
+    assert paper - encode_flops(cfg, 4, 32, 3).executed == 4 * 2 * 4.0 * cfg.vocab_size * cfg.hidden_size
