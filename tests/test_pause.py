@@ -284,3 +284,21 @@ def test_pause_steps_run_no_lm_head_in_the_flop_count():
     cfg = tiny_cfg(tie=True)
     paper = encode_flops(cfg.replace(soft_token="expected_embedding"), 4, 32, 3).executed
     assert paper - encode_flops(cfg, 4, 32, 3).executed == 4 * 2 * 4.0 * cfg.vocab_size * cfg.hidden_size
+
+
+def test_a_bfloat16_export_keeps_the_vector_and_overwriting_with_a_paper_model_drops_it(tokenizer, tmp_path):
+    cfg = preset("tiny_qwen3", vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 head_dim=8, soft_token="pause")
+    variables = init_variables(cfg, jax.random.key(0))
+    variables[LATENT][PAUSE] = variables[LATENT][PAUSE] + jnp.linspace(-1.0, 1.0, cfg.hidden_size)
+    pause_model = model_io.LoadedModel(cfg, variables, tokenizer, model_io.TextFormat(), 3)
+    out = export_hf.export_loaded(pause_model, str(tmp_path / "m"), dtype="bfloat16")
+    back = model_io.load_hf_dir(out, "float32")
+    assert back.cfg.soft_token == "pause"
+    np.testing.assert_allclose(np.asarray(back.variables[LATENT][PAUSE]), np.asarray(variables[LATENT][PAUSE]),
+                               rtol=1e-2, atol=1e-3)
+    paper = model_io.LoadedModel(cfg.replace(soft_token="expected_embedding"), {"params": variables["params"]},
+                                 tokenizer, model_io.TextFormat(), 3)
+    export_hf.export_loaded(paper, out, dtype="float32", overwrite=True)
+    assert not os.path.exists(os.path.join(out, pause_file.PAUSE_FILE))
+    assert "soft_token" not in model_io.read_laser_meta(out) and LATENT not in model_io.load_hf_dir(out, "float32").variables
