@@ -239,7 +239,7 @@ def test_thoughts_say_pause_steps_carry_no_token_distribution(pause_run, capsys)
     _, _, _, out, _ = pause_run
     assert thoughts.main(["thoughts", f"--model={out}", "--query=What is 5 plus 1?", "--top_k=3"]) == 0
     text = capsys.readouterr().out
-    assert text.count(thoughts.PAUSE_STEP) == 2  # K = 3: two soft steps, no top tokens
+    assert text.count(thoughts.PAUSE_STEP) == 2 and "| soft step | input |" in text  # K = 3: two soft steps
     assert "input-independent" in text and "nearest to that vector" in text
     near = thoughts.pause_neighbours(model_io.load_hf_dir(out, "float32"), 3)
     assert len(near) == 3 and near[0][2] >= near[1][2] >= near[2][2]

@@ -116,7 +116,8 @@ def format_thoughts(thoughts: Sequence[Thought]) -> str:
         if not th.steps:
             lines += ["(K=1: no soft steps)", ""]
         else:
-            lines += ["| soft step | top tokens (probability) |", "|---|---|"]
+            pause = not any(th.steps)  # a pause model's steps have no tokens of their own
+            lines += [f"| soft step | {'input' if pause else 'top tokens (probability)'} |", "|---|---|"]
             for j, top in enumerate(th.steps):
                 cells = ", ".join(f"`{t!r}` {p:.3f}" for t, _, p in top) if top else PAUSE_STEP
                 lines.append(f"| {j} | {cells} |")
