@@ -9,10 +9,10 @@
     d = model.encode_document(["The number 7 is the sum of two smaller numbers."])
 
 gives the embeddings `laser_jax.LaserEncoder` gives. The file must stay self-contained: it
-runs where laser_jax is not installed, and imports only torch, transformers and
-sentence_transformers (and safetensors, which transformers needs). Without `trust_remote_code=True` sentence-transformers refuses to
-load the directory (it will not import a module class from it), rather than falling back
-to another pooling.
+runs where laser_jax is not installed, and imports only torch, transformers,
+sentence_transformers and safetensors (which transformers needs). Without
+`trust_remote_code=True` sentence-transformers refuses to load the directory (it will not
+import a module class from it), rather than falling back to another pooling.
 
 Texts: a prompt given to `encode` (`prompt=...`, or `prompt_name="query"`, which
 `encode_query` uses; the "query" prompt saved with the model is a generic instruction) is

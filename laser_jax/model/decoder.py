@@ -209,8 +209,10 @@ def positions_from_mask(mask_BT):
 
 def mean_embedding(table_VD, cfg: ModelConfig):
     """The initial pause vector: the mean row of the input embedding table [D] (float32 mean,
-    stored in the param dtype). It is the expected embedding under a uniform distribution, the
-    input-independent point of the inputs the soft steps are fed otherwise, at their scale."""
+    stored in the param dtype). It is the paper's soft token under a uniform LM-head
+    distribution, i.e. what a step would be fed knowing nothing about the input, so the pause
+    control starts inside the family of inputs it replaces; it needs no seed, and from a
+    pretrained model it lies among real token embeddings."""
     return jnp.mean(nn.unbox(table_VD).astype(jnp.float32), axis=0).astype(dtype_of(cfg.param_dtype))
 
 

@@ -11,8 +11,8 @@ Two counts, both reported by the trainer (metrics.jsonl) and by `bench/bench_las
   through every projection (weight gradients only for what trains: the base in full
   fine-tuning, the adapters with LoRA), the LoRA adapters' own matmuls, the causal attention
   scores and mixing (the causal half, as flash kernels compute it), the soft-token LM-head
-  passes (logits and expected embedding per soft step; none with a pause vector), and the forward recomputed in the
-  backward pass under the remat policy. MFU is computed from this count.
+  passes (logits and expected embedding per soft step; none with soft_token "pause"), and the
+  forward recomputed in the backward pass under the remat policy. MFU is computed from this count.
 
 Peaks: the data-sheet dense bf16 rate per device kind (`DATASHEET_TFLOPS`), and where one was
 measured on this project's machines, the measured bf16 matmul rate (`MEASURED_TFLOPS`: 804
