@@ -17,6 +17,10 @@ development split, for tuning). Variants:
   no_output_distillation  laser.lambda_kl_out=0
   no_co_learning          a teacher trained on the explicit view alone (lambda_latent=0, no KL),
                           then a student distilled from it frozen (laser.teacher_from)
+  pause                   LaSER's losses, but every soft step is fed one learned vector
+                          (laser.soft_token=pause): the same K positions without the soft tokens'
+                          content, the control for "extra compute alone" (issue 23)
+  pause_latent_only       latent_only with pause steps
   explicit_upper          the trained `laser` models' explicit view fed the gold reasoning
                           (laser_jax.experiments.explicit_upper): an upper bound
   rewrite_then_retrieve   the trained `laser` models' explicit view fed reasoning written by a
@@ -63,6 +67,8 @@ VARIANTS: Dict[str, dict] = {
     "no_process_alignment": {"laser.lambda_kl_mid": 0.0},
     "no_output_distillation": {"laser.lambda_kl_out": 0.0},
     "no_co_learning": {},  # + laser.teacher_from=<its teacher's run>
+    "pause": {"laser.soft_token": "pause"},
+    "pause_latent_only": {"laser.soft_token": "pause", **NO_EXPLICIT},
 }
 TEACHER = {"laser.lambda_latent": 0.0, "laser.lambda_kl_out": 0.0, "laser.lambda_kl_mid": 0.0,
            "data.eval_dir": ""}
@@ -75,6 +81,8 @@ LABELS = {"basic": "basic contrastive (K=1)", "latent_only": "latent only (K=3, 
           "laser": "LaSER", "no_process_alignment": "w/o process alignment (lambda_kl_mid=0)",
           "no_output_distillation": "w/o output distillation (lambda_kl_out=0)",
           "no_co_learning": "w/o co-learning (frozen explicit teacher)",
+          "pause": "LaSER with pause steps (one learned vector per soft step)",
+          "pause_latent_only": "latent only with pause steps",
           "explicit_upper": "explicit view + gold reasoning (upper bound)",
           "rewrite_then_retrieve": "rewrite-then-retrieve (LM reasoning + explicit view)"}
 

@@ -34,7 +34,7 @@ from laser_jax.data.formatting import TextFormat, chat_wrap, format_query
 from laser_jax.data.tokenize import INFERENCE_BUCKETING, Bucketing, left_pad, pad_token_id, tokenize_texts
 from laser_jax.inference.load import load_for_inference
 from laser_jax.inference.text_format import announce, apply_overrides, check_overrides, has_chat_template
-from laser_jax.method.views import latent_view, resolve_num_thinking_steps
+from laser_jax.method.views import check_soft_token_variables, latent_view, resolve_num_thinking_steps
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder
 
@@ -131,6 +131,7 @@ class LaserEncoder:
 
     def __init__(self, cfg: ModelConfig, variables, tokenizer, text_format: TextFormat = TextFormat(),
                  num_thinking_steps: int = 3, bucketing: Bucketing = INFERENCE_BUCKETING):
+        check_soft_token_variables(cfg, variables)  # a pause model (cfg.soft_token) needs its vector
         self.cfg = cfg
         self.variables = variables
         self.tokenizer = tokenizer

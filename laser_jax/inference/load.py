@@ -11,6 +11,7 @@ On disk:
                                                    the text format and K it was trained with;
                                                    without it the directory is foreign and gets
                                                    the format `inference.text_format` chooses
+  HF_DIR/laser_pause.safetensors                   a soft_token "pause" model's vector (pause_file)
 
 The training side writes this layout (CHECKPOINTS, TOKENIZER, make_meta) and this module
 reads it, so both are defined here: train may import inference, never the other way.
@@ -29,11 +30,12 @@ import orbax.checkpoint as ocp
 from transformers import AutoTokenizer
 
 from laser_jax.data.formatting import TextFormat
+from laser_jax.inference import pause_file
 from laser_jax.inference.quiet import quiet_loading
 from laser_jax.inference.text_format import ORIGIN_METADATA, hf_dir_format
 from laser_jax.model import hf_io
 from laser_jax.model.config import ModelConfig, RopeScaling, from_hf_config, resolve_attention_impl
-from laser_jax.model.decoder import abstract_variables
+from laser_jax.model.decoder import LATENT, abstract_variables
 from laser_jax.model.layers import dtype_of
 
 CHECKPOINTS = "checkpoints"  # WORKDIR/checkpoints/<step>/
@@ -78,20 +80,27 @@ def read_laser_meta(path: str) -> dict:
         return json.load(f)
 
 
-def write_laser_meta(path: str, text_format: TextFormat, num_thinking_steps: int) -> None:
+def write_laser_meta(path: str, text_format: TextFormat, num_thinking_steps: int,
+                     soft_token: str = pause_file.DEFAULT_SOFT_TOKEN) -> None:
+    """laser.json; `soft_token` is written only when it is not the paper's (pause_file)."""
+    meta = {"num_thinking_steps": num_thinking_steps, "query_template": text_format.query_template,
+            "chat_template": text_format.chat_template}
+    if soft_token != pause_file.DEFAULT_SOFT_TOKEN:
+        meta["soft_token"] = soft_token
     with open(os.path.join(path, LASER_META), "w") as f:
-        json.dump({"num_thinking_steps": num_thinking_steps, "query_template": text_format.query_template,
-                   "chat_template": text_format.chat_template}, f, indent=2)
+        json.dump(meta, f, indent=2)
 
 
 def load_hf_dir(path: str, dtype: str) -> LoadedModel:
+    meta = read_laser_meta(path)
     cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=dtype,
-                         attention_impl=resolve_attention_impl("auto", dtype))
+                         attention_impl=resolve_attention_impl("auto", dtype),
+                         soft_token=pause_file.soft_token_of(meta, path))
     tokenizer = load_tokenizer(path)
     params = hf_io.load_params(path, cfg)
-    meta = read_laser_meta(path) if os.path.exists(os.path.join(path, LASER_META)) else None
-    fmt, steps, origin = hf_dir_format(meta, cfg.family, tokenizer)  # no laser.json: foreign
-    return LoadedModel(cfg, {"params": params}, tokenizer, fmt, steps, origin)
+    has_meta = os.path.exists(os.path.join(path, LASER_META))
+    fmt, steps, origin = hf_dir_format(meta if has_meta else None, cfg.family, tokenizer)  # no laser.json: foreign
+    return LoadedModel(cfg, {"params": params, **pause_file.read_pause(path, cfg)}, tokenizer, fmt, steps, origin)
 
 
 # ---------------------------------------------------------------------- training checkpoints
@@ -159,6 +168,8 @@ def restore_variables(step_dir: str, cfg: ModelConfig) -> dict:
     lora = "lora" in abstract
     saved["trainable"] = {"lora": abstract["lora"]} if lora else {"params": abstract["params"]}
     saved["frozen"] = {"params": abstract["params"]} if lora else {}
+    if LATENT in abstract:  # the pause vector trains in both modes (train/step.py split_variables)
+        saved["trainable"][LATENT] = abstract[LATENT]
     # Shapes come from the model; stored dtypes may differ (frozen base in compute dtype).
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     item = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), saved)

@@ -20,7 +20,7 @@ from laser_jax.data.formatting import TextFormat
 from laser_jax.inference.load import load_tokenizer as load_tokenizer_dir
 from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
-from laser_jax.train.config import ARCH_FIELDS, lora_targets
+from laser_jax.train.config import ARCH_FIELDS, lora_targets, soft_token
 from laser_jax.data.synthetic import ensure_generated
 from laser_jax.model.decoder import Decoder
 from laser_jax.model.hf_io import SafetensorsDir
@@ -76,7 +76,7 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
                    unroll_soft_steps=m.unroll_soft_steps, remat_policy=m.remat_policy,
                    attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype),
                    lora_rank=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout if training else 0.0,
-                   lora_targets=lora_targets(lo.targets))
+                   lora_targets=lora_targets(lo.targets), soft_token=soft_token(config))
     arch = {f: getattr(m, f) for f in ARCH_FIELDS if getattr(m, f)}
     try:
         if m.init_from:

@@ -83,6 +83,7 @@ def stage_config(config, task: dict) -> ml_collections.ConfigDict:
     d.synthetic, d.train_files, d.eval_dir, d.lm_corpus, d.lm_format = False, task["train"], "", task["corpus"], "reasonemb"
     d.shuffle = True
     s.laser.teacher_from = ""
+    s.laser.soft_token = "expected_embedding"  # an LM has no latent view (no pause vector to carry)
     s.checkpoint.every_steps = p.checkpoint_every
     s.pretrain.num_steps = 0  # the stage itself is one stage
     return s
