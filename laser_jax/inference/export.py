@@ -57,8 +57,8 @@ from laser_jax.cli import run_cli
 from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag, check_positive
 from laser_jax.inference.export_input import InputIndex, read_records, scan_input
 from laser_jax.inference.export_parts import (
-    assemble, check_other_shardings, cleanup_parts, final_paths, finished_export, output_base, part_paths,
-    read_json, resume_or_start, reuse_index, write_ids, write_json_atomic)
+    assemble, check_other_shardings, cleanup_parts, final_paths, finished_export, output_base, output_lock,
+    part_paths, read_json, resume_or_start, reuse_index, write_ids, write_json_atomic)
 from laser_jax.method.views import resolve_num_thinking_steps
 
 __all__ = [
@@ -357,7 +357,8 @@ def run(f: flags.FlagValues) -> ExportResult:
     if f.assemble:
         if f.num_shards is None or f.model or f.input:
             raise ValueError("--assemble takes --output and --num_shards only")
-        assemble(f.output, f.num_shards)
+        with output_lock(f.output):
+            assemble(f.output, f.num_shards)
         meta = read_json(final_paths(f.output)["meta"])
         return ExportResult(f.output, meta["num_rows"], meta["dim"], 0, 0, 0, True)
     if not f.model or not f.input:
@@ -375,12 +376,13 @@ def run(f: flags.FlagValues) -> ExportResult:
         num_shards, shard_index = _process_info()
     else:
         num_shards, shard_index = f.num_shards, f.shard_index
-    # Validate the input before loading the model (a restart reuses its recorded scan).
-    state = read_json(part_paths(f.output, shard_index, num_shards)["progress"])
-    index = reuse_index(state, f.input, chunk_size) or scan_input(f.input, chunk_size)
-    logging.info("%s: %d records in %d chunk(s)", f.input, index.num_records, index.num_chunks)
-    encoder = LaserEncoder.from_pretrained(f.model, dtype=f.model_dtype)
-    return run_export(encoder, f.input, f.output, settings, index=index)
+    with output_lock(f.output, f.num_shards, shard_index):  # issue 24: one writer per output, before loading
+        # Validate the input before loading the model (a restart reuses its recorded scan).
+        state = read_json(part_paths(f.output, shard_index, num_shards)["progress"])
+        index = reuse_index(state, f.input, chunk_size) or scan_input(f.input, chunk_size)
+        logging.info("%s: %d records in %d chunk(s)", f.input, index.num_records, index.num_chunks)
+        encoder = LaserEncoder.from_pretrained(f.model, dtype=f.model_dtype)
+        return run_export(encoder, f.input, f.output, settings, index=index)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -36,6 +36,7 @@ from typing import Optional, Sequence
 
 from absl import flags, logging
 
+from laser_jax import storage, workdir_lock
 from laser_jax.cli import run_cli
 from laser_jax.inference import load, torch_encoder
 from laser_jax.inference.encoder import check_num_thinking_steps_flag
@@ -120,10 +121,15 @@ def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
         raise ValueError("the variables carry LoRA adapters but the config has lora_rank=0, so "
                          "their scale (lora_alpha / lora_rank) is unknown")
     partial = _partial_dir(out_dir)
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        _write(loaded, partial, dtype, steps, lora, source)
-        _move_into_place(partial, out_dir)
+        with workdir_lock.held(out_dir, "--out", inside=False):  # issue 24: one writer per output
+            _check_out_dir(out_dir, overwrite, source)  # again, now that no other export writes there
+            for left in storage.remove_leftovers(os.path.dirname(partial), f".{os.path.basename(out_dir)}.partial-",
+                                                 any_owner=True):
+                logging.warning("removed %s, left by an interrupted export", left)
+            _write(loaded, partial, dtype, steps, lora, source)
+            storage.write_manifest(partial)  # issue 27: what the export wrote, last
+            _move_into_place(partial, out_dir)
     except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(e, Exception) and is_disk_full(e):

@@ -25,6 +25,7 @@ from laser_jax.data.synthetic import ensure_generated
 from laser_jax.model.decoder import Decoder
 from laser_jax.model.hf_io import SafetensorsDir
 from laser_jax.retrieval import bright
+from laser_jax.storage import DamagedFileError
 from laser_jax.train import sharding
 from laser_jax.train.step import StepConfig, TrainState, init_state, jit_train_step, make_optimizer, \
     run_schedule
@@ -61,7 +62,7 @@ def load_tokenizer(paths: DataPaths):
         raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: no such directory")
     try:
         return load_tokenizer_dir(paths.tokenizer)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DamagedFileError) as e:  # the latter names the damaged file
         raise ConfigError(f"{paths.tokenizer_field}: {e}") from None
     except (OSError, ValueError, TypeError) as e:  # transformers: unreadable or inconsistent files
         raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: the tokenizer cannot be loaded "

@@ -1,0 +1,96 @@
+"""A training run's own files in its workdir, checked against the manifest its last finished
+run wrote (issue 27).
+
+A run that finishes (trained, and evaluated when it evaluates) writes WORKDIR/manifest.json
+last: every file of the run (the tokenizer copy, run_config.json, metrics, TensorBoard, the
+checkpoints, eval_results.json) with its size and, up to storage.HASH_LIMIT bytes, its
+sha256; WORKDIR/data and WORKDIR/lm are stages with manifests of their own. A rerun checks it
+before the run rewrites anything there, warns once per damaged file and sets aside what it
+rebuilds from what is intact:
+
+  tokenizer/...            removed; the run writes it again from its source
+  checkpoints/N/...        step N moved to WORKDIR/corrupt_checkpoints/: training resumes from
+                           the newest intact step and redoes the steps after it
+  metrics.jsonl            its damaged line is left out; the rows it held are lost (training
+                           is not redone for them)
+  anything else            written again by the run (run_config.json, eval_results.json, the
+                           plot) or kept as it is (TensorBoard reads what it can)
+
+Then the manifest is removed: from here on the workdir is being rewritten, and only the end
+of this run writes a new one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from typing import List
+
+import jax
+
+from laser_jax import distributed, storage
+from laser_jax.inference.load import CHECKPOINTS, TOKENIZER
+from laser_jax.train.checkpoint import CORRUPT
+
+log = logging.getLogger("laser_jax")
+
+
+def _part(workdir: str, damaged: str) -> List[str]:
+    return os.path.relpath(damaged, workdir).split(os.sep)
+
+
+def _action(parts: List[str], workdir: str) -> str:
+    if parts[0] == TOKENIZER:
+        return "the run writes the tokenizer again"
+    if parts[0] == CHECKPOINTS and len(parts) > 2:
+        return (f"checkpoint step {parts[1]} is moved to {os.path.join(workdir, CORRUPT)}; training resumes from the "
+                "newest intact checkpoint and redoes the steps after it")
+    if parts == ["metrics.jsonl"]:
+        return "its damaged line is left out; the rows it held are lost"
+    return "the run writes it again" if len(parts) == 1 and not parts[0].startswith("tensorboard") else "kept as it is"
+
+
+def check_and_repair(workdir: str) -> None:
+    """Before a run rewrites WORKDIR (module doc); every process calls it, process 0 acts."""
+    if "://" in workdir:
+        return
+    if jax.process_index() == 0:
+        check = storage.verify_manifest(workdir)
+        steps = set()
+        for damage in check.damaged:
+            parts = _part(workdir, damage.path)
+            log.warning("%s: damaged (%s); %s", damage.path, damage.what, _action(parts, workdir))
+            if parts[0] == TOKENIZER:
+                shutil.rmtree(os.path.join(workdir, TOKENIZER), ignore_errors=True)
+            elif parts[0] == CHECKPOINTS and len(parts) > 2:
+                steps.add(parts[1])
+        for step in sorted(steps, key=int):
+            target = os.path.join(workdir, CORRUPT, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(os.path.join(workdir, CHECKPOINTS, step), target)
+            log.warning("moved the damaged checkpoint step %s to %s", step, target)
+        storage.remove_manifest(workdir)
+    if jax.process_count() > 1:
+        distributed.wait_for_all_processes("laser_jax/run_files/checked")
+
+
+def finish(workdir: str) -> None:
+    """The run's manifest, last (process 0; the checkpoints are complete by now)."""
+    if "://" not in workdir and jax.process_index() == 0:
+        storage.write_manifest(workdir)
+
+
+def damage_notes(workdir: str, lm_dir: str) -> List[str]:
+    """`--check`: the damaged files of a workdir's finished stages (the run, WORKDIR/data, the
+    LM stage and its training run) and what a run does about each; nothing is touched."""
+    lm_train = os.path.join(lm_dir, "train")
+    stages = ((workdir, ""), (os.path.join(workdir, "data"), "the run generates the task again from its seed"),
+              (lm_dir, f"the run rebuilds it from the LM's checkpoints in {lm_train}"),
+              (lm_train, f"not read while {lm_dir} is intact"))
+    notes = []
+    for directory, action in stages:
+        for damage in storage.verify_manifest(directory).damaged:
+            what = action or _action(_part(workdir, damage.path), workdir)
+            notes.append(f"{damage.path}: damaged ({damage.what}); {what}")
+    return notes
