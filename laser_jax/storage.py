@@ -135,7 +135,7 @@ class Damage:
     what: str
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.what}"
+        return f"{self.path}: damaged ({self.what})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +247,7 @@ def verify_manifest_entry(path: str, want: dict) -> str:
     except OSError:
         return "missing (the stage wrote it)"
     if size != want.get("size"):
-        cut = " (cut short?)" if size < want.get("size", 0) else ""
+        cut = ": cut short?" if size < want.get("size", 0) else ""
         return f"{size} bytes, {want.get('size')} were written{cut}"
     if "sha256" in want and _sha256(path) != want["sha256"]:
         return "its content differs from what was written (sha256)"

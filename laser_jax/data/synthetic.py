@@ -337,7 +337,7 @@ def ensure_generated(out_dir: str, seed: int = 0, **options) -> dict:
         meta = read_meta(out_dir)
         return paths(os.path.abspath(out_dir), meta["domains"], meta.get("dev_domains", ()))
     for damage in storage.verify_manifest(out_dir).damaged:
-        log.warning("%s: damaged (%s); generating the task again from its seed", damage.path, damage.what)
+        log.warning("%s; generating the task again from its seed", damage)
     return generate(out_dir, seed, **options)
 
 

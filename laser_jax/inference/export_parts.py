@@ -167,13 +167,13 @@ def _intact_meta(final: Dict[str, str]) -> Optional[dict]:
     (then the export's files are removed: the export writes them again)."""
     try:
         meta = read_json(final["meta"])
-        damaged = [f"{os.path.join(os.path.dirname(final['npy']), name)}: {what}" for name, want in
+        damaged = [f"{os.path.join(os.path.dirname(final['npy']), name)}: damaged ({what})" for name, want in
                    (meta or {}).get("files", {}).items()
                    if (what := storage.verify_manifest_entry(os.path.join(os.path.dirname(final["npy"]), name), want))]
     except storage.DamagedFileError as e:
         damaged, meta = [str(e)], None
     for line in damaged:
-        logging.warning("%s: damaged; exporting again", line)
+        logging.warning("%s; exporting again", line)
     if damaged:
         remove_files(final["npy"], final["ids"], final["meta"])
         return None

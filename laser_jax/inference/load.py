@@ -205,9 +205,10 @@ def _require_intact_checkpoint(candidates: Sequence[str]) -> None:
     workdir = os.path.dirname(os.path.dirname(step_dir))
     if os.path.basename(os.path.dirname(step_dir)) != CHECKPOINTS:
         return
+    rebuild = f"rerun the run's training command on {workdir} to rebuild it"
+    require_intact(workdir, [TOKENIZER], rebuild)
     earlier = f", or use an earlier step (--model={candidates[1]})" if len(candidates) > 1 else ""
-    require_intact(workdir, [TOKENIZER, f"{CHECKPOINTS}/{os.path.basename(step_dir)}"],
-                   f"rerun the run's training command on {workdir} to rebuild it{earlier}")
+    require_intact(workdir, [f"{CHECKPOINTS}/{os.path.basename(step_dir)}"], rebuild + earlier)
 
 
 def load_newest_checkpoint(candidates: Sequence[str], dtype: str) -> LoadedModel:

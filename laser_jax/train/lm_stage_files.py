@@ -76,8 +76,8 @@ def decide(out: str, want: dict) -> Decision:
         return Decision("stale")
     if _is_writer():
         for damage in check.damaged:
-            log.warning("%s: damaged (%s); the LM stage rebuilds it from its checkpoints in %s", damage.path,
-                        damage.what, os.path.join(out, TRAIN_SUBDIR))
+            log.warning("%s; the LM stage rebuilds it from its checkpoints in %s", damage,
+                        os.path.join(out, TRAIN_SUBDIR))
     return Decision("resume", _recorded_files(out))
 
 

@@ -134,6 +134,8 @@ def train_main(config, workdir: str, config_file: Optional[str] = None) -> int:
         log.info("setting up the run in %s", workdir)
         try:
             validate(config)
+            if run_files.finished(workdir, config):  # issue 27: a finished run is not redone
+                return faults.EXIT_OK
             run = set_up(config, workdir)
         except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError,
                 DamagedFileError) as e:
@@ -159,7 +161,7 @@ def train_main(config, workdir: str, config_file: Optional[str] = None) -> int:
             return faults.exit_code_for_signal(stop.signum)
     if run.paths.eval_dir and config.train.objective == "laser":  # issue 15: no retrieval eval of an LM run
         evaluate_trained(trained)
-    run_files.finish(workdir)  # issue 27: the run's manifest, last
+    run_files.finish(workdir, config)  # issue 27: the run's manifest, last
     return faults.EXIT_OK
 
 

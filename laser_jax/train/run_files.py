@@ -21,6 +21,9 @@ of this run writes a new one.
 """
 from __future__ import annotations
 
+import contextlib
+import glob
+import json
 import logging
 import os
 import shutil
@@ -32,6 +35,7 @@ import jax
 from laser_jax import distributed, storage
 from laser_jax.inference.load import CHECKPOINTS, TOKENIZER
 from laser_jax.train.checkpoint import CORRUPT
+from laser_jax.train.final_eval import RESULTS_FILE
 
 log = logging.getLogger("laser_jax")
 
@@ -60,7 +64,7 @@ def check_and_repair(workdir: str) -> None:
         steps = set()
         for damage in check.damaged:
             parts = _part(workdir, damage.path)
-            log.warning("%s: damaged (%s); %s", damage.path, damage.what, _action(parts, workdir))
+            log.warning("%s; %s", damage, _action(parts, workdir))
             if parts[0] == TOKENIZER:
                 shutil.rmtree(os.path.join(workdir, TOKENIZER), ignore_errors=True)
             elif parts[0] == CHECKPOINTS and len(parts) > 2:
@@ -75,10 +79,57 @@ def check_and_repair(workdir: str) -> None:
         distributed.wait_for_all_processes("laser_jax/run_files/checked")
 
 
-def finish(workdir: str) -> None:
+def fingerprint(config, workdir: str) -> dict:
+    """What a finished run was made of: its resolved config, and the identity of each input it
+    names (a stage directory by its manifest's hash, anything else by its files' sizes and
+    modification times; the generated task of a synthetic run is WORKDIR/data)."""
+    c = config
+    inputs = {"model.init_from": c.model.init_from, "model.tokenizer": c.model.tokenizer,
+              "data.train_files": c.data.train_files, "data.eval_dir": c.data.eval_dir,
+              "data.lm_corpus": c.data.get("lm_corpus", ""), "laser.teacher_from": c.laser.teacher_from,
+              "task": os.path.join(workdir, "data") if c.data.synthetic else ""}
+    return {"config": json.loads(c.to_json()),
+            "inputs": {k: _identity(v) for k, v in sorted(inputs.items()) if v}}
+
+
+def _identity(path: str):
+    if "://" in path:
+        return path
+    if os.path.isfile(os.path.join(path, storage.MANIFEST)):
+        if not storage.verify_manifest(path).intact:
+            return {"damaged": True}  # never equal to a recorded identity: the run does not skip
+        return {"manifest_sha256": storage.manifest_entry(os.path.join(path, storage.MANIFEST), True)["sha256"]}
+    found = []
+    for match in sorted(glob.glob(path)) or [path]:
+        walk = os.walk(match) if os.path.isdir(match) else [(os.path.dirname(match), [], [os.path.basename(match)])]
+        for root, dirs, files in walk:
+            dirs.sort()
+            for name in sorted(files):
+                with contextlib.suppress(OSError):
+                    st = os.stat(os.path.join(root, name))
+                    found.append([os.path.join(root, name), st.st_size, st.st_mtime_ns])
+    return found[:10000]
+
+
+def finished(workdir: str, config) -> bool:
+    """WORKDIR holds a finished run of this config and these inputs, every file as written:
+    rerunning it would only redo its evaluation (every process decides alike)."""
+    if "://" in workdir:
+        return False
+    check = storage.verify_manifest(workdir)
+    if not check.intact or check.extra.get("fingerprint") != json.loads(json.dumps(fingerprint(config, workdir))):
+        return False
+    log.info("the run in %s is finished with this config and these inputs, and its files are as written "
+             "(%s): nothing to redo", workdir, storage.MANIFEST)
+    if jax.process_index() == 0 and os.path.exists(os.path.join(workdir, RESULTS_FILE)):
+        print(f"evaluation results: {os.path.join(workdir, RESULTS_FILE)}", flush=True)
+    return True
+
+
+def finish(workdir: str, config) -> None:
     """The run's manifest, last (process 0; the checkpoints are complete by now)."""
     if "://" not in workdir and jax.process_index() == 0:
-        storage.write_manifest(workdir)
+        storage.write_manifest(workdir, extra={"fingerprint": fingerprint(config, workdir)})
 
 
 def damage_notes(workdir: str, lm_dir: str) -> List[str]:
@@ -92,5 +143,5 @@ def damage_notes(workdir: str, lm_dir: str) -> List[str]:
     for directory, action in stages:
         for damage in storage.verify_manifest(directory).damaged:
             what = action or _action(_part(workdir, damage.path), workdir)
-            notes.append(f"{damage.path}: damaged ({damage.what}); {what}")
+            notes.append(f"{damage}; {what}")
     return notes

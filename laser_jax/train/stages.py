@@ -200,8 +200,7 @@ def _build_lm(config, stage, task: dict, out: str, want: dict, decision, train_m
             return code
     if writer:
         export_lm(os.path.join(out, TRAIN_SUBDIR), out, task["tokenizer"], stage.model.param_dtype)
-        _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": True,
-                                                    "train_seconds": round(time.time() - started, 1)})
+        _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": True})
         log.info("stage 1/2: wrote the LM to %s (%.0f s)", out, time.time() - started)
         if not lm_stage_files.evaluation_still_valid(out, decision.recorded):
             _remove(os.path.join(out, EVAL_FILE))  # evaluated again below
