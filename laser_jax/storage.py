@@ -78,7 +78,7 @@ def read_json(path: str) -> Any:
     except json.JSONDecodeError as e:
         if not text.strip():
             raise DamagedFileError(f"{path}: empty ({len(data)} bytes), not JSON (cut short?)") from None
-        if e.pos >= len(text.rstrip()):
+        if e.pos >= len(text.rstrip()) or e.msg.startswith("Unterminated string"):  # it stops mid-value
             raise DamagedFileError(f"{path}: not valid JSON (cut short at byte {len(data)}?)") from None
         raise DamagedFileError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
 

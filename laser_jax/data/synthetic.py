@@ -334,6 +334,11 @@ def ensure_generated(out_dir: str, seed: int = 0, **options) -> dict:
     for left in storage.remove_leftovers(os.path.dirname(os.path.abspath(out_dir)), TMP_PREFIX):
         log.warning("removed %s, left by an interrupted task generation", left)
     if is_current(out_dir, seed, **options):
+        check = storage.verify_manifest(out_dir)
+        if not check.intact:  # the files verify by meta.json's content hash: the manifest is what is wrong
+            for damage in check.damaged:
+                log.warning("%s; the task's files are intact (meta.json's content hash): writing it again", damage)
+            storage.write_manifest(out_dir)
         meta = read_meta(out_dir)
         return paths(os.path.abspath(out_dir), meta["domains"], meta.get("dev_domains", ()))
     for damage in storage.verify_manifest(out_dir).damaged:

@@ -178,9 +178,10 @@ def export_hf(model_path: str, out_dir: str, *, dtype: str = "bfloat16",
     if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
         resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
     _check_out_dir(out_dir, overwrite, model_path)  # fail before the (slow) load
-    loaded = load.load_for_inference(model_path, "float32")
-    return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
-                         overwrite=overwrite, source=model_path)
+    with workdir_lock.held(out_dir, "--out", inside=False):  # issue 24: before loading (export_loaded holds it on)
+        loaded = load.load_for_inference(model_path, "float32")
+        return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
+                             overwrite=overwrite, source=model_path)
 
 
 def _torch_snippet(steps: int) -> str:

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from laser_jax import storage
+from laser_jax.storage import DamagedFileError, read_json, verify_manifest
+from laser_jax.storage import load_tokenizer as load_tokenizer_files
 from laser_jax.data.formatting import TextFormat
 from laser_jax.inference.quiet import quiet_loading
 from laser_jax.model import hf_io
@@ -57,18 +58,18 @@ class LoadedModel:
 
 def load_tokenizer(path: str):
     """AutoTokenizer from `path`; FileNotFoundError when the directory has none, a
-    storage.DamagedFileError naming a damaged file."""
-    return storage.load_tokenizer(path)
+    DamagedFileError naming a damaged file."""
+    return load_tokenizer_files(path)
 
 
 def require_intact(directory: str, only=None, fix: str = "") -> None:
     """A model directory a stage of laser_jax wrote (its manifest.json) must be as written:
     else one DamagedFileError naming the first damaged file (`fix`: what to do). A directory
     without a manifest (downloaded, or a run that has not finished) is read as it is."""
-    damaged = storage.verify_manifest(directory, only).damaged
+    damaged = verify_manifest(directory, only).damaged
     if damaged:
         more = f" (and {len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
-        raise storage.DamagedFileError(f"{damaged[0]}{more}; {fix or 'write the directory again'}")
+        raise DamagedFileError(f"{damaged[0]}{more}; {fix or 'write the directory again'}")
 
 
 # ------------------------------------------------------------------ Hugging Face directories
@@ -76,7 +77,7 @@ def read_laser_meta(path: str) -> dict:
     meta_path = os.path.join(path, LASER_META)
     if not os.path.exists(meta_path):
         return {}
-    return storage.read_json(meta_path)
+    return read_json(meta_path)
 
 
 def write_laser_meta(path: str, text_format: TextFormat, num_thinking_steps: int) -> None:
@@ -137,7 +138,7 @@ def read_meta(step_dir: str) -> dict:
     path = os.path.join(step_dir, "meta", "metadata")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{step_dir}: checkpoint has no meta item ({path})")
-    return storage.read_json(path)
+    return read_json(path)
 
 
 def model_config_from_meta(meta: dict, dtype: Optional[str] = None) -> ModelConfig:

@@ -63,6 +63,10 @@ def decide(out: str, want: dict) -> Decision:
     stage = _read_stage(out)
     recorded_fp = check.extra.get("fingerprint")
     if check.intact and recorded_fp == want:
+        if _is_writer():  # the LM's training run is not read while its export is intact: said, not rebuilt
+            for damage in storage.verify_manifest(os.path.join(out, TRAIN_SUBDIR)).damaged:
+                log.warning("%s; not needed while the LM in %s is intact (a rebuild of the LM would resume from "
+                            "its newest intact checkpoint)", damage, out)
         return Decision("reuse")
     if stage is None and not check.present and not os.path.isdir(os.path.join(out, TRAIN_SUBDIR)):
         raise ConfigError(f"pretrain.dir: {out} exists, is not empty and holds no {STAGE_FILE}: not a pretraining "

@@ -37,6 +37,25 @@ def read_metrics(workdir: str) -> list:
     return rows
 
 
+def keep_intact_rows(workdir: str) -> list:
+    """Rewrite WORKDIR/metrics.jsonl without its damaged lines (issue 27); returns the steps of
+    the rows kept."""
+    path = os.path.join(workdir, METRICS_FILE)
+    rows = []
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(path + ".tmp", path)
+    return [r.get("step") for r in rows]
+
+
 class MetricsWriter:
     def __init__(self, workdir: str, start_step: int = 0, enabled: bool = True):
         self.enabled = enabled
@@ -53,7 +72,8 @@ class MetricsWriter:
 
             # Resumed: TensorBoard drops the earlier files' events from the restored step on, as
             # metrics.jsonl drops its rows (each step once).
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1 if start_step else None)
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                    purge_step=start_step + 1 if start_step else None)
         except ImportError:  # optional
             log.info("tensorboardX not installed: metrics go to %s only", self.path)
 

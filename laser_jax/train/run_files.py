@@ -11,8 +11,9 @@ rebuilds from what is intact:
   tokenizer/...            removed; the run writes it again from its source
   checkpoints/N/...        step N moved to WORKDIR/corrupt_checkpoints/: training resumes from
                            the newest intact step and redoes the steps after it
-  metrics.jsonl            its damaged line is left out; the rows it held are lost (training
-                           is not redone for them)
+  metrics.jsonl            its intact rows are kept, the damaged line left out: the rows it held
+                           are lost (training is not redone for them: that would need an
+                           earlier checkpoint than the ones kept)
   anything else            written again by the run (run_config.json, eval_results.json, the
                            plot) or kept as it is (TensorBoard reads what it can)
 
@@ -36,6 +37,7 @@ from laser_jax import distributed, storage
 from laser_jax.inference.load import CHECKPOINTS, TOKENIZER
 from laser_jax.train.checkpoint import CORRUPT
 from laser_jax.train.final_eval import RESULTS_FILE
+from laser_jax.train.metrics import METRICS_FILE, keep_intact_rows
 
 log = logging.getLogger("laser_jax")
 
@@ -50,9 +52,13 @@ def _action(parts: List[str], workdir: str) -> str:
     if parts[0] == CHECKPOINTS and len(parts) > 2:
         return (f"checkpoint step {parts[1]} is moved to {os.path.join(workdir, CORRUPT)}; training resumes from the "
                 "newest intact checkpoint and redoes the steps after it")
-    if parts == ["metrics.jsonl"]:
-        return "its damaged line is left out; the rows it held are lost"
+    if parts == [METRICS_FILE]:
+        return "its intact rows are kept; the rows after them are lost"
     return "the run writes it again" if len(parts) == 1 and not parts[0].startswith("tensorboard") else "kept as it is"
+
+
+def _steps(steps: list) -> str:
+    return f"{steps[0]}-{steps[-1]}" if len(steps) > 1 else (str(steps[0]) if steps else "none")
 
 
 def check_and_repair(workdir: str) -> None:
@@ -61,14 +67,25 @@ def check_and_repair(workdir: str) -> None:
         return
     if jax.process_index() == 0:
         check = storage.verify_manifest(workdir)
-        steps = set()
+        steps, removed = set(), set()
         for damage in check.damaged:
             parts = _part(workdir, damage.path)
+            if parts[0] == CHECKPOINTS and len(parts) > 2 and not os.path.isdir(os.path.join(workdir, *parts[:2])):
+                removed.add(parts[1])  # a whole step removed (by hand, to resume from an earlier one): said once
+                continue
+            if parts == [METRICS_FILE]:
+                kept = keep_intact_rows(workdir)
+                log.warning("%s; kept its %d intact row(s) (steps %s); the rows after them are lost (training is "
+                            "not redone for them)", damage, len(kept), _steps(kept))
+                continue
             log.warning("%s; %s", damage, _action(parts, workdir))
             if parts[0] == TOKENIZER:
                 shutil.rmtree(os.path.join(workdir, TOKENIZER), ignore_errors=True)
             elif parts[0] == CHECKPOINTS and len(parts) > 2:
                 steps.add(parts[1])
+        for step in sorted(removed, key=int):
+            log.warning("%s: checkpoint step %s is gone since the run finished; training resumes from the newest "
+                        "checkpoint there", os.path.join(workdir, CHECKPOINTS), step)
         for step in sorted(steps, key=int):
             target = os.path.join(workdir, CORRUPT, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
             os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -18,6 +18,7 @@ from laser_jax.data.errors import ConfigError
 from laser_jax.data.options import PipelineOptions
 from laser_jax.data.formatting import TextFormat
 from laser_jax.inference.load import load_tokenizer as load_tokenizer_dir
+from laser_jax.inference.load import require_intact
 from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
 from laser_jax.train.config import ARCH_FIELDS, lora_targets
@@ -112,6 +113,7 @@ def check_init_weights(config: ml_collections.ConfigDict) -> None:
     if not config.model.init_from:
         return
     try:
+        require_intact(config.model.init_from, fix="export or copy the model again")  # issue 27 (when it has a manifest)
         SafetensorsDir(config.model.init_from)
     except (FileNotFoundError, ValueError) as e:  # ValueError: hf_io.WeightsFileError, a bad index
         raise ConfigError(f"model.init_from: {e}") from None
