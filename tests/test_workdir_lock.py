@@ -1,26 +1,24 @@
 """One writer per workdir (issue 24, laser_jax/workdir_lock.py): a second run on a held
 directory is refused by name before anything is compiled or written; a lock left by a run
-that died is taken over (this host) or needs --force_unlock (another host)."""
+that died is taken over (this host) or needs --force_unlock (another host).
+
+Two real training processes started together on one workdir, and a SIGKILLed run's lock
+taken over by its rerun, are in tests/test_reliability_process.py (they share its runs); a
+second multi-process job in tests/test_multiprocess.py."""
 import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from laser_jax import workdir_lock
 from laser_jax.train import main as train_main_module
-from laser_jax.train.metrics import read_metrics
-from test_reliability import rtask, tiny_config  # noqa: F401 (rtask: a fixture)
-from test_reliability_faults import LOSS_KEYS
-from test_reliability_process import CONFIG_FILE, Run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = socket.gethostname()
@@ -170,37 +168,3 @@ def tensorboard_purge_steps(directory):
                 purge = event.step
         steps[name] = purge
     return list(steps.values())
-
-
-def test_two_runs_started_together_one_trains_and_a_killed_holder_is_resumed_once(rtask, tmp_path, caplog,
-                                                                                   monkeypatch):
-    """Two `python -m laser_jax.train` on one workdir at once: exactly one trains, the other
-    exits 2 naming it. The one training is SIGKILLed after its step-2 checkpoint; the rerun
-    takes over its lock with a warning and resumes: each step once in metrics.jsonl (and in
-    TensorBoard, whose new event file purges the redone steps)."""
-    (tmp_path / "config.json").write_text(tiny_config(rtask).to_json())
-    (tmp_path / "config.py").write_text(CONFIG_FILE)
-    w = tmp_path / "w"
-    kill_after_save = ("step 3/4", signal.SIGKILL)  # the step-2 checkpoint is complete, row 3 written
-    runs = [Run(tmp_path / "config.py", w, trigger=kill_after_save) for _ in range(2)]
-    codes = [run.wait() for run in runs]
-    assert sorted(codes) == [-signal.SIGKILL, 2], [run.output[-2000:] for run in runs]
-    winner, loser = runs if codes[0] == -signal.SIGKILL else runs[::-1]
-    errors = [x for x in loser.output.splitlines() if x.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in loser.output, loser.output[-3000:]
-    line = errors[0]
-    assert line.startswith(f"error: --workdir: {w} is in use by pid {winner.proc.pid} on host {HOST} since ")
-    assert "compiling" not in loser.output
-    assert json.load(open(workdir_lock.lock_path(str(w))))["pid"] == winner.proc.pid  # left by the killed run
-
-    monkeypatch.setattr(sys, "argv", ["train"])
-    with caplog.at_level(logging.INFO, logger="laser_jax"):
-        code = train_main_module.main(["train", f"--config={tmp_path}/config.py", f"--workdir={w}"])
-    assert code == 0
-    assert f"took over the stale lock of {w}: pid {winner.proc.pid} on host {HOST}" in caplog.text
-    assert "resumed from step 2" in caplog.text and not os.path.exists(workdir_lock.lock_path(str(w)))
-    rows = read_metrics(str(w))
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]
-    assert np.isfinite([[r[k] for k in LOSS_KEYS] for r in rows]).all()
-    purges = tensorboard_purge_steps(w / "tensorboard")
-    assert len(purges) == 2 and purges[0] is None and purges[1] == 3
