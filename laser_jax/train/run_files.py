@@ -23,6 +23,7 @@ of this run writes a new one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import glob
 import json
 import logging
@@ -96,6 +97,30 @@ def check_and_repair(workdir: str) -> None:
         distributed.wait_for_all_processes("laser_jax/run_files/checked")
 
 
+def save_tokenizer(tokenizer, target: str) -> None:
+    """WORKDIR/tokenizer: the run's tokenizer as loaded (the truncation and padding the data
+    pipeline left set on its backend are not saved: the files do not depend on when they
+    were written, and a later load does not truncate by default)."""
+    tokenizer = copy.deepcopy(tokenizer)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+    tokenizer.save_pretrained(target)
+
+
+def _relative_to(value, workdir: str):
+    """`value` (a config as JSON) with paths inside WORKDIR written relative to it: a moved or
+    copied workdir holds the same run."""
+    if isinstance(value, dict):
+        return {k: _relative_to(v, workdir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative_to(v, workdir) for v in value]
+    if isinstance(value, str) and (value == workdir or value.startswith(os.path.join(workdir, ""))):
+        return "$WORKDIR" + value[len(workdir):]
+    return value
+
+
 def fingerprint(config, workdir: str) -> dict:
     """What a finished run was made of: its resolved config, and the identity of each input it
     names (a stage directory by its manifest's hash, anything else by its files' sizes and
@@ -105,7 +130,7 @@ def fingerprint(config, workdir: str) -> dict:
               "data.train_files": c.data.train_files, "data.eval_dir": c.data.eval_dir,
               "data.lm_corpus": c.data.get("lm_corpus", ""), "laser.teacher_from": c.laser.teacher_from,
               "task": os.path.join(workdir, "data") if c.data.synthetic else ""}
-    return {"config": json.loads(c.to_json()),
+    return {"config": _relative_to(json.loads(c.to_json()), os.path.abspath(workdir)),
             "inputs": {k: _identity(v) for k, v in sorted(inputs.items()) if v}}
 
 
