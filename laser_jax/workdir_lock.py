@@ -268,6 +268,7 @@ def check(target: str, flag: str = "--workdir", *, inside: bool = True) -> Optio
         return None
     target = os.path.abspath(target)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    locks = True
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -277,11 +278,15 @@ def check(target: str, flag: str = "--workdir", *, inside: bool = True) -> Optio
         except OSError as e:
             if e.errno not in _NO_LOCKS:
                 raise
+            locks = False
         old = _read_record(fd)
     finally:
         os.close(fd)
     if old is None:
         return None
-    if old and old.get("host") != socket.gethostname():
+    here = old.get("host") == socket.gethostname()
+    if here and not locks and process_alive(old.get("pid")):
+        raise _in_use(flag, target, old)
+    if old and not here:
         raise _elsewhere(flag, target, old)
     return f"{target}: a stale lock ({describe(old) if old else 'unreadable record'}) will be taken over"

@@ -30,6 +30,8 @@ Layout of DIR (byte-identical for the same seed and options):
   eval/<domain>/documents.jsonl  id, content (BRIGHT; the whole corpus)
   eval/<domain>/reasoning.jsonl  id, reasoning (gold chain of thought)
   eval/<domain>/chains.jsonl     id, start, ops, states
+  manifest.json          every file's size and sha256, written last (laser_jax.storage);
+                         a rerun names each damaged file and generates the task again
   dev/domains.json, dev/<domain>/...  the development split, laid out as eval/ (ids "dev-...")
   tokenizer/             Qwen-style byte-level BPE trained on the generated text (HF format)
   meta.json              generator version, seed, options, counts, token lengths, hash

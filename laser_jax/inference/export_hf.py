@@ -18,7 +18,10 @@ adapters, when present, are folded into the base weights; then HF_DIR gets:
 
 Everything is written into a temporary sibling of HF_DIR (`.HF_DIR.partial-<pid>`) that is
 renamed into place at the end (with --overwrite, its files replace those of HF_DIR); on any
-failure it is removed, so no partial model directory is left behind. A full disk is one
+failure it is removed, so no partial model directory is left behind (one left by a killed
+export is removed by the next). `manifest.json` (laser_jax.storage) is written last: the
+loaders check HF_DIR against it and name a damaged file. While it writes, the export holds
+HF_DIR's lock (`.HF_DIR.lock`, laser_jax.workdir_lock): a second export there is refused. A full disk is one
 "error: disk full: ..." line and exit status 4 (docs/faults.md).
 
 In process: `export_loaded(loaded_model, out_dir, dtype=...)` or `export_hf(path, out_dir)`.

@@ -6,6 +6,9 @@
                                  replaced atomically after each chunk
   OUT.npy, OUT.ids.txt           the assembled result
   OUT.export.json                what was exported (settings, input fingerprint, model probe)
+                                 and the size / sha256 of OUT.npy and OUT.ids.txt: the export's
+                                 manifest, written last; a rerun that finds them damaged exports again
+  .OUT.npy.lock                  held while an export writes (laser_jax.workdir_lock)
 
 A progress file is reused only when its settings and shard are the same as the run's
 (`differences` lists what changed); `assemble` joins complete parts.

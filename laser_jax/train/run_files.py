@@ -74,7 +74,7 @@ def check_and_repair(workdir: str) -> None:
             if parts[0] == CHECKPOINTS and len(parts) > 2 and not os.path.isdir(os.path.join(workdir, *parts[:2])):
                 removed.add(parts[1])  # a whole step removed (by hand, to resume from an earlier one): said once
                 continue
-            if parts == [METRICS_FILE]:
+            if parts == [METRICS_FILE] and os.path.exists(damage.path):
                 kept = keep_intact_rows(workdir)
                 log.warning("%s; kept its %d intact row(s) (steps %s); the rows after them are lost (training is "
                             "not redone for them)", damage, len(kept), _steps(kept))
@@ -137,10 +137,13 @@ def fingerprint(config, workdir: str) -> dict:
 def _identity(path: str):
     if "://" in path:
         return path
-    if os.path.isfile(os.path.join(path, storage.MANIFEST)):
-        if not storage.verify_manifest(path).intact:
+    stage = next((d for d in (path, os.path.dirname(path), os.path.dirname(os.path.dirname(path)))
+                  if os.path.isfile(os.path.join(d, storage.MANIFEST))), None)
+    if stage is not None:  # a stage's directory or a file in it: by the stage's manifest (content, not place)
+        if not storage.verify_manifest(stage).intact:
             return {"damaged": True}  # never equal to a recorded identity: the run does not skip
-        return {"manifest_sha256": storage.manifest_entry(os.path.join(path, storage.MANIFEST), True)["sha256"]}
+        return {"manifest_sha256": storage.manifest_entry(os.path.join(stage, storage.MANIFEST), True)["sha256"],
+                "in": os.path.relpath(path, stage)}
     found = []
     for match in sorted(glob.glob(path)) or [path]:
         walk = os.walk(match) if os.path.isdir(match) else [(os.path.dirname(match), [], [os.path.basename(match)])]
