@@ -4,7 +4,10 @@
     python -m laser_jax.train --config=configs/qwen3_0p6b.py --workdir=runs/q06 --check   # validate only
 
 Any config field can be overridden as `--config.a.b=value`. Rerunning with the same
-workdir resumes from its newest checkpoint. With `data.eval_dir` set, the trained model is
+workdir resumes from its newest checkpoint (a finished run of the same config is not redone;
+damaged files of a finished run are named and rebuilt: train/run_files.py). One run writes a
+workdir at a time (laser_jax.workdir_lock): a second one exits 2 naming the holder;
+`--force_unlock` takes a lock left by a run on another host. With `data.eval_dir` set, the trained model is
 evaluated at the end and a table printed (the embedded default does this).
 
 Exit codes (docs/faults.md): 0 done; 1 unexpected error (traceback); 2 invalid config,

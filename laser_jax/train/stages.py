@@ -10,7 +10,9 @@ pretraining stage (`pretrain.num_steps` > 0, `data.synthetic`, `train.objective=
    optimizer settings, full training from random init), with its checkpoints in
    LM_DIR/train, so an interrupted stage resumes; a finished LM whose stage fingerprint
    (the resolved stage config without its paths, plus the task's content hash) is
-   unchanged is reused, a stale one is replaced;
+   unchanged and whose files verify against LM_DIR/manifest.json is reused, a damaged one
+   rebuilt from LM_DIR/train (train/lm_stage_files.py), a stale one replaced; a
+   `pretrain.dir` outside WORKDIR is locked while the stage runs (laser_jax.workdir_lock);
 3. it is written as a Hugging Face directory into LM_DIR (float32 for a float32 model, the
    task tokenizer, eos/pad ids in config.json) and its greedy end-number accuracy on the
    task's eval/ queries goes to LM_DIR/lm_eval.json and the log;
@@ -158,7 +160,7 @@ def pretrain(config, workdir: str, train_main) -> tuple:
     with workdir_lock.held(out, "pretrain.dir") if not _inside(out, workdir) else contextlib.nullcontext():
         decision = lm_stage_files.decide(out, want)  # every process reads before any writes
         _sync("decided")
-        code = _build_lm(config, stage, task, out, want, decision, train_main) if decision.state != "reuse" else 0
+        code = _build_lm(stage, task, out, want, decision, train_main) if decision.state != "reuse" else 0
         if code != 0:
             return code, out
         if decision.state == "reuse":
@@ -179,7 +181,7 @@ def _inside(path: str, directory: str) -> bool:
     return os.path.commonpath([os.path.abspath(path), os.path.abspath(directory)]) == os.path.abspath(directory)
 
 
-def _build_lm(config, stage, task: dict, out: str, want: dict, decision, train_main) -> int:
+def _build_lm(stage, task: dict, out: str, want: dict, decision, train_main) -> int:
     """Train the LM (or resume its training) and export it into `out` (the stage's
     manifest is removed first and written after, by `pretrain`)."""
     writer = jax.process_index() == 0
