@@ -263,6 +263,11 @@ def run_export(encoder, input_path: str, output_path: str, settings: ExportSetti
       ExportResult. The rows of OUT.npy are float [N, D], L2-normalised, in input order.
     """
     settings.check()
+    with output_lock(output_path, settings.num_shards, settings.shard_index or 0):  # issue 24 (nested in the CLI's)
+        return _run_export(encoder, input_path, output_path, settings, index, on_chunk)
+
+
+def _run_export(encoder, input_path: str, output_path: str, settings: ExportSettings, index, on_chunk):
     chunk_size = settings.resolved_chunk_size()
     by_process = settings.num_shards is None
     num_shards, shard_index = _process_info() if by_process else (settings.num_shards, settings.shard_index)
