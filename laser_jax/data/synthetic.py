@@ -30,6 +30,8 @@ Layout of DIR (byte-identical for the same seed and options):
   eval/<domain>/documents.jsonl  id, content (BRIGHT; the whole corpus)
   eval/<domain>/reasoning.jsonl  id, reasoning (gold chain of thought)
   eval/<domain>/chains.jsonl     id, start, ops, states
+  manifest.json          every file's size and sha256, written last (laser_jax.storage);
+                         a rerun names each damaged file and generates the task again
   dev/domains.json, dev/<domain>/...  the development split, laid out as eval/ (ids "dev-...")
   tokenizer/             Qwen-style byte-level BPE trained on the generated text (HF format)
   meta.json              generator version, seed, options, counts, token lengths, hash
@@ -39,6 +41,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -49,12 +52,15 @@ from typing import Optional, Sequence
 from absl import flags
 from transformers import AutoTokenizer
 
+from laser_jax import storage, workdir_lock
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data import bpe
 from laser_jax.data.synthetic_chains import Chain, World, make_world, near_misses, sample_chains, states
 from laser_jax.data.synthetic_docs import build_corpus
 from laser_jax.data.synthetic_text import SEGMENT_SEP, instruction, render_query, render_reasoning
 
+log = logging.getLogger("laser_jax")
+TMP_PREFIX = ".synthetic-"  # a generation's temporary directory beside its output
 VERSION = 2  # 2: dev/ split (its chains are also held out of training)
 QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"  # spec section 5
 
@@ -199,7 +205,7 @@ def content_hash(out_dir: str) -> str:
         for name in sorted(files):
             path = os.path.join(root, name)
             rel = os.path.relpath(path, out_dir).replace(os.sep, "/")
-            if rel == "meta.json":
+            if rel in ("meta.json", storage.MANIFEST):
                 continue
             h.update(rel.encode() + b"\0")
             with open(path, "rb") as f:
@@ -281,9 +287,10 @@ def generate(out_dir: str, seed: int = 0, **options) -> dict:
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + storage.owner_tag(), dir=parent)
     try:
         _write(data, opts, seed, tmp)
+        storage.write_manifest(tmp)  # issue 27: what was written, last (the directory is renamed into place)
         _replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -323,10 +330,21 @@ def is_current(out_dir: str, seed: int = 0, **options) -> bool:
 
 
 def ensure_generated(out_dir: str, seed: int = 0, **options) -> dict:
-    """Paths of the task in `out_dir`, generating it first if missing, stale or damaged."""
+    """Paths of the task in `out_dir`, generating it first if missing, stale or damaged (a
+    damaged file is named in a warning; temporary directories of interrupted generations
+    beside `out_dir` are removed)."""
+    for left in storage.remove_leftovers(os.path.dirname(os.path.abspath(out_dir)), TMP_PREFIX):
+        log.warning("removed %s, left by an interrupted task generation", left)
     if is_current(out_dir, seed, **options):
+        check = storage.verify_manifest(out_dir)
+        if not check.intact:  # the files verify by meta.json's content hash: the manifest is what is wrong
+            for damage in check.damaged:
+                log.warning("%s; the task's files are intact (meta.json's content hash): writing it again", damage)
+            storage.write_manifest(out_dir)
         meta = read_meta(out_dir)
         return paths(os.path.abspath(out_dir), meta["domains"], meta.get("dev_domains", ()))
+    for damage in storage.verify_manifest(out_dir).damaged:
+        log.warning("%s; generating the task again from its seed", damage)
     return generate(out_dir, seed, **options)
 
 
@@ -348,7 +366,8 @@ FLAGS = _define_flags()
 
 def _command(f: flags.FlagValues) -> str:
     options = {field.name: f[field.name].value for field in dataclasses.fields(SyntheticOptions)}
-    result = generate(f.out, f.seed, **options)
+    with workdir_lock.held(f.out, "--out", inside=False):  # issue 24: one writer per output
+        result = generate(f.out, f.seed, **options)
     meta = read_meta(f.out)
     return json.dumps({"paths": result, "counts": meta["counts"], "token_lengths": meta["token_lengths"]}, indent=1)
 
@@ -356,7 +375,7 @@ def _command(f: flags.FlagValues) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; argv[0] is the program name. Prints the paths, counts and token
     lengths as JSON; returns the exit status (a bad option raises, as any error does)."""
-    return run_cli(FLAGS, _command, argv, allow_arguments=False, expected_errors=())
+    return run_cli(FLAGS, _command, argv, allow_arguments=False, expected_errors=(workdir_lock.LockError,))
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from absl import flags
 
+from laser_jax import workdir_lock
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data import synthetic
 from laser_jax.experiments.jobs import REPO_ROOT, Job, child_env, cpu_slots, run_jobs
@@ -357,7 +358,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; argv[0] is the program name. Returns 0, 1 when a job failed, 2 on
     bad flags or task."""
     argv = list(sys.argv if argv is None else argv)
-    return run_cli(FLAGS, lambda f: _command(f, argv), argv, allow_arguments=False, expected_errors=())
+    return run_cli(FLAGS, lambda f: _locked(f.runs_dir, lambda: _command(f, argv)), argv, allow_arguments=False,
+                   expected_errors=())
+
+
+def _locked(runs_dir: str, body) -> int:
+    """body() while this process holds the runs directory's lock (issue 24: one ablation per
+    runs directory; its training jobs lock their own workdirs inside it)."""
+    try:
+        with workdir_lock.held(runs_dir, "--runs_dir"):
+            return body()
+    except workdir_lock.LockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from absl import flags, logging
 
+from laser_jax import storage
 from laser_jax.cli import run_cli
 from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag, check_positive
 from laser_jax.inference.text_format import define_format_flags, format_flag_values
@@ -165,17 +166,8 @@ FINITE_CHECK_ROWS = 65536  # rows per block of the finiteness check of saved emb
 
 
 def _open_npy(npy_path: str) -> np.ndarray:
-    """np.load(mmap_mode="r") with errors that name the file (a truncated file otherwise
-    says only "mmap length is greater than file size")."""
-    try:
-        return np.load(npy_path, mmap_mode="r")
-    except ValueError as e:
-        if "mmap length is greater than file size" in str(e) or "cannot reshape" in str(e):
-            raise ValueError(f"{npy_path}: the file is shorter than its header says: it looks "
-                             f"truncated (an interrupted copy or export?) ({e})") from None
-        raise ValueError(f"{npy_path}: not a readable .npy file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{npy_path}: not a readable .npy file ({e})") from None
+    """np.load(mmap_mode="r") with errors that name the file (storage.load_npy)."""
+    return storage.load_npy(npy_path, mmap_mode="r")
 
 
 def check_finite_rows(emb, path: str, block_rows: int = FINITE_CHECK_ROWS) -> None:

@@ -61,8 +61,8 @@ from laser_jax.cli import run_cli
 from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag, check_positive
 from laser_jax.inference.export_input import InputIndex, read_records, scan_input
 from laser_jax.inference.export_parts import (
-    assemble, check_other_shardings, cleanup_parts, final_paths, finished_export, output_base, part_paths,
-    read_json, resume_or_start, reuse_index, write_ids, write_json_atomic)
+    assemble, check_other_shardings, cleanup_parts, final_paths, finished_export, output_base, output_lock,
+    part_paths, shard_chunks, shard_range, read_json, resume_or_start, reuse_index, write_ids, write_json_atomic)
 from laser_jax.inference.text_format import define_format_flags, format_flag_values
 from laser_jax.method.views import resolve_num_thinking_steps
 
@@ -236,19 +236,6 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def shard_chunks(num_chunks: int, num_shards: int, shard_index: int) -> Tuple[int, int]:
-    """[first, stop) chunks of one shard: contiguous, whole chunks, sizes within one."""
-    return num_chunks * shard_index // num_shards, num_chunks * (shard_index + 1) // num_shards
-
-
-def _shard(index: InputIndex, num_shards: int, shard_index: int) -> dict:
-    """This shard's chunk and row ranges, as recorded in its progress file."""
-    c0, c1 = shard_chunks(index.num_chunks, num_shards, shard_index)
-    row0 = index.chunk_rows(c0)[0]
-    row1 = index.chunk_rows(c1 - 1)[1] if c1 > c0 else row0
-    return {"num_shards": num_shards, "shard_index": shard_index, "chunks": [c0, c1], "rows": [row0, row1]}
-
-
 # ------------------------------------------------------------------------------ export
 def run_export(encoder, input_path: str, output_path: str, settings: ExportSettings, *,
                index: Optional[InputIndex] = None, on_chunk: Optional[Callable[[int], None]] = None
@@ -268,6 +255,11 @@ def run_export(encoder, input_path: str, output_path: str, settings: ExportSetti
       ExportResult. The rows of OUT.npy are float [N, D], L2-normalised, in input order.
     """
     settings.check()
+    with output_lock(output_path, settings.num_shards, settings.shard_index or 0):  # issue 24 (nested in the CLI's)
+        return _run_export(encoder, input_path, output_path, settings, index, on_chunk)
+
+
+def _run_export(encoder, input_path: str, output_path: str, settings: ExportSettings, index, on_chunk):
     chunk_size = settings.resolved_chunk_size()
     by_process = settings.num_shards is None
     num_shards, shard_index = _process_info() if by_process else (settings.num_shards, settings.shard_index)
@@ -290,7 +282,7 @@ def run_export(encoder, input_path: str, output_path: str, settings: ExportSetti
         return ExportResult(final["npy"], done["num_rows"], done["dim"], 0, 0, 0, True)
     check_other_shardings(output_path, num_shards, settings.overwrite)
 
-    shard = _shard(index, num_shards, shard_index)
+    shard = shard_range(index, num_shards, shard_index)
     state = resume_or_start(part, state, recorded, shard, index, settings.overwrite)
     skipped, encoded = state["chunks_done"], 0
     if not state["complete"]:
@@ -364,7 +356,8 @@ def run(f: flags.FlagValues) -> ExportResult:
     if f.assemble:
         if f.num_shards is None or f.model or f.input:
             raise ValueError("--assemble takes --output and --num_shards only")
-        assemble(f.output, f.num_shards)
+        with output_lock(f.output):
+            assemble(f.output, f.num_shards)
         meta = read_json(final_paths(f.output)["meta"])
         return ExportResult(f.output, meta["num_rows"], meta["dim"], 0, 0, 0, True)
     if not f.model or not f.input:
@@ -383,12 +376,13 @@ def run(f: flags.FlagValues) -> ExportResult:
         num_shards, shard_index = _process_info()
     else:
         num_shards, shard_index = f.num_shards, f.shard_index
-    # Validate the input before loading the model (a restart reuses its recorded scan).
-    state = read_json(part_paths(f.output, shard_index, num_shards)["progress"])
-    index = reuse_index(state, f.input, chunk_size) or scan_input(f.input, chunk_size)
-    logging.info("%s: %d records in %d chunk(s)", f.input, index.num_records, index.num_chunks)
-    encoder = LaserEncoder.from_pretrained(f.model, dtype=f.model_dtype, **text_format)
-    return run_export(encoder, f.input, f.output, settings, index=index)
+    with output_lock(f.output, f.num_shards, shard_index):  # issue 24: one writer per output, before loading
+        # Validate the input before loading the model (a restart reuses its recorded scan).
+        state = read_json(part_paths(f.output, shard_index, num_shards)["progress"])
+        index = reuse_index(state, f.input, chunk_size) or scan_input(f.input, chunk_size)
+        logging.info("%s: %d records in %d chunk(s)", f.input, index.num_records, index.num_chunks)
+        encoder = LaserEncoder.from_pretrained(f.model, dtype=f.model_dtype, **text_format)
+        return run_export(encoder, f.input, f.output, settings, index=index)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

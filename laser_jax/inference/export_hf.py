@@ -20,7 +20,10 @@ adapters, when present, are folded into the base weights; then HF_DIR gets:
 
 Everything is written into a temporary sibling of HF_DIR (`.HF_DIR.partial-<pid>`) that is
 renamed into place at the end (with --overwrite, its files replace those of HF_DIR); on any
-failure it is removed, so no partial model directory is left behind. A full disk is one
+failure it is removed, so no partial model directory is left behind (one left by a killed
+export is removed by the next). `manifest.json` (laser_jax.storage) is written last: the
+loaders check HF_DIR against it and name a damaged file. While it writes, the export holds
+HF_DIR's lock (`.HF_DIR.lock`, laser_jax.workdir_lock): a second export there is refused. A full disk is one
 "error: disk full: ..." line and exit status 4 (docs/faults.md).
 
 In process: `export_loaded(loaded_model, out_dir, dtype=...)` or `export_hf(path, out_dir)`.
@@ -38,6 +41,7 @@ from typing import Optional, Sequence
 
 from absl import flags, logging
 
+from laser_jax import storage, workdir_lock
 from laser_jax.cli import run_cli
 from laser_jax.inference import load, pause_file, torch_encoder
 from laser_jax.inference.encoder import check_num_thinking_steps_flag
@@ -124,10 +128,15 @@ def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
                          "their scale (lora_alpha / lora_rank) is unknown")
     check_soft_token_variables(loaded.cfg, loaded.variables)
     partial = _partial_dir(out_dir)
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        _write(loaded, partial, dtype, steps, lora, source)
-        _move_into_place(partial, out_dir)
+        with workdir_lock.held(out_dir, "--out", inside=False):  # issue 24: one writer per output
+            _check_out_dir(out_dir, overwrite, source)  # again, now that no other export writes there
+            for left in storage.remove_leftovers(os.path.dirname(partial), f".{os.path.basename(out_dir)}.partial-",
+                                                 any_owner=True):
+                logging.warning("removed %s, left by an interrupted export", left)
+            _write(loaded, partial, dtype, steps, lora, source)
+            storage.write_manifest(partial)  # issue 27: what the export wrote, last
+            _move_into_place(partial, out_dir)
     except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(e, Exception) and is_disk_full(e):
@@ -178,9 +187,10 @@ def export_hf(model_path: str, out_dir: str, *, dtype: str = "bfloat16",
     if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
         resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
     _check_out_dir(out_dir, overwrite, model_path)  # fail before the (slow) load
-    loaded = load.load_for_inference(model_path, "float32")
-    return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
-                         overwrite=overwrite, source=model_path)
+    with workdir_lock.held(out_dir, "--out", inside=False):  # issue 24: before loading (export_loaded holds it on)
+        loaded = load.load_for_inference(model_path, "float32")
+        return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
+                             overwrite=overwrite, source=model_path)
 
 
 def _torch_snippet(steps: int, pause: bool = False) -> str:

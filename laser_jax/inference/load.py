@@ -27,8 +27,9 @@ from typing import Any, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from transformers import AutoTokenizer
 
+from laser_jax.storage import DamagedFileError, read_json, verify_manifest
+from laser_jax.storage import load_tokenizer as load_tokenizer_files
 from laser_jax.data.formatting import TextFormat
 from laser_jax.inference import pause_file
 from laser_jax.inference.quiet import quiet_loading
@@ -63,12 +64,19 @@ class LoadedModel:
 
 
 def load_tokenizer(path: str):
-    """AutoTokenizer from `path`, with a clear error when the directory has none."""
-    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-    if not any(os.path.exists(os.path.join(path, n)) for n in names):
-        raise FileNotFoundError(f"{path}: no tokenizer files ({', '.join(names)}); save the tokenizer "
-                                "into the model directory (tokenizer.save_pretrained)")
-    return AutoTokenizer.from_pretrained(path)
+    """AutoTokenizer from `path`; FileNotFoundError when the directory has none, a
+    DamagedFileError naming a damaged file."""
+    return load_tokenizer_files(path)
+
+
+def require_intact(directory: str, only=None, fix: str = "") -> None:
+    """A model directory a stage of laser_jax wrote (its manifest.json) must be as written:
+    else one DamagedFileError naming the first damaged file (`fix`: what to do). A directory
+    without a manifest (downloaded, or a run that has not finished) is read as it is."""
+    damaged = verify_manifest(directory, only).damaged
+    if damaged:
+        more = f" (and {len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
+        raise DamagedFileError(f"{damaged[0]}{more}; {fix or 'write the directory again'}")
 
 
 # ------------------------------------------------------------------ Hugging Face directories
@@ -76,8 +84,7 @@ def read_laser_meta(path: str) -> dict:
     meta_path = os.path.join(path, LASER_META)
     if not os.path.exists(meta_path):
         return {}
-    with open(meta_path) as f:
-        return json.load(f)
+    return read_json(meta_path)
 
 
 def write_laser_meta(path: str, text_format: TextFormat, num_thinking_steps: int,
@@ -92,6 +99,7 @@ def write_laser_meta(path: str, text_format: TextFormat, num_thinking_steps: int
 
 
 def load_hf_dir(path: str, dtype: str) -> LoadedModel:
+    require_intact(path, fix="export or copy the model again")  # issue 27: e.g. written by export_hf
     meta = read_laser_meta(path)
     cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=dtype,
                          attention_impl=resolve_attention_impl("auto", dtype),
@@ -143,8 +151,7 @@ def read_meta(step_dir: str) -> dict:
     path = os.path.join(step_dir, "meta", "metadata")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{step_dir}: checkpoint has no meta item ({path})")
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
 
 
 def model_config_from_meta(meta: dict, dtype: Optional[str] = None) -> ModelConfig:
@@ -206,6 +213,20 @@ def _failure(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def _require_intact_checkpoint(candidates: Sequence[str]) -> None:
+    """A finished run's workdir (its manifest.json, train/run_files.py) is checked where a load
+    reads it, the tokenizer and the newest candidate step: a damaged file is refused, never
+    replaced by an older step (that would be another model than the run's)."""
+    step_dir = candidates[0]
+    workdir = os.path.dirname(os.path.dirname(step_dir))
+    if os.path.basename(os.path.dirname(step_dir)) != CHECKPOINTS:
+        return
+    rebuild = f"rerun the run's training command on {workdir} to rebuild it"
+    require_intact(workdir, [TOKENIZER], rebuild)
+    earlier = f", or use an earlier step (--model={candidates[1]})" if len(candidates) > 1 else ""
+    require_intact(workdir, [f"{CHECKPOINTS}/{os.path.basename(step_dir)}"], rebuild + earlier)
+
+
 def load_newest_checkpoint(candidates: Sequence[str], dtype: str) -> LoadedModel:
     """The newest of `candidates` (step directories, newest first) that loads, as training
     resumes from the newest intact checkpoint: each one that fails is skipped with a
@@ -216,6 +237,7 @@ def load_newest_checkpoint(candidates: Sequence[str], dtype: str) -> LoadedModel
         step's failure).
     """
     candidates = [os.path.abspath(c) for c in candidates]
+    _require_intact_checkpoint(candidates)
     tokenizer = _checkpoint_tokenizer(candidates[0])  # one per workdir; its absence is not damage
     failed = []
     for i, step_dir in enumerate(candidates):
