@@ -14,6 +14,7 @@ import pytest
 from laser_jax import LaserEncoder
 from laser_jax.data.errors import ConfigError
 from laser_jax.inference import export_hf, pause_file, torch_encoder
+from laser_jax.storage import MANIFEST, DamagedFileError
 from laser_jax.inference import load as model_io
 from laser_jax.method.views import latent_view, soft_step_input, soft_token
 from laser_jax.model.config import preset
@@ -223,6 +224,9 @@ def test_damaged_or_inconsistent_pause_exports_are_named(pause_run, tmp_path):
     broken = str(tmp_path / "broken")
     shutil.copytree(out, broken)
     os.remove(os.path.join(broken, pause_file.PAUSE_FILE))
+    with pytest.raises(DamagedFileError, match="laser_pause.safetensors"):  # export_hf's manifest names it
+        model_io.load_hf_dir(broken, "float32")
+    os.remove(os.path.join(broken, MANIFEST))  # a hand-assembled directory: the reader itself names it
     with pytest.raises(FileNotFoundError, match="laser_pause.safetensors"):
         model_io.load_hf_dir(broken, "float32")
     meta = json.load(open(os.path.join(broken, "laser.json")))

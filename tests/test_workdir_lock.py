@@ -68,7 +68,7 @@ def test_a_held_lock_names_its_holder_and_is_released(tmp_path):
     assert workdir_lock.check(w) is None and not os.path.exists(w)  # --check creates nothing
     with workdir_lock.held(w):
         record = json.load(open(workdir_lock.lock_path(w)))
-        assert record["pid"] == os.getpid() and record["host"] == HOST and "pytest" in record["command"]
+        assert record["pid"] == os.getpid() and record["host"] == HOST and record["command"] == workdir_lock.own_record()["command"]
         with workdir_lock.held(w):  # nested in this process: not a second writer
             pass
         with pytest.raises(workdir_lock.LockError) as e:
