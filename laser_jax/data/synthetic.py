@@ -27,6 +27,7 @@ from typing import Optional, Sequence
 from absl import flags
 
 from laser_jax.cli import define_help, run_cli
+from laser_jax.data.errors import ConfigError
 from laser_jax.data.tasks import DEFAULT_TASK, TASKS, make_options, parse_options, task_module
 from laser_jax.data.tasks.layout import (QUERY_TEMPLATE, content_hash, paths, paths_from_meta, read_meta,  # noqa: F401
                                          replace_dir, write)
@@ -103,7 +104,12 @@ def config_args(data_config) -> dict:
     """{"seed", "task", **options} of a run config's data section (data.synthetic_seed,
     data.synthetic_task, data.synthetic_options "key=value,..."), for ensure_generated."""
     task = data_config.get("synthetic_task", DEFAULT_TASK) or DEFAULT_TASK
-    options = parse_options(task, data_config.get("synthetic_options", "") or "")
+    if task not in TASKS:
+        raise ConfigError(f"data.synthetic_task: unknown task {task!r} (known: {', '.join(sorted(TASKS))})")
+    try:
+        options = parse_options(task, data_config.get("synthetic_options", "") or "")
+    except ValueError as e:
+        raise ConfigError(f"data.synthetic_options: {e}") from None
     return {"seed": int(data_config.synthetic_seed), "task": task, **options}
 
 
@@ -157,7 +163,7 @@ def _command(f: flags.FlagValues) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; argv[0] is the program name. Prints the paths, counts and token
     lengths as JSON; returns the exit status (a bad option is a usage error, exit 2)."""
-    return run_cli(FLAGS, _command, argv, allow_arguments=False, expected_errors=(ValueError,))
+    return run_cli(FLAGS, _command, argv, allow_arguments=False, expected_errors=(ValueError, FileExistsError))
 
 
 if __name__ == "__main__":

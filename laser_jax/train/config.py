@@ -11,6 +11,7 @@ from typing import List
 import ml_collections
 
 from laser_jax.data.errors import ConfigError
+from laser_jax.data.tasks import DEFAULT_TASK, TASKS, parse_options
 from laser_jax.model.config import PRESET_ALIASES, PRESETS, field_problems, resolve_attention_impl
 
 ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -63,6 +64,8 @@ def _data_section() -> ml_collections.ConfigDict:
     d.train_files = ""           # JSONL path/glob, HF save_to_disk dir, ArrayRecord file or TFDS dir
     d.synthetic = False          # generate the embedded synthetic task into WORKDIR/data when needed
     d.synthetic_seed = 0         # seed of the generated task
+    d.synthetic_task = DEFAULT_TASK  # which generated task: arithmetic | hops (laser_jax/data/tasks/)
+    d.synthetic_options = ""     # its generator options, "key=value,..." (e.g. "facts=query"; "" = the task's defaults)
     d.eval_dir = ""              # BRIGHT-format directory evaluated at the end ("" = none)
     d.shuffle = True             # seeded shuffle and document choice per epoch; False = file order
     d.group_size = 2             # documents per query: 1 positive + (G-1) hard negatives
@@ -244,6 +247,13 @@ def _data_problems(c: ml_collections.ConfigDict) -> List[str]:
     p.need(d.segment_rule in ("linspace", "paper"), "data.segment_rule", "must be linspace or paper")
     p.need(d.split_mode in ("code", "any_double_newline"), "data.split_mode",
            "must be code or any_double_newline")
+    p.need(d.synthetic_task in TASKS, "data.synthetic_task",
+           f"unknown task {d.synthetic_task!r} (known: {', '.join(sorted(TASKS))})")
+    if d.synthetic_task in TASKS:
+        try:
+            parse_options(d.synthetic_task, d.synthetic_options)
+        except ValueError as e:
+            p.append(f"data.synthetic_options: {e}")
     return p
 
 

@@ -234,7 +234,8 @@ def build(opts: Options, seed: int) -> TaskData:
 
 def tokenizer_writer(opts: Options, data: TaskData):
     """save_tokenizer(texts, dir) for layout.write: the given tokenizer, or a BPE trained on the
-    explicit texts, the passages and the LM's fact sentences with every name one token; then
+    explicit texts, the passages and the LM's fact sentences with every name (and "\\n\\n") one
+    token; then
     checked: each name (after a space, and after "\\n\\n") is one token."""
     names = data.meta["entities"]
 
@@ -243,7 +244,7 @@ def tokenizer_writer(opts: Options, data: TaskData):
             AutoTokenizer.from_pretrained(opts.tokenizer).save_pretrained(out_dir)
         else:
             bpe.save_tokenizer(texts["explicit"] + texts["document"] + texts["extra"], out_dir, opts.vocab_size,
-                               single_tokens=[" " + n for n in names])
+                               single_tokens=[SEGMENT_SEP] + [" " + n for n in names])
         check_single_tokens(AutoTokenizer.from_pretrained(out_dir), names)
     return save
 

@@ -51,7 +51,7 @@ def fixed_words() -> set:
     """Every word of the task's own wording (lower case): names must differ from all of them."""
     text = " ".join(_NESTED + _CHAIN + _OPENINGS + tuple(RELATIONS) + tuple(TRADES) + tuple(PLACES)
                     + tuple(COLOURS) + tuple(ANIMALS))
-    text += " " + instruction("query") + " facts the of is who works as a lives by likes colour keeps and then"
+    text += " " + instruction("query") + " facts the of is who works as a an lives by likes colour keeps and then"
     return {w.lower() for w in re.findall(r"[A-Za-z]+", text)}
 
 
@@ -107,14 +107,14 @@ def render_reasoning(chain: Chain, world: World, fmt: str) -> str:
 
 def passages(world: World, per_entity: int, rng: random.Random) -> List[dict]:
     """`per_entity` distinct passages about each entity, ordered by entity; ids "e{x}_{j}":
-    "Meet Cato, who works as a baker, keeps a falcon and likes the colour amber."."""
+    "Meet Cato, who works as a baker, keeps an owl and likes the colour amber."."""
     n = len(world.names)
     trades, places = _assign(TRADES, n, rng), _assign(PLACES, n, rng)
     colours, animals = _assign(COLOURS, n, rng), _assign(ANIMALS, n, rng)
     out = []
     for x, name in enumerate(world.names):
-        pool = [f"works as a {trades[x]}", f"lives by the {places[x]}", f"likes the colour {colours[x]}",
-                f"keeps a {animals[x]}"]
+        pool = [f"works as {_article(trades[x])}", f"lives by the {places[x]}", f"likes the colour {colours[x]}",
+                f"keeps {_article(animals[x])}"]
         seen = set()
         for j in range(per_entity):
             for _ in range(100):
@@ -125,6 +125,10 @@ def passages(world: World, per_entity: int, rng: random.Random) -> List[dict]:
             seen.add(text)
             out.append({"id": f"e{x}_{j}", "entity": name, "content": text})
     return out
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def _assign(values: Sequence[str], n: int, rng: random.Random) -> List[str]:
