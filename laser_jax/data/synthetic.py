@@ -29,11 +29,10 @@ from absl import flags
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.tasks import DEFAULT_TASK, TASKS, make_options, parse_options, task_module
-from laser_jax.data.tasks.layout import (QUERY_TEMPLATE, content_hash, paths, paths_from_meta, read_meta,  # noqa: F401
+from laser_jax.data.tasks.layout import (content_hash, paths, paths_from_meta, read_meta,  # noqa: F401 (API)
                                          replace_dir, write)
 
 log = logging.getLogger("laser_jax")
-VERSION = task_module(DEFAULT_TASK).VERSION  # the default task's generator version
 
 
 def generate(out_dir: str, seed: int = 0, task: str = DEFAULT_TASK, **options) -> dict:

@@ -167,7 +167,7 @@ def _pretrain_section() -> ml_collections.ConfigDict:
     num_steps > 0, data.synthetic, train.objective=laser and no model.init_from: the decoder
     (this config's architecture, full training from random init) is trained as an LM on the
     task's queries + reasoning and passages, saved as a Hugging Face directory, scored
-    (greedy end-number accuracy on eval/), and LaSER then starts from it."""
+    (greedy end-state accuracy on eval/: end number or end entity), and LaSER then starts from it."""
     p = ml_collections.ConfigDict()
     p.num_steps = 0              # LM steps; 0 = no pretraining stage
     p.dir = ""                   # the LM's directory; "" = WORKDIR/lm (point several runs at one shared LM)
@@ -182,7 +182,7 @@ def _pretrain_section() -> ml_collections.ConfigDict:
     p.seed = 0                   # LM init and row order
     p.log_every = 100            # steps between progress lines / metrics rows
     p.checkpoint_every = 500     # checkpoint steps (an interrupted stage resumes from the newest)
-    p.eval = True                # report greedy end-number accuracy on the task's eval/ queries
+    p.eval = True                # report greedy end-state (number / entity) accuracy on eval/
     return p
 
 

@@ -158,6 +158,7 @@ def tokenizer_writer(opts: Options, data: TaskData):
     """save_tokenizer(texts, dir) for layout.write: a BPE trained on the explicit texts and
     the passages (`data` is not needed)."""
     del data
+
     def save(texts: Dict[str, list], out_dir: str) -> None:
         bpe.save_tokenizer(texts["explicit"] + texts["document"], out_dir, opts.vocab_size)
     return save

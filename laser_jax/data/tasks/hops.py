@@ -35,7 +35,7 @@ from typing import Dict, List
 from transformers import AutoTokenizer
 
 from laser_jax.data import bpe
-from laser_jax.data.tasks import hops_text as text
+import laser_jax.data.tasks.hops_text as text
 from laser_jax.data.tasks.hops_world import Chain, World, facts_used, make_world, near_misses, sample_chains, states
 from laser_jax.data.tasks.layout import SEGMENT_SEP, TaskData, split_lengths
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import List, NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Sequence
 
 ENUMERATE_LIMIT = 300_000  # chain spaces up to this size are enumerated, larger ones sampled
 
@@ -129,7 +129,3 @@ def sample_chains(rng: random.Random, count: int, n_hops: int, world: World, exc
     if len(out) < count:
         raise ValueError(f"could not sample {count} valid chains of {n_hops} hops")
     return out
-
-
-def relation_of(world: World, word: str) -> Optional[int]:
-    return world.relations.index(word) if word in world.relations else None

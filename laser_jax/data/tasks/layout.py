@@ -32,7 +32,9 @@ from typing import Callable, Dict, List, Optional
 
 from transformers import AutoTokenizer
 
-QUERY_TEMPLATE = "Instruct: {instruction}\nQuery: {query}"  # spec section 5
+from laser_jax.data.formatting import DEFAULT_QUERY_TEMPLATE
+
+QUERY_TEMPLATE = DEFAULT_QUERY_TEMPLATE  # spec section 5: "Instruct: {instruction}\nQuery: {query}"
 SEGMENT_SEP = "\n\n"
 GENERATOR = "laser_jax.data.synthetic"
 META_FILE = "meta.json"
