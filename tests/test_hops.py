@@ -237,3 +237,19 @@ def test_the_lm_reads_the_facts_only_when_they_live_in_the_weights(weights, quer
         passages = [o for o, k in zip(source.origins, source.kinds) if k == PASSAGE]
         assert len(passages) == len(d["corpus"]) + extra and all(f"/{name}: line" in o for o in passages)
         assert len(source.rows) == len(d["train"]) + len(passages)
+
+
+def test_the_run_config_names_a_bad_task_or_option():
+    from laser_jax.data.errors import ConfigError
+    from laser_jax.train.config import base_config, validate
+
+    c = base_config()
+    c.data.synthetic, c.model.tokenizer = True, ""
+    c.data.synthetic_task, c.data.synthetic_options = "hops", "facts=query,reasoning_format=names"
+    validate(c)
+    c.data.synthetic_options = "facts=fridge"
+    with pytest.raises(ConfigError, match="data.synthetic_options: .*facts must be one of"):
+        validate(c)
+    c.data.synthetic_task = "chess"
+    with pytest.raises(ConfigError, match="data.synthetic_task: unknown task 'chess'"):
+        validate(c)

@@ -116,7 +116,8 @@ def sample_chains(rng: random.Random, count: int, n_hops: int, world: World, exc
                  if c not in exclude and is_valid(c, world)]
         if len(valid) < count and not allow_fewer:
             raise ValueError(f"asked for {count} chains of {n_hops} hops but only {len(valid)} valid ones "
-                             "remain; use more entities or relations, or ask for fewer")
+                             "remain; use more entities or relations, or fewer queries (n_train, n_eval_per_domain, "
+                             "n_dev_per_domain)")
         return rng.sample(valid, min(count, len(valid)))
     seen, out = set(exclude), []
     for _ in range(1000 * count + 1000):
