@@ -90,17 +90,22 @@ class Options:
 
 
 def entity_names(opts: Options, seed: int) -> List[str]:
-    """The entities' names: drawn from hops_text.NAMES, or with `tokenizer` from the words that
-    are one token of it (none a word of the task's own wording)."""
+    """The entities' names: drawn from hops_text.NAMES; with `tokenizer`, from the NAMES and
+    GIVEN_NAMES that are one token of it (after a space), and when those are too few, also from
+    its other one-token capitalised words of 4-7 letters (none a word of the task's own wording)."""
     rng = random.Random(f"{seed}/names")
     if not opts.tokenizer:
         return rng.sample(text.NAMES, opts.num_entities)
-    pool = [w.strip() for w in bpe.single_token_words(AutoTokenizer.from_pretrained(opts.tokenizer),
-                                                      exclude=text.fixed_words())]
-    if len(pool) < opts.num_entities:
-        raise ValueError(f"hops task: the tokenizer {opts.tokenizer} has {len(pool)} one-token capitalised "
-                         f"words, fewer than num_entities={opts.num_entities}")
-    return rng.sample(pool, opts.num_entities)
+    words = [w.strip() for w in bpe.single_token_words(AutoTokenizer.from_pretrained(opts.tokenizer),
+                                                       exclude=text.fixed_words())]
+    preferred = [n for n in dict.fromkeys(text.NAMES + text.GIVEN_NAMES) if n in set(words)]
+    if len(preferred) >= opts.num_entities:
+        return rng.sample(preferred, opts.num_entities)
+    others = [w for w in words if w not in set(preferred)]
+    if len(preferred) + len(others) < opts.num_entities:
+        raise ValueError(f"hops task: the tokenizer {opts.tokenizer} has {len(preferred) + len(others)} one-token "
+                         f"capitalised words, fewer than num_entities={opts.num_entities}")
+    return preferred + rng.sample(others, opts.num_entities - len(preferred))
 
 
 def _chain_row(chain: Chain, world: World) -> dict:

@@ -34,6 +34,18 @@ Hesta Idris Jessa Kellan Lyra Maren Nessa Oren Priya Soren Talia Varra Willa Xen
 Bela Corin Dwyn Esme Falk Greta Hollis Isko Jarra Kestra Lenna Milo Nyla Osric Pira Ragna Sten
 Tilda Ulric Vanya Wulf Yanna Zeph Arlo Brisa Cael Dagny Enzo Freya Gideon Halla Ivor Juno
 """.split())
+# Common given names: with a given (real LLM) tokenizer, the ones that are one token of it are
+# the entities' names after NAMES (made-up names are rarely whole tokens of a large vocabulary).
+GIVEN_NAMES = tuple("""
+Adam Alan Albert Alex Alice Andrew Angela Anna Anne Arthur Barbara Betty Bill Bruce Bruno
+Carl Carlos Carol Charles Chris Claire Clara Daniel David Dennis Diana Donald Dora Edgar Edith Edward
+Elena Eliza Ellen Emily Emma Eric Ethan Frank Fred Gabriel George Grace Hannah Harold Harry Helen
+Henry Isaac Ivan Jack Jacob James Jane Jason Jean Jeff Jenny Jerry Jesse John Jonas Jose Joseph
+Joyce Julia Julie Karen Karl Kate Kevin Laura Leon Linda Lisa Louis Lucas Lucy Luke Maria Mark
+Martin Mary Megan Michael Mike Nancy Nathan Nina Noah Oliver Oscar Otto Paul Peter Philip Rachel
+Ralph Rita Robert Roger Ruth Ryan Sarah Scott Simon Sophie Steve Susan Thomas Tony Victor Walter
+Wendy Xavier
+""".split())
 RELATIONS = ("mentor", "rival", "teacher", "neighbour", "friend", "partner", "guardian", "cousin")
 TRADES = ("baker smith weaver potter miner sailor farmer hunter scribe healer mason tailor carver brewer "
           "fisher herder").split()
