@@ -184,7 +184,7 @@ def test_same_bytes_for_a_seed_and_other_bytes_for_another(root, weights):
     assert json.load(open(other["meta"]))["content_sha256"] != weights["meta"]["content_sha256"]
 
 
-def test_names_format_is_one_token_per_hop(root):
+def test_names_format_is_one_token_per_hop_and_pairs_three(root):
     p = synthetic.generate(str(root / "names"), seed=0, reasoning_format="names",
                            **{**SMALL, "n_dev_per_domain": 0})
     meta = json.load(open(p["meta"]))
@@ -192,6 +192,12 @@ def test_names_format_is_one_token_per_hop(root):
     assert "dev" not in p and meta["dev_domains"] == []
     r = _jsonl(os.path.join(p["eval"], "steps3", "reasoning.jsonl"))[0]["reasoning"]
     assert "\n" not in r and len(r.split()) == 3
+    p = synthetic.generate(str(root / "pairs"), seed=0, reasoning_format="pairs", **SMALL)
+    meta = json.load(open(p["meta"]))
+    assert meta["token_lengths"]["reasoning_per_step"]["max"] == 2.75  # relation, name, "\n\n" but after the last
+    c = _jsonl(os.path.join(p["eval"], "steps2", "chains.jsonl"))[0]
+    r = _jsonl(os.path.join(p["eval"], "steps2", "reasoning.jsonl"))[0]["reasoning"]
+    assert r == "\n\n".join(f" {rel} {x}" for rel, x in zip(c["relations"], c["states"]))
 
 
 def test_an_external_tokenizer_gives_its_single_token_words_as_names(tmp_path):

@@ -60,7 +60,7 @@ class Options:
     n_random_negatives: int = 2   # random other entities after the hard negatives
     facts: str = "weights"        # where the facts live: weights (LM pretraining texts) | query
     n_query_facts: int = 8        # facts listed in a query with facts=query (needed + distractors)
-    reasoning_format: str = "segments"  # segments | sentences | names (hops_text.py)
+    reasoning_format: str = "segments"  # segments | pairs | sentences | names (hops_text.py)
     query_style: str = "nested"   # nested ("the mentor of the rival of Alba") | chain
     paraphrase: bool = True       # vary the wording of queries
     vocab_size: int = 768         # trained tokenizer's vocabulary (names that BPE did not merge add theirs)

@@ -5,6 +5,7 @@ reasoning, facts and passages, so that one token of the task's tokenizer stands 
 (hops.py checks it). Reasoning formats (one reasoning step per hop):
 
   segments   " Cato\\n\\n Dara\\n\\n Eli"       one entity per "\\n\\n" segment
+  pairs      " teacher Cato\\n\\n rival Dara\\n\\n mentor Eli"   the relation, then the entity
   sentences  " the teacher of Alba is Cato\\n\\n the rival of Cato is Dara\\n\\n ..."
   names      " Cato Dara Eli"                   one segment; one token per hop, no separator
 
@@ -21,7 +22,7 @@ from typing import List, Sequence
 from laser_jax.data.tasks.hops_world import Chain, World, states
 
 SEGMENT_SEP = "\n\n"
-REASONING_FORMATS = ("segments", "sentences", "names")
+REASONING_FORMATS = ("segments", "pairs", "sentences", "names")
 QUERY_STYLES = ("nested", "chain")
 FACTS = ("weights", "query")
 # Made-up names of 4-7 letters (with the space before them, longer than the 4 characters below
@@ -109,6 +110,8 @@ def reasoning_steps(chain: Chain, world: World, fmt: str) -> List[str]:
     before = [chain.start] + states(chain, world)
     if fmt == "sentences":
         return [" " + fact_clause(world, r, a) for r, a in zip(chain.rels, before)]
+    if fmt == "pairs":
+        return [f" {world.relations[r]} {world.names[x]}" for r, x in zip(chain.rels, before[1:])]
     return [" " + world.names[x] for x in before[1:]]
 
 
