@@ -6,8 +6,8 @@ the task's texts (the pretrain section), then trained with LaSER from that LM.
     python -m laser_jax.train --config=configs/tiny.py:hops --workdir=runs/tiny_hops
 
 Variants (comma-separated, e.g. `:hops,smoke`): `hops` the entity-hops task
-(laser_jax/data/tasks/hops.py: facts in the LM's pretraining texts, one entity per "\n\n"
-segment), `hops_query` the hops task with the facts listed in each query
+(laser_jax/data/tasks/hops.py: facts in the LM's pretraining texts, one relation and entity
+per "\n\n" segment), `hops_query` the hops task with the facts listed in each query
 (data.synthetic_options="facts=query"), `smoke` a few steps of each stage for tests.
 """
 from laser_jax.train.config import base_config
@@ -16,10 +16,10 @@ from laser_jax.train.config import base_config
 # token_lengths; a test holds them together), its vocabulary (<= model.vocab_size) and
 # eval.max_length (>= the longest query and passage).
 TASK_VARIANTS = {
-    "hops": dict(task="hops", options="", query_max_len=31, doc_max_len=21, explicit_max_len=38,
-                 vocab_size=704, eval_max_length=64),
+    "hops": dict(task="hops", options="", query_max_len=31, doc_max_len=21, explicit_max_len=42,
+                 vocab_size=768, eval_max_length=64),
     "hops_query": dict(task="hops", options="facts=query", query_max_len=94, doc_max_len=21,
-                       explicit_max_len=101, vocab_size=704, eval_max_length=128),
+                       explicit_max_len=105, vocab_size=768, eval_max_length=128),
 }
 
 
@@ -76,9 +76,11 @@ def get_config(arg=None):
     c.pretrain.checkpoint_every = 500
     variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
     unknown = [v for v in variants if v != "smoke" and v not in TASK_VARIANTS]
-    if unknown or sum(v in TASK_VARIANTS for v in variants) > 1:
-        raise ValueError(f"configs/tiny.py: unknown variant(s) {arg!r} (known: smoke, {', '.join(TASK_VARIANTS)}; "
-                         "at most one task variant, e.g. hops,smoke)")
+    if unknown:
+        raise ValueError(f"configs/tiny.py: unknown variant {unknown[0]!r} (known: smoke, {', '.join(TASK_VARIANTS)}; "
+                         "comma-separated, e.g. hops,smoke)")
+    if sum(v in TASK_VARIANTS for v in variants) > 1:
+        raise ValueError(f"configs/tiny.py: {arg!r} names more than one task variant")
     for v in variants:
         if v in TASK_VARIANTS:
             _task_variant(c, TASK_VARIANTS[v])

@@ -127,6 +127,8 @@ def test_reasoning_names_one_entity_per_segment_aligned_with_the_split_rule(weig
         for r, c in list(zip(d["train"], d["train_chains"]))[:150]:
             segs = r["reasoning_query"].split("\n\n")
             assert len(segs) == len(c["states"]) and all(s.endswith(" " + x) for s, x in zip(segs, c["states"]))
+            if d is weights:  # pairs: " teacher Cato"
+                assert segs == [f" {rel} {x}" for rel, x in zip(c["relations"], c["states"])]
             q = template.format(instruction=instr, query=r["query"])
             for text in (q, tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                                     add_generation_prompt=True) + THINK_SUFFIX):
@@ -134,8 +136,8 @@ def test_reasoning_names_one_entity_per_segment_aligned_with_the_split_rule(weig
                 e_ids = tok.encode(text + r["reasoning_query"], add_special_tokens=False)
                 assert e_ids[:len(q_ids)] == q_ids  # the query's tokens prefix the explicit text's
                 assert e_ids[len(q_ids):].count(split) == len(segs) - 1
-    segments = weights["meta"]["token_lengths"]["reasoning_per_step"]
-    assert segments["max"] == 1.75 and 1 < segments["mean"] < 1.75  # a name, then "\n\n" but after the last
+    pairs = weights["meta"]["token_lengths"]["reasoning_per_step"]  # the default format
+    assert pairs["max"] == 2.75 and 2 < pairs["mean"] < 2.75  # a relation, a name, then "\n\n" but after the last
     assert query["meta"]["token_lengths"]["reasoning_per_step"]["mean"] > 5  # " the rival of Alba is Cato"
 
 
@@ -184,7 +186,7 @@ def test_same_bytes_for_a_seed_and_other_bytes_for_another(root, weights):
     assert json.load(open(other["meta"]))["content_sha256"] != weights["meta"]["content_sha256"]
 
 
-def test_names_format_is_one_token_per_hop_and_pairs_three(root):
+def test_names_format_is_one_token_per_hop_and_segments_two(root):
     p = synthetic.generate(str(root / "names"), seed=0, reasoning_format="names",
                            **{**SMALL, "n_dev_per_domain": 0})
     meta = json.load(open(p["meta"]))
@@ -192,12 +194,12 @@ def test_names_format_is_one_token_per_hop_and_pairs_three(root):
     assert "dev" not in p and meta["dev_domains"] == []
     r = _jsonl(os.path.join(p["eval"], "steps3", "reasoning.jsonl"))[0]["reasoning"]
     assert "\n" not in r and len(r.split()) == 3
-    p = synthetic.generate(str(root / "pairs"), seed=0, reasoning_format="pairs", **SMALL)
+    p = synthetic.generate(str(root / "segments"), seed=0, reasoning_format="segments", **SMALL)
     meta = json.load(open(p["meta"]))
-    assert meta["token_lengths"]["reasoning_per_step"]["max"] == 2.75  # relation, name, "\n\n" but after the last
+    assert meta["token_lengths"]["reasoning_per_step"]["max"] == 1.75  # a name, then "\n\n" but after the last
     c = _jsonl(os.path.join(p["eval"], "steps2", "chains.jsonl"))[0]
     r = _jsonl(os.path.join(p["eval"], "steps2", "reasoning.jsonl"))[0]["reasoning"]
-    assert r == "\n\n".join(f" {rel} {x}" for rel, x in zip(c["relations"], c["states"]))
+    assert r == "\n\n".join(f" {x}" for x in c["states"])
 
 
 def test_an_external_tokenizer_gives_its_single_token_words_as_names(tmp_path):
