@@ -98,6 +98,10 @@ def test_the_figure_counts_soft_steps_that_land_on_their_hop(tokenizer, tmp_path
     assert s2["top1_is_hop"] == [round(1 / 3, 4), round(2 / 3, 4), 1.0]
     md = thoughts.format_figure(fig)
     assert "| 1 | 3 | 66.7 | 100.0 | 66.7 | 66.7 | 0.0 |" in md
+    tops = {k: v + [[{"a": "2", "b": "3", "c": "7"}[k], "x"]] for k, v in tops.items()}  # a third soft step
+    s3 = thoughts.hop_figure(tiny_loaded(tokenizer, steps=4), split, top_k=2)["steps"][2]
+    assert (s3["n"], s3["top1"]) == (1, 1.0)  # only query c has a third hop
+    assert s3["top1_is_hop"] == [round(1 / 3, 4), round(2 / 3, 4), 1.0]  # every query with hop i counts
     only = thoughts.hop_figure(tiny_loaded(tokenizer, steps=3), os.path.join(split, "steps3"), top_k=2)
     assert only["n"] == 1 and only["steps"][0]["top1"] == 1.0
 

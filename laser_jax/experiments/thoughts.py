@@ -15,8 +15,9 @@ generated task, per soft step j = 1..K-1 (the j-th soft token, from the state be
 share of the queries with >= j reasoning steps whose top token is the hop-j state of their
 chain (`chains.jsonl` `states[j-1]`: the hop-j entity of the hops task; for the arithmetic
 task the intermediate number's first token, i.e. its first digit), the share with it among
-the top-k, and the share whose top token is the hop-i state for every i (does step j land
-on another hop?). Tokens are compared as stripped text, so " Cato" and "Cato" agree.
+the top-k, and over every query with an i-th hop the share whose top token is the hop-i state
+(does step j land on another hop? formats that spend several tokens on a hop, e.g. "pairs",
+land hop i on a later step). Tokens are compared as stripped text, so " Cato" and "Cato" agree.
 
     python -m laser_jax.experiments.thoughts --model=RUN --data=DIR/dev --figure [--output=FILE.md]
 """
@@ -147,13 +148,14 @@ def hop_figure(loaded: LoadedModel, data_dir: str, *, top_k: int = 5, num_steps:
     max_hops = max(len(h) for h in hops)
     out = []
     for j in range(1, steps):
-        rows = [(th[j - 1], h) for th, h in zip(thoughts, hops) if len(h) >= j]
-        tops = [[t.strip() for t, _, _ in top] for top, _ in rows]
+        tops = [[t.strip() for t, _, _ in th[j - 1]] for th in thoughts]
+        own = [(top, h) for top, h in zip(tops, hops) if len(h) >= j]  # queries with a hop j
         out.append({
-            "step": j, "n": len(rows),
-            "top1": _share([top[0] == h[j - 1] for top, (_, h) in zip(tops, rows)]),
-            "topk": _share([h[j - 1] in top for top, (_, h) in zip(tops, rows)]),
-            "top1_is_hop": [_share([top[0] == h[i] for top, (_, h) in zip(tops, rows) if len(h) > i])
+            "step": j, "n": len(own),
+            "top1": _share([top[0] == h[j - 1] for top, h in own]),
+            "topk": _share([h[j - 1] in top for top, h in own]),
+            # every query with a hop i (a format spending several tokens on a hop lands later)
+            "top1_is_hop": [_share([top[0] == h[i] for top, h in zip(tops, hops) if len(h) > i])
                             for i in range(max_hops)]})
     return {"data": os.path.abspath(data_dir), "n": len(queries), "K": steps, "top_k": top_k, "steps": out}
 
