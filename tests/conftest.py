@@ -50,6 +50,20 @@ def tokenizer(tokenizer_dir):
     return AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
+@pytest.fixture(scope="session")
+def release_dir(tokenizer, tmp_path_factory):
+    """A look-alike of the LaSER authors' released checkpoints (Alibaba-NLP/LaSER-Qwen3-*):
+    a tiny random Qwen3ForCausalLM saved with safetensors, the Qwen-style tokenizer with its
+    ChatML chat template and <think> tokens, and no laser_jax metadata (no laser.json).
+    Read-only: tests that change it work on a copy."""
+    from hf_models import build_hf_model
+
+    path = str(tmp_path_factory.mktemp("laser_release"))
+    build_hf_model("qwen3", path, vocab_size=len(tokenizer))
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def small_run_config(task, **overrides):
     """The training tests' run config: a 2-layer, 32-wide Qwen3-style model (float32, one
     device, unrolled layers, full fine-tuning) on a generated task (`task`: paths from

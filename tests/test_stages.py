@@ -65,6 +65,8 @@ def test_two_stage_smoke_and_rerun_reuses_the_lm(tmp_path):
     assert hf["hidden_size"] == 64 and hf["vocab_size"] == 640 and hf["eos_token_id"] is not None
     assert hf["pad_token_id"] is not None and hf.get("torch_dtype", "float32") == "float32"
     assert os.path.exists(os.path.join(lm, "tokenizer.json"))
+    # the LM carries the format it was trained with: loading it is never a foreign model's guess
+    assert json.load(open(os.path.join(lm, "laser.json")))["chat_template"] is config.data.chat_template
     lm_metrics = [json.loads(line) for line in open(os.path.join(lm, "train", "metrics.jsonl"))]
     assert [r["step"] for r in lm_metrics] == [1, 2, 3] and all("acc" in r for r in lm_metrics)
     result = json.load(open(os.path.join(lm, "lm_eval.json")))

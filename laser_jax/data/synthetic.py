@@ -5,13 +5,16 @@
 Tasks live in laser_jax/data/tasks/ (one module each; `tasks.DEFAULT_TASK` is what a command
 without --task makes) and are written in one layout (tasks/layout.py: train.jsonl,
 train_chains.jsonl, corpus.jsonl, eval/ and dev/ by number of reasoning steps, reasoning.jsonl,
-chains.jsonl, tokenizer/, meta.json with the task, its options and a content hash). The same
+chains.jsonl, tokenizer/, meta.json with the task, its options and a content hash, and
+manifest.json: every file's size and sha256, written last by laser_jax.storage). The same
 task, seed and options give byte-identical files. Every option of a task is a flag; an option
 the chosen task lacks is an error. Prints the paths, counts and token lengths as JSON.
 
 `ensure_generated(dir, seed, task, **options)` is the API the trainer, the pretraining stage
 and the ablation use: it reuses an intact generation of the same task, seed and options and
-otherwise (re)generates, saying what it replaces.
+otherwise (re)generates, saying what it replaces (a damaged file is named; temporary
+directories of interrupted generations beside it are removed). The command holds a lock on
+--out (one writer per output).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from typing import Optional, Sequence
 
 from absl import flags
 
+from laser_jax import storage, workdir_lock
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.tasks import DEFAULT_TASK, TASKS, make_options, parse_options, task_module
@@ -33,6 +37,7 @@ from laser_jax.data.tasks.layout import (content_hash, paths, paths_from_meta, r
                                          replace_dir, write)
 
 log = logging.getLogger("laser_jax")
+TMP_PREFIX = ".synthetic-"  # a generation's temporary directory beside its output
 
 
 def generate(out_dir: str, seed: int = 0, task: str = DEFAULT_TASK, **options) -> dict:
@@ -54,10 +59,11 @@ def generate(out_dir: str, seed: int = 0, task: str = DEFAULT_TASK, **options) -
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + storage.owner_tag(), dir=parent)
     try:
         write(data, tmp, task=task, version=module.VERSION, seed=seed, options=dataclasses.asdict(opts),
               save_tokenizer=module.tokenizer_writer(opts, data))
+        storage.write_manifest(tmp)  # issue 27: what was written, last (the directory is renamed into place)
         replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -86,9 +92,20 @@ def describe(meta: Optional[dict]) -> str:
 
 def ensure_generated(out_dir: str, seed: int = 0, task: str = DEFAULT_TASK, **options) -> dict:
     """Paths of the task in `out_dir`, generating it first if missing, stale or damaged
-    (a generation of another task, seed or options is replaced, and the log says so)."""
+    (a generation of another task, seed or options is replaced, and the log says so; a damaged
+    file is named in a warning; temporary directories of interrupted generations beside
+    `out_dir` are removed)."""
+    for left in storage.remove_leftovers(os.path.dirname(os.path.abspath(out_dir)), TMP_PREFIX):
+        log.warning("removed %s, left by an interrupted task generation", left)
     if is_current(out_dir, seed, task, **options):
+        check = storage.verify_manifest(out_dir)
+        if not check.intact:  # the files verify by meta.json's content hash: the manifest is what is wrong
+            for damage in check.damaged:
+                log.warning("%s; the task's files are intact (meta.json's content hash): writing it again", damage)
+            storage.write_manifest(out_dir)
         return paths_from_meta(out_dir, read_meta(out_dir))
+    for damage in storage.verify_manifest(out_dir).damaged:
+        log.warning("%s; generating the task again from its seed", damage)
     old = read_meta(out_dir)
     if old is not None:
         want = {"task": task, "seed": int(seed), "options": dataclasses.asdict(make_options(task, **options))}
@@ -154,7 +171,8 @@ def _command(f: flags.FlagValues) -> str:
     if foreign:
         raise ValueError(f"--{', --'.join(foreign)}: not an option of the {f.task} task (its options: "
                          f"{', '.join(sorted(n for n, (_, d) in fields.items() if f.task in d))})")
-    result = generate(f.out, f.seed, f.task, **given)
+    with workdir_lock.held(f.out, "--out", inside=False):  # issue 24: one writer per output
+        result = generate(f.out, f.seed, f.task, **given)
     meta = read_meta(f.out)
     return json.dumps({"paths": result, "counts": meta["counts"], "token_lengths": meta["token_lengths"]}, indent=1)
 
@@ -162,7 +180,8 @@ def _command(f: flags.FlagValues) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; argv[0] is the program name. Prints the paths, counts and token
     lengths as JSON; returns the exit status (a bad option is a usage error, exit 2)."""
-    return run_cli(FLAGS, _command, argv, allow_arguments=False, expected_errors=(ValueError, FileExistsError))
+    return run_cli(FLAGS, _command, argv, allow_arguments=False,
+                   expected_errors=(ValueError, FileExistsError, workdir_lock.LockError))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ development split, for tuning). Variants:
   no_output_distillation  laser.lambda_kl_out=0
   no_co_learning          a teacher trained on the explicit view alone (lambda_latent=0, no KL),
                           then a student distilled from it frozen (laser.teacher_from)
+  pause                   LaSER's losses, but every soft step is fed one learned vector
+                          (laser.soft_token=pause): the same K positions without the soft tokens'
+                          content, the control for "extra compute alone" (issue 23)
+  pause_latent_only       latent_only with pause steps
   explicit_upper          the trained `laser` models' explicit view fed the gold reasoning
                           (laser_jax.experiments.explicit_upper): an upper bound
   rewrite_then_retrieve   the trained `laser` models' explicit view fed reasoning written by a
@@ -47,6 +51,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from absl import flags
 
+from laser_jax import workdir_lock
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data import synthetic
 from laser_jax.experiments.jobs import REPO_ROOT, Job, child_env, cpu_slots, run_jobs
@@ -64,6 +69,8 @@ VARIANTS: Dict[str, dict] = {
     "no_process_alignment": {"laser.lambda_kl_mid": 0.0},
     "no_output_distillation": {"laser.lambda_kl_out": 0.0},
     "no_co_learning": {},  # + laser.teacher_from=<its teacher's run>
+    "pause": {"laser.soft_token": "pause"},
+    "pause_latent_only": {"laser.soft_token": "pause", **NO_EXPLICIT},
 }
 TEACHER = {"laser.lambda_latent": 0.0, "laser.lambda_kl_out": 0.0, "laser.lambda_kl_mid": 0.0,
            "data.eval_dir": ""}
@@ -76,6 +83,8 @@ LABELS = {"basic": "basic contrastive (K=1)", "latent_only": "latent only (K=3, 
           "laser": "LaSER", "no_process_alignment": "w/o process alignment (lambda_kl_mid=0)",
           "no_output_distillation": "w/o output distillation (lambda_kl_out=0)",
           "no_co_learning": "w/o co-learning (frozen explicit teacher)",
+          "pause": "LaSER with pause steps (one learned vector per soft step)",
+          "pause_latent_only": "latent only with pause steps",
           "explicit_upper": "explicit view + gold reasoning (upper bound)",
           "rewrite_then_retrieve": "rewrite-then-retrieve (LM reasoning + explicit view)"}
 
@@ -350,7 +359,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; argv[0] is the program name. Returns 0, 1 when a job failed, 2 on
     bad flags or task."""
     argv = list(sys.argv if argv is None else argv)
-    return run_cli(FLAGS, lambda f: _command(f, argv), argv, allow_arguments=False, expected_errors=())
+    return run_cli(FLAGS, lambda f: _locked(f.runs_dir, lambda: _command(f, argv)), argv, allow_arguments=False,
+                   expected_errors=())
+
+
+def _locked(runs_dir: str, body) -> int:
+    """body() while this process holds the runs directory's lock (issue 24: one ablation per
+    runs directory; its training jobs lock their own workdirs inside it)."""
+    try:
+        with workdir_lock.held(runs_dir, "--runs_dir"):
+            return body()
+    except workdir_lock.LockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

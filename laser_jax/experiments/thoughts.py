@@ -6,6 +6,11 @@ its state h_j becomes the next input through softmax(logits(h_j)) @ E
 (`laser_jax.method.views.soft_token`). This prints the top-k tokens of that distribution,
 decoded, with their probabilities, beside the domain's gold reasoning when it has one.
 
+A model trained with soft_token "pause" feeds every soft step the same learned vector,
+whatever the query: its steps carry no token distribution of their own, and the table says
+so instead of printing top tokens; a header names the input embeddings nearest to that one
+vector (cosine), labelled as input-independent.
+
     python -m laser_jax.experiments.thoughts --model=RUN --data=DIR/eval/<domain> --num_queries=3
         [--top_k=5] [--num_thinking_steps=K] [--output=FILE.md]
     python -m laser_jax.experiments.thoughts --model=RUN --query="What is 3 plus 4?" [--instruction=...]
@@ -41,7 +46,7 @@ from laser_jax.inference.encoder import default_dtype
 from laser_jax.inference.load import LoadedModel, load_for_inference
 from laser_jax.inference.reasoning import REASONING_FILE, SplitQuery, load_split, query_prefixes, read_reasoning
 from laser_jax.method.views import latent_view, resolve_num_thinking_steps
-from laser_jax.model.decoder import Decoder
+from laser_jax.model.decoder import LATENT, PAUSE, Decoder
 from laser_jax.retrieval import bright
 
 
@@ -53,6 +58,9 @@ class Thought:
     text: str
     steps: List[List[Tuple[str, int, float]]]
     gold: Optional[str] = None
+
+
+PAUSE_STEP = "the learned pause vector (input-independent: no token distribution of its own)"
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_steps"))
@@ -70,6 +78,8 @@ def think(loaded: LoadedModel, texts: Sequence[str], *, top_k: int = 5, num_step
     steps = resolve_num_thinking_steps(num_steps, loaded.num_thinking_steps)
     if steps == 1 or not texts:
         return [[] for _ in texts]
+    if loaded.cfg.soft_token == "pause":  # every soft step is fed one vector: nothing to decode per query
+        return [[[] for _ in range(steps - 1)] for _ in texts]
     tok = loaded.tokenizer
     rows = tokenize_texts(tok, list(texts), max_length)
     ids, mask = left_pad(rows, max(len(r) for r in rows), pad_token_id(tok))
@@ -80,6 +90,24 @@ def think(loaded: LoadedModel, texts: Sequence[str], *, top_k: int = 5, num_step
         top_JK = np.argsort(-p_JV, axis=-1, kind="stable")[:, :top_k]
         out.append([[(tok.decode([int(t)]), int(t), float(p[t])) for t in top] for p, top in zip(p_JV, top_JK)])
     return out
+
+
+def pause_neighbours(loaded: LoadedModel, top_k: int = 5) -> List[Tuple[str, int, float]]:
+    """A soft_token "pause" model: the (token text, id, cosine) of the `top_k` input embeddings
+    nearest to its learned pause vector, the one input of every soft step of every query."""
+    table_VD = jnp.asarray(loaded.variables["params"]["embed_tokens"]["embedding"], jnp.float32)
+    pause_D = jnp.asarray(loaded.variables[LATENT][PAUSE], jnp.float32)
+    cos_V = table_VD @ pause_D / jnp.maximum(jnp.linalg.norm(table_VD, axis=-1) * jnp.linalg.norm(pause_D), 1e-12)
+    values, ids = jax.device_get(jax.lax.top_k(cos_V, min(top_k, cos_V.shape[0])))
+    return [(loaded.tokenizer.decode([int(t)]), int(t), float(v)) for t, v in zip(ids, values)]
+
+
+def pause_header(loaded: LoadedModel, top_k: int = 5) -> str:
+    """The markdown paragraph that opens a pause model's thoughts."""
+    near = ", ".join(f"`{t!r}` {c:.3f}" for t, _, c in pause_neighbours(loaded, top_k))
+    return ("Soft steps: soft_token \"pause\": every soft step of every query is fed the same learned vector, "
+            "so the steps carry no token distribution of their own. Input embeddings nearest to that vector "
+            f"(cosine; input-independent): {near}\n")
 
 
 def domain_thoughts(loaded: LoadedModel, domain_dir: str, *, num_queries: int = 3, **kw) -> List[Thought]:
@@ -100,9 +128,10 @@ def format_thoughts(thoughts: Sequence[Thought]) -> str:
         if not th.steps:
             lines += ["(K=1: no soft steps)", ""]
         else:
-            lines += ["| soft step | top tokens (probability) |", "|---|---|"]
+            pause = not any(th.steps)  # a pause model's steps have no tokens of their own
+            lines += [f"| soft step | {'input' if pause else 'top tokens (probability)'} |", "|---|---|"]
             for j, top in enumerate(th.steps):
-                cells = ", ".join(f"`{t!r}` {p:.3f}" for t, _, p in top)
+                cells = ", ".join(f"`{t!r}` {p:.3f}" for t, _, p in top) if top else PAUSE_STEP
                 lines.append(f"| {j} | {cells} |")
             lines.append("")
         if th.gold is not None:
@@ -138,6 +167,9 @@ def hop_figure(loaded: LoadedModel, data_dir: str, *, top_k: int = 5, num_steps:
                max_length: int = 512, batch_size: int = 64) -> dict:
     """The thoughts figure (module doc) of the queries of `data_dir`: {"n", "K", "top_k",
     "steps": [{"step", "n", "top1", "topk", "top1_is_hop": [share per hop i]}]}."""
+    if loaded.cfg.soft_token == "pause":
+        raise ValueError("a soft_token \"pause\" model feeds every soft step one learned vector: its soft steps "
+                         "name no token, so it has no thoughts figure")
     queries = split_queries(data_dir)
     steps = resolve_num_thinking_steps(num_steps, loaded.num_thinking_steps)
     texts = [query_prefixes(loaded.text_format, loaded.tokenizer, [q.query], q.instruction)[0] for q in queries]
@@ -213,7 +245,10 @@ def run(f: flags.FlagValues) -> str:
     else:
         texts = query_prefixes(loaded.text_format, loaded.tokenizer, f.query, f.instruction)
         thoughts = [Thought(str(i), t, s) for i, (t, s) in enumerate(zip(texts, think(loaded, texts, **kw)))]
-    return _write(f.output, format_thoughts(thoughts))
+    text = format_thoughts(thoughts)
+    if loaded.cfg.soft_token == "pause":
+        text = pause_header(loaded, f.top_k) + "\n" + text
+    return _write(f.output, text)
 
 
 def _write(output: str, text: str, figure: Optional[dict] = None) -> str:

@@ -5,7 +5,10 @@ L layers, K kv heads, H head dim.
 
 Layers are always stacked on a leading L axis (one parameter layout for import, export,
 LoRA and sharding); `scan_layers=False` unrolls the loop instead of scanning it.
-The backbone knows nothing about retrieval: a soft token is just an `x_BTD` input.
+The backbone knows nothing about retrieval: a soft token is just an `x_BTD` input. With
+`cfg.soft_token == "pause"` it also holds one learned input vector, `latent/pause_embedding`
+[D] (its own variable collection, so that it trains under LoRA too), which the latent view
+feeds at its soft steps (`Decoder.pause_embedding`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from laser_jax.model.attention import Attention
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.layers import LORA, Proj, RMSNorm, dtype_of
 from laser_jax.model.partitioning import constrain_batch_split
+
+LATENT = "latent"  # variable collection of the latent view's own inputs (cfg.soft_token == "pause")
+PAUSE = "pause_embedding"  # latent/pause_embedding [D]: the vector every soft step is fed
 
 _REMAT_POLICIES = {
     "full": None,
@@ -125,6 +131,9 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.param_dtype), "embed")
         if not cfg.tie_word_embeddings:
             self.lm_head = Proj(cfg.vocab_size, ("embed", "vocab"), cfg)
+        if cfg.soft_token == "pause":
+            self.pause = self.variable(LATENT, PAUSE, lambda: nn.LogicallyPartitioned(
+                mean_embedding(self.embed_tokens.embedding, cfg), ("embed",)))
 
     def embed(self, tokens_BT):
         """Input embeddings [B, T, D] in the compute dtype."""
@@ -133,6 +142,12 @@ class Decoder(nn.Module):
     def embedding_table(self):
         """The input embedding matrix E [V, D] in the compute dtype."""
         return self.embed_tokens.embedding.astype(dtype_of(self.cfg.compute_dtype))
+
+    def pause_embedding(self):
+        """The learned pause input [D] in the compute dtype (only with soft_token "pause")."""
+        if self.cfg.soft_token != "pause":
+            raise ValueError(f"soft_token={self.cfg.soft_token!r}: the model has no pause embedding")
+        return nn.unbox(self.pause.value).astype(dtype_of(self.cfg.compute_dtype))
 
     def logits(self, hidden_BTD):
         """LM-head logits [B, T, V] in float32 (W_lm tied to E when the config says so)."""
@@ -192,8 +207,18 @@ def positions_from_mask(mask_BT):
     return jnp.maximum(jnp.cumsum(mask_BT, axis=-1) - 1, 0).astype(jnp.int32)
 
 
+def mean_embedding(table_VD, cfg: ModelConfig):
+    """The initial pause vector: the mean row of the input embedding table [D] (float32 mean,
+    stored in the param dtype). It is the paper's soft token under a uniform LM-head
+    distribution, i.e. what a step would be fed knowing nothing about the input, so the pause
+    control starts inside the family of inputs it replaces; it needs no seed, and from a
+    pretrained model it lies among real token embeddings."""
+    return jnp.mean(nn.unbox(table_VD).astype(jnp.float32), axis=0).astype(dtype_of(cfg.param_dtype))
+
+
 def abstract_variables(cfg: ModelConfig) -> dict:
-    """Shapes and dtypes of the variables (`params`, and `lora` when lora_rank > 0),
+    """Shapes and dtypes of the variables (`params`, `lora` when lora_rank > 0, `latent` with
+    soft_token "pause"),
     without allocating them (partitioning boxes removed)."""
     return nn.unbox(jax.eval_shape(lambda: init_variables(cfg, jax.random.key(0), boxed=True)))
 

@@ -98,6 +98,9 @@ def _laser_section() -> ml_collections.ConfigDict:
     """The LaSER method: thinking steps, temperatures, loss weights, teacher."""
     la = ml_collections.ConfigDict()
     la.num_thinking_steps = 3    # K latent steps (1 = plain last-token retriever)
+    la.soft_token = "expected_embedding"  # what each of the K-1 soft steps is fed: the paper's
+                                 # softmax(W_lm h) @ E | pause (one learned vector, the same for every
+                                 # step and input: the "extra positions alone" control, issue 23)
     la.tau = 0.02                # contrastive temperature (both views)
     la.tau_kd = 0.02             # output-level KL temperature
     la.tau_mid = 0.05            # trajectory KL temperature (authors' code; paper: 0.02)
@@ -208,7 +211,7 @@ class _Problems(list):
 _MODEL_FIELDS = {"param_dtype": "model.param_dtype", "compute_dtype": "model.compute_dtype",
                  "remat_policy": "model.remat_policy", "attention_impl": "model.attention_impl",
                  "lora_rank": "lora.rank", "lora_targets": "lora.targets", "lora_alpha": "lora.alpha",
-                 "lora_dropout": "lora.dropout"}
+                 "lora_dropout": "lora.dropout", "soft_token": "laser.soft_token"}
 
 
 def _model_problems(c: ml_collections.ConfigDict) -> List[str]:
@@ -225,7 +228,7 @@ def _model_problems(c: ml_collections.ConfigDict) -> List[str]:
                   # "auto" and "" (JAX picks) resolve to valid values on any machine
                   attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype, backend="cpu"),
                   lora_rank=lo.rank, lora_targets=lora_targets(lo.targets), lora_alpha=lo.alpha,
-                  lora_dropout=lo.dropout)
+                  lora_dropout=lo.dropout, soft_token=soft_token(c))
     p += [f"{_MODEL_FIELDS[name]}: {text}" for name, text in field_problems(fields)]
     return p
 
@@ -341,6 +344,11 @@ def _pretrain_problems(c: ml_collections.ConfigDict) -> List[str]:
     p.need(s.log_every >= 1, "pretrain.log_every", "must be >= 1")
     p.need(s.checkpoint_every >= 1, "pretrain.checkpoint_every", "must be >= 1")
     return p
+
+
+def soft_token(c: ml_collections.ConfigDict) -> str:
+    """`laser.soft_token` (the paper's expected embedding in configs written before it)."""
+    return c.laser.get("soft_token", "expected_embedding")
 
 
 def lora_targets(targets: str) -> tuple:

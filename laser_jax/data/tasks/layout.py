@@ -17,6 +17,8 @@ A task module (arithmetic.py, hops.py) builds a `TaskData` in memory; `write` la
   tokenizer/             Hugging Face tokenizer (trained on the generated text, or given)
   meta.json              generator, task, version, seed, options, counts, token lengths,
                          the answer's form ("answer"), the LM texts ("lm_corpus"), content hash
+  manifest.json          every file's size and sha256 (laser_jax.storage; synthetic.generate
+                         writes it last)
 
 Files are byte-identical for the same task, seed and options: rows are written in a fixed
 order, JSON without sorting keys, "\\n" line ends.
@@ -32,6 +34,7 @@ from typing import Callable, Dict, List, Optional
 
 from transformers import AutoTokenizer
 
+from laser_jax import storage
 from laser_jax.data.formatting import DEFAULT_QUERY_TEMPLATE
 
 QUERY_TEMPLATE = DEFAULT_QUERY_TEMPLATE  # spec section 5: "Instruct: {instruction}\nQuery: {query}"
@@ -109,14 +112,15 @@ def token_lengths(tokenizer_dir: str, task_texts: Dict[str, list]) -> dict:
 
 
 def content_hash(out_dir: str) -> str:
-    """sha256 over every file of a generated directory except meta.json (path + bytes)."""
+    """sha256 over every file of a generated directory except meta.json and the manifest
+    (path + bytes)."""
     h = hashlib.sha256()
     for root, dirs, files in os.walk(out_dir):
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(root, name)
             rel = os.path.relpath(path, out_dir).replace(os.sep, "/")
-            if rel == META_FILE:
+            if rel in (META_FILE, storage.MANIFEST):
                 continue
             h.update(rel.encode() + b"\0")
             with open(path, "rb") as f:
