@@ -3,8 +3,24 @@ retrieval task (laser_jax.data.synthetic), on CPU in minutes: pretrained as a ca
 the task's texts (the pretrain section), then trained with LaSER from that LM.
 
     python -m laser_jax.train --config=configs/tiny.py --workdir=runs/tiny
+    python -m laser_jax.train --config=configs/tiny.py:hops --workdir=runs/tiny_hops
+
+Variants (comma-separated, e.g. `:hops,smoke`): `hops` the entity-hops task
+(laser_jax/data/tasks/hops.py: facts in the LM's pretraining texts, one relation and entity
+per "\n\n" segment), `hops_query` the hops task with the facts listed in each query
+(data.synthetic_options="facts=query"), `smoke` a few steps of each stage for tests.
 """
 from laser_jax.train.config import base_config
+
+# Per task variant: generator options and the generated task's longest texts (meta.json
+# token_lengths; a test holds them together), its vocabulary (<= model.vocab_size) and
+# eval.max_length (>= the longest query and passage).
+TASK_VARIANTS = {
+    "hops": dict(task="hops", options="", query_max_len=31, doc_max_len=21, explicit_max_len=42,
+                 vocab_size=768, eval_max_length=64),
+    "hops_query": dict(task="hops", options="facts=query", query_max_len=94, doc_max_len=21,
+                       explicit_max_len=105, vocab_size=768, eval_max_length=128),
+}
 
 
 def get_config(arg=None):
@@ -58,7 +74,17 @@ def get_config(arg=None):
     c.pretrain.max_grad_norm = 1.0
     c.pretrain.log_every = 100
     c.pretrain.checkpoint_every = 500
-    if arg == "smoke":                 # a few steps of each stage, for tests (the task and model stay as above)
+    variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
+    unknown = [v for v in variants if v != "smoke" and v not in TASK_VARIANTS]
+    if unknown:
+        raise ValueError(f"configs/tiny.py: unknown variant {unknown[0]!r} (known: smoke, {', '.join(TASK_VARIANTS)}; "
+                         "comma-separated, e.g. hops,smoke)")
+    if sum(v in TASK_VARIANTS for v in variants) > 1:
+        raise ValueError(f"configs/tiny.py: {arg!r} names more than one task variant")
+    for v in variants:
+        if v in TASK_VARIANTS:
+            _task_variant(c, TASK_VARIANTS[v])
+    if "smoke" in variants:            # a few steps of each stage, for tests (the task and model stay as above)
         c.train.num_steps = 4
         c.train.batch_size = 8
         c.train.log_every = 1
@@ -69,6 +95,13 @@ def get_config(arg=None):
         c.pretrain.log_every = 1
         c.pretrain.checkpoint_every = 2
         c.data.lm_num_widths = 1       # one LM batch shape: one compile
-    elif arg:
-        raise ValueError(f"configs/tiny.py: unknown variant {arg!r} (known: smoke)")
     return c
+
+
+def _task_variant(c, v: dict) -> None:
+    c.data.synthetic_task = v["task"]
+    c.data.synthetic_options = v["options"]
+    c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len = (
+        v["query_max_len"], v["doc_max_len"], v["explicit_max_len"])
+    c.model.vocab_size = v["vocab_size"]
+    c.eval.max_length = v["eval_max_length"]

@@ -14,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _task_paths(root):
-    return {"train": f"{root}/train.jsonl", "tokenizer": f"{root}/tokenizer", "corpus": f"{root}/corpus.jsonl"}
+    return {"train": f"{root}/train.jsonl", "tokenizer": f"{root}/tokenizer", "corpus": f"{root}/corpus.jsonl",
+            "lm_corpus": f"{root}/lm_corpus.jsonl"}
 
 
 def test_stage_config_and_fingerprint():
@@ -24,7 +25,7 @@ def test_stage_config_and_fingerprint():
     assert s.train.objective == "causal_lm" and s.train.num_steps == 1500 and s.train.learning_rate == 3e-3
     assert s.train.schedule == "cosine" and s.train.warmup_steps == 100 and s.train.adam_b2 == 0.99
     assert s.model.init_from == "" and s.lora.rank == 0 and s.model.hidden_size == c.model.hidden_size
-    assert s.data.lm_corpus == "/a/corpus.jsonl" and not s.data.synthetic
+    assert s.data.lm_corpus == "/a/lm_corpus.jsonl" and not s.data.synthetic  # the task's LM texts
     fp = stages.fingerprint(s, "/no/task")
     assert fp == stages.fingerprint(stages.stage_config(c, _task_paths("/b")), "/no/task")  # paths do not count
     c2 = load_config(os.path.join(ROOT, "configs/tiny.py"), {"pretrain.learning_rate": 1e-3})

@@ -6,7 +6,8 @@ Every variant is trained by the project's trainer (`python -m laser_jax.train
 --config=configs/tiny.py` with `--config.*` overrides, as subprocesses, `--parallel` at a
 time, each on one CPU thread) at the same budget: the same steps, batch and data for every
 variant and seed; the seed (`train.seed`) sets the initialisation, dropout and data order.
-The task is generated once (seed `data.synthetic_seed`) into RUNS/data. Each trained model
+The task is generated once (`data.synthetic_task` with `data.synthetic_options`, seed
+`data.synthetic_seed`) into RUNS/data, or given (`--task_dir`). Each trained model
 is scored on the held-out split (`--split=eval`, the default; `--split=dev` is the
 development split, for tuning). Variants:
 
@@ -261,9 +262,9 @@ def _task(f, runs_dir: str, cfg) -> Optional[dict]:
         if meta is None:
             print(f"error: {f.task_dir} holds no generated task (meta.json)", file=sys.stderr)
             return None
-        data = synthetic.paths(os.path.abspath(f.task_dir), meta["domains"], meta.get("dev_domains", ()))
+        data = synthetic.paths_from_meta(f.task_dir, meta)
     else:
-        data = synthetic.ensure_generated(os.path.join(runs_dir, "data"), seed=cfg.data.synthetic_seed)
+        data = synthetic.ensure_generated(os.path.join(runs_dir, "data"), **synthetic.config_args(cfg.data))
     if f.split not in data:
         print(f"error: the generated task has no {f.split}/ split", file=sys.stderr)
         return None

@@ -14,11 +14,23 @@ vector (cosine), labelled as input-independent.
     python -m laser_jax.experiments.thoughts --model=RUN --data=DIR/eval/<domain> --num_queries=3
         [--top_k=5] [--num_thinking_steps=K] [--output=FILE.md]
     python -m laser_jax.experiments.thoughts --model=RUN --query="What is 3 plus 4?" [--instruction=...]
+
+The thoughts figure (`--figure`, issue 21): over every query of a split (or one domain) of a
+generated task, per soft step j = 1..K-1 (the j-th soft token, from the state before it), the
+share of the queries with >= j reasoning steps whose top token is the hop-j state of their
+chain (`chains.jsonl` `states[j-1]`: the hop-j entity of the hops task; for the arithmetic
+task the intermediate number's first token, i.e. its first digit), the share with it among
+the top-k, and over every query with an i-th hop the share whose top token is the hop-i state
+(does step j land on another hop? formats that spend several tokens on a hop, e.g. "pairs",
+land hop i on a later step). Tokens are compared as stripped text, so " Cato" and "Cato" agree.
+
+    python -m laser_jax.experiments.thoughts --model=RUN --data=DIR/dev --figure [--output=FILE.md]
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import sys
 from typing import List, Optional, Sequence, Tuple
@@ -32,7 +44,7 @@ from laser_jax.cli import define_help, run_cli
 from laser_jax.data.tokenize import left_pad, pad_token_id, tokenize_texts
 from laser_jax.inference.encoder import default_dtype
 from laser_jax.inference.load import LoadedModel, load_for_inference
-from laser_jax.inference.reasoning import REASONING_FILE, query_prefixes, read_reasoning
+from laser_jax.inference.reasoning import REASONING_FILE, SplitQuery, load_split, query_prefixes, read_reasoning
 from laser_jax.method.views import latent_view, resolve_num_thinking_steps
 from laser_jax.model.decoder import LATENT, PAUSE, Decoder
 from laser_jax.retrieval import bright
@@ -127,6 +139,79 @@ def format_thoughts(thoughts: Sequence[Thought]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------ thoughts figure
+def state_token(tokenizer, state) -> str:
+    """The first non-blank token of a chain state as it follows a space (" Cato" -> "Cato",
+    " 31" -> "3"), stripped."""
+    for i in tokenizer.encode(f" {state}", add_special_tokens=False):
+        text = tokenizer.decode([i]).strip()
+        if text:
+            return text
+    return ""
+
+
+def split_queries(data_dir: str) -> List[SplitQuery]:
+    """The queries of a split directory, or of one domain directory of a split, with chains."""
+    if bright.is_domain_dir(data_dir):
+        parent, name = os.path.split(os.path.abspath(data_dir).rstrip(os.sep))
+        queries = [q for q in load_split(parent) if q.domain == name]
+    else:
+        queries = load_split(data_dir)
+    queries = [q for q in queries if q.states]
+    if not queries:
+        raise FileNotFoundError(f"{data_dir}: no queries with chains.jsonl states (a split of a generated task)")
+    return queries
+
+
+def hop_figure(loaded: LoadedModel, data_dir: str, *, top_k: int = 5, num_steps: Optional[int] = None,
+               max_length: int = 512, batch_size: int = 64) -> dict:
+    """The thoughts figure (module doc) of the queries of `data_dir`: {"n", "K", "top_k",
+    "steps": [{"step", "n", "top1", "topk", "top1_is_hop": [share per hop i]}]}."""
+    if loaded.cfg.soft_token == "pause":
+        raise ValueError("a soft_token \"pause\" model feeds every soft step one learned vector: its soft steps "
+                         "name no token, so it has no thoughts figure")
+    queries = split_queries(data_dir)
+    steps = resolve_num_thinking_steps(num_steps, loaded.num_thinking_steps)
+    texts = [query_prefixes(loaded.text_format, loaded.tokenizer, [q.query], q.instruction)[0] for q in queries]
+    thoughts = []
+    for start in range(0, len(texts), batch_size):
+        thoughts += think(loaded, texts[start:start + batch_size], top_k=top_k, num_steps=steps, max_length=max_length)
+    hops = [[state_token(loaded.tokenizer, s) for s in q.states] for q in queries]
+    max_hops = max(len(h) for h in hops)
+    out = []
+    for j in range(1, steps):
+        tops = [[t.strip() for t, _, _ in th[j - 1]] for th in thoughts]
+        own = [(top, h) for top, h in zip(tops, hops) if len(h) >= j]  # queries with a hop j
+        out.append({
+            "step": j, "n": len(own),
+            "top1": _share([top[0] == h[j - 1] for top, h in own]),
+            "topk": _share([h[j - 1] in top for top, h in own]),
+            # every query with a hop i (a format spending several tokens on a hop lands later)
+            "top1_is_hop": [_share([top[0] == h[i] for top, h in zip(tops, hops) if len(h) > i])
+                            for i in range(max_hops)]})
+    return {"data": os.path.abspath(data_dir), "n": len(queries), "K": steps, "top_k": top_k, "steps": out}
+
+
+def _share(flags_: Sequence[bool]) -> Optional[float]:
+    return round(float(np.mean(flags_)), 4) if len(flags_) else None
+
+
+def format_figure(figure: dict) -> str:
+    """Markdown table of `hop_figure`."""
+    hops = len(figure["steps"][0]["top1_is_hop"]) if figure["steps"] else 0
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}"  # noqa: E731
+    lines = [f"Thoughts figure: {figure['n']} queries of {figure['data']}, K={figure['K']}", "",
+             f"| soft step j | queries (>= j steps) | top-1 = hop-j state (%) | hop-j in top-{figure['top_k']} (%) | "
+             + " | ".join(f"top-1 = hop {i + 1} (%)" for i in range(hops)) + " |",
+             "|---|---|---|---|" + "---|" * hops]
+    for s in figure["steps"]:
+        lines.append(f"| {s['step']} | {s['n']} | {pct(s['top1'])} | {pct(s['topk'])} | "
+                     + " | ".join(pct(x) for x in s["top1_is_hop"]) + " |")
+    if not figure["steps"]:
+        lines.append("(K=1: no soft steps)")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------- CLI
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("model", None, "Training workdir, checkpoint or HF directory.", flag_values=FLAGS)
@@ -137,7 +222,10 @@ flags.DEFINE_string("instruction", "", "Instruction of --query texts.", flag_val
 flags.DEFINE_integer("top_k", 5, "Tokens shown per soft step.", flag_values=FLAGS)
 flags.DEFINE_integer("num_thinking_steps", None, "K (default: the model's).", flag_values=FLAGS)
 flags.DEFINE_integer("max_length", 512, "Query truncation length in tokens.", flag_values=FLAGS)
-flags.DEFINE_string("output", "", "Also write the markdown here.", flag_values=FLAGS)
+flags.DEFINE_string("output", "", "Also write the markdown here (with --figure also FILE.json).", flag_values=FLAGS)
+flags.DEFINE_boolean("figure", False, "The thoughts figure over every query of --data (a split or a domain of a "
+                     "generated task) instead of per-query tables.", flag_values=FLAGS)
+flags.DEFINE_integer("batch_size", 64, "Queries per forward pass (--figure).", flag_values=FLAGS)
 define_help(FLAGS)
 
 
@@ -147,6 +235,11 @@ def run(f: flags.FlagValues) -> str:
         raise ValueError("--model and exactly one of --data and --query are required")
     loaded = load_for_inference(f.model, default_dtype())
     kw = dict(top_k=f.top_k, num_steps=f.num_thinking_steps, max_length=f.max_length)
+    if f.figure:
+        if not f.data:
+            raise ValueError("--figure needs --data (a split or domain directory of a generated task)")
+        figure = hop_figure(loaded, f.data, batch_size=f.batch_size, **kw)
+        return _write(f.output, format_figure(figure), figure)
     if f.data:
         thoughts = domain_thoughts(loaded, f.data, num_queries=f.num_queries, **kw)
     else:
@@ -155,10 +248,19 @@ def run(f: flags.FlagValues) -> str:
     text = format_thoughts(thoughts)
     if loaded.cfg.soft_token == "pause":
         text = pause_header(loaded, f.top_k) + "\n" + text
-    if f.output:
-        os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-        with open(f.output, "w", encoding="utf-8") as out:
+    return _write(f.output, text)
+
+
+def _write(output: str, text: str, figure: Optional[dict] = None) -> str:
+    """`text` (returned, printed by run_cli) also to `output`, and `figure` to its .json."""
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w", encoding="utf-8") as out:
             out.write(text + "\n")
+        if figure is not None:
+            with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as out:
+                json.dump(figure, out, indent=1)
+                out.write("\n")
     return text
 
 

@@ -11,6 +11,7 @@ from typing import List
 import ml_collections
 
 from laser_jax.data.errors import ConfigError
+from laser_jax.data.tasks import DEFAULT_TASK, TASKS, parse_options
 from laser_jax.model.config import PRESET_ALIASES, PRESETS, field_problems, resolve_attention_impl
 
 ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -63,6 +64,8 @@ def _data_section() -> ml_collections.ConfigDict:
     d.train_files = ""           # JSONL path/glob, HF save_to_disk dir, ArrayRecord file or TFDS dir
     d.synthetic = False          # generate the embedded synthetic task into WORKDIR/data when needed
     d.synthetic_seed = 0         # seed of the generated task
+    d.synthetic_task = DEFAULT_TASK  # which generated task: arithmetic | hops (laser_jax/data/tasks/)
+    d.synthetic_options = ""     # its generator options, "key=value,..." (e.g. "facts=query"; "" = the task's defaults)
     d.eval_dir = ""              # BRIGHT-format directory evaluated at the end ("" = none)
     d.shuffle = True             # seeded shuffle and document choice per epoch; False = file order
     d.group_size = 2             # documents per query: 1 positive + (G-1) hard negatives
@@ -167,7 +170,7 @@ def _pretrain_section() -> ml_collections.ConfigDict:
     num_steps > 0, data.synthetic, train.objective=laser and no model.init_from: the decoder
     (this config's architecture, full training from random init) is trained as an LM on the
     task's queries + reasoning and passages, saved as a Hugging Face directory, scored
-    (greedy end-number accuracy on eval/), and LaSER then starts from it."""
+    (greedy end-state accuracy on eval/: end number or end entity), and LaSER then starts from it."""
     p = ml_collections.ConfigDict()
     p.num_steps = 0              # LM steps; 0 = no pretraining stage
     p.dir = ""                   # the LM's directory; "" = WORKDIR/lm (point several runs at one shared LM)
@@ -182,7 +185,7 @@ def _pretrain_section() -> ml_collections.ConfigDict:
     p.seed = 0                   # LM init and row order
     p.log_every = 100            # steps between progress lines / metrics rows
     p.checkpoint_every = 500     # checkpoint steps (an interrupted stage resumes from the newest)
-    p.eval = True                # report greedy end-number accuracy on the task's eval/ queries
+    p.eval = True                # report greedy end-state (number / entity) accuracy on eval/
     return p
 
 
@@ -247,6 +250,13 @@ def _data_problems(c: ml_collections.ConfigDict) -> List[str]:
     p.need(d.segment_rule in ("linspace", "paper"), "data.segment_rule", "must be linspace or paper")
     p.need(d.split_mode in ("code", "any_double_newline"), "data.split_mode",
            "must be code or any_double_newline")
+    p.need(d.synthetic_task in TASKS, "data.synthetic_task",
+           f"unknown task {d.synthetic_task!r} (known: {', '.join(sorted(TASKS))})")
+    if d.synthetic_task in TASKS:
+        try:
+            parse_options(d.synthetic_task, d.synthetic_options)
+        except ValueError as e:
+            p.append(f"data.synthetic_options: {e}")
     return p
 
 

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from laser_jax.data import lm_pipeline
+from laser_jax.data.tasks.layout import CORPUS_FILE, read_meta
 from laser_jax.method.lm_objective import LM_BATCH_KEYS
 from laser_jax.train.flops import StepFlops, train_step_flops
 
@@ -22,10 +23,11 @@ def is_lm(config) -> bool:
 
 def open_source(config, paths, tokenizer) -> lm_pipeline.LMSource:
     """The LM rows of a run. The passages of data.lm_corpus (with data.synthetic by default
-    the generated task's corpus.jsonl) join the other rows."""
+    the generated task's LM corpus: meta.json "lm_corpus", e.g. corpus.jsonl) join the other rows."""
     corpus = config.data.lm_corpus
     if not corpus and config.data.synthetic:
-        corpus = os.path.join(os.path.dirname(paths.train_files), "corpus.jsonl")
+        task_dir = os.path.dirname(paths.train_files)
+        corpus = os.path.join(task_dir, (read_meta(task_dir) or {}).get("lm_corpus", CORPUS_FILE))
         corpus = corpus if os.path.isfile(corpus) else ""
     if corpus and not os.path.isfile(corpus):
         raise FileNotFoundError(f"data.lm_corpus: {corpus}: no such file")

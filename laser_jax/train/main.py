@@ -109,7 +109,7 @@ def check_main(config, workdir: Optional[str], config_file: Optional[str] = None
         with tempfile.TemporaryDirectory() as scratch:  # the synthetic task when it is not in WORKDIR/data yet
             data_dir = None
             if config.data.synthetic and not (workdir and synthetic.is_current(
-                    os.path.join(workdir, "data"), config.data.synthetic_seed)):
+                    os.path.join(workdir, "data"), **synthetic.config_args(config.data))):
                 data_dir = scratch
             _, _, model_cfg, source = check_inputs(config, workdir, write=False, data_dir=data_dir)
     except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError,

@@ -22,7 +22,7 @@ from laser_jax.inference.load import require_intact
 from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
 from laser_jax.train.config import ARCH_FIELDS, lora_targets, soft_token
-from laser_jax.data.synthetic import ensure_generated
+from laser_jax.data.synthetic import config_args, ensure_generated
 from laser_jax.model.decoder import Decoder
 from laser_jax.model.hf_io import SafetensorsDir
 from laser_jax.retrieval import bright
@@ -47,7 +47,7 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: str, data_dir: Opti
     train_files, tokenizer, eval_dir = d.train_files, m.tokenizer or m.init_from, d.eval_dir
     field = "model.tokenizer" if m.tokenizer or not m.init_from else "model.init_from"
     if d.synthetic:
-        paths = ensure_generated(data_dir or os.path.join(workdir, "data"), seed=d.synthetic_seed)
+        paths = ensure_generated(data_dir or os.path.join(workdir, "data"), **config_args(d))
         train_files = train_files or paths["train"]
         tokenizer = tokenizer or paths["tokenizer"]
         eval_dir = eval_dir or paths["eval"]

@@ -14,8 +14,9 @@ pretraining stage (`pretrain.num_steps` > 0, `data.synthetic`, `train.objective=
    rebuilt from LM_DIR/train (train/lm_stage_files.py), a stale one replaced; a
    `pretrain.dir` outside WORKDIR is locked while the stage runs (laser_jax.workdir_lock);
 3. it is written as a Hugging Face directory into LM_DIR (float32 for a float32 model, the
-   task tokenizer, eos/pad ids in config.json) and its greedy end-number accuracy on the
-   task's eval/ queries goes to LM_DIR/lm_eval.json and the log;
+   task tokenizer, eos/pad ids in config.json) and its greedy end-state accuracy (the
+   end number, or end entity of the hops task) on the task's eval/ queries goes to
+   LM_DIR/lm_eval.json and the log;
 4. LaSER is trained with `model.init_from=LM_DIR` (architecture fields that restate the
    LM's values are accepted) and evaluated as before.
 
@@ -36,6 +37,7 @@ import ml_collections
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.formatting import TextFormat
 from laser_jax import distributed, workdir_lock
+from laser_jax.data import synthetic
 from laser_jax.data.synthetic import ensure_generated, read_meta
 from laser_jax.inference import reasoning
 from laser_jax.inference.load import load_for_inference, load_tokenizer, write_laser_meta
@@ -81,7 +83,7 @@ def stage_config(config, task: dict) -> ml_collections.ConfigDict:
     s.model.init_from = ""
     s.model.tokenizer = task["tokenizer"]
     d = s.data
-    d.synthetic, d.train_files, d.eval_dir, d.lm_corpus, d.lm_format = False, task["train"], "", task["corpus"], "reasonemb"
+    d.synthetic, d.train_files, d.eval_dir, d.lm_corpus, d.lm_format = False, task["train"], "", task["lm_corpus"], "reasonemb"
     d.shuffle = True
     s.laser.teacher_from = ""
     s.laser.soft_token = "expected_embedding"  # an LM has no latent view (no pause vector to carry)
@@ -141,11 +143,12 @@ def export_lm(train_dir: str, out: str, tokenizer_dir: str, param_dtype: str) ->
 
 
 def evaluate_lm(config, out: str, eval_dir: str) -> dict:
-    """Greedy end-number accuracy of the LM in `out` on `eval_dir`, into out/lm_eval.json."""
+    """Greedy end-state accuracy (end number / end entity) of the LM in `out` on `eval_dir`,
+    into out/lm_eval.json."""
     started = time.time()
     loaded = load_for_inference(out, "float32")
     fmt = TextFormat(query_template=config.data.query_template, chat_template=config.data.chat_template)
-    result = reasoning.end_number_accuracy(loaded, eval_dir, fmt)
+    result = reasoning.end_state_accuracy(loaded, eval_dir, fmt)
     result["split_dir"] = eval_dir
     result["seconds"] = round(time.time() - started, 1)
     _write_json(os.path.join(out, EVAL_FILE), result)
@@ -154,7 +157,7 @@ def evaluate_lm(config, out: str, eval_dir: str) -> dict:
 
 def pretrain(config, workdir: str, train_main) -> tuple:
     """Stage 1 (module doc). Returns (exit code, LM directory)."""
-    task = ensure_generated(os.path.join(workdir, "data"), seed=config.data.synthetic_seed)
+    task = ensure_generated(os.path.join(workdir, "data"), **synthetic.config_args(config.data))
     stage = stage_config(config, task)
     out = lm_dir(config, workdir)
     want = fingerprint(stage, os.path.dirname(task["train"]))
