@@ -49,7 +49,7 @@ TRAIN_SUBDIR = "train"
 # What of the stage config decides the LM (the fingerprint): paths are replaced by the
 # task's content hash; logging, checkpoint cadence, devices and the LaSER-only fields are left out.
 _FINGERPRINT_DATA = ("query_template", "chat_template", "lm_format", "lm_max_len", "explicit_max_len",
-                     "lm_num_widths", "lm_sort_batches", "pad_multiple", "shuffle")
+                     "lm_num_widths", "lm_sort_batches", "lm_pack_len", "pad_multiple", "shuffle")
 _NOT_FINGERPRINTED_TRAIN = ("log_every", "peak_tflops")
 
 
