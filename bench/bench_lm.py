@@ -6,7 +6,9 @@ the config's pretraining stage), sets up the stage's run on the generated task e
 `python -m laser_jax.train` would (train/stages.py stage_config, trainer.set_up) and reports:
 the compile time of the first batch shape, the number of distinct batch shapes over
 --steps steps (each is one more compile in a real run), the median step time over those
-steps (shapes already compiled; the device synchronised after each step), the real tokens
+steps (shapes already compiled; the device synchronised after each step) and the median
+CPU time of a step (all threads of the process: on a machine shared with other jobs the
+steadier figure of the work a step takes), the real tokens
 per step and per second, and the padded share of the batch. Settings run interleaved
 (--rounds times each, in turn) so that a machine shared with other jobs weighs on each alike.
 
@@ -57,18 +59,19 @@ def measure(config: str, task: dict, overrides: dict, steps: int, scratch: str) 
         run.program.step.lower(state, global_batch(first, run.program.batch_sharding)).compile()
         if shape == batches[0]["ids"].shape:
             compile_first = time.perf_counter() - started
-    times, real, slots = [], [], []
+    times, cpu, real, slots = [], [], [], []
     for host in batches:
         batch = global_batch(host, run.program.batch_sharding)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         state, metrics = run.program.step(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         real.append(int(host["mask"].sum()))
         slots.append(host["mask"].size)
     step_s = statistics.median(times)
     return {"compile_first_s": round(compile_first, 2), "shapes": [list(s) for s in shapes],
-            "step_s_median": round(step_s, 4), "real_tokens_per_step": float(np.mean(real)),
+            "step_s_median": round(step_s, 4), "step_cpu_s_median": round(statistics.median(cpu), 4), "real_tokens_per_step": float(np.mean(real)),
             "real_tokens_per_s": round(float(np.mean(real)) / step_s, 1),
             "padding_share": round(1 - sum(real) / sum(slots), 3), "loss_last": float(metrics["loss"])}
 

@@ -36,6 +36,7 @@ class Job:
     cpu: Optional[int] = None      # the CPU the running job is pinned to (run_jobs with cpus)
     owns_workdir: bool = True      # a training run (its workdir is cleared before it starts); False for
                                    # an evaluation writing into another job's workdir
+    stem: str = ""                 # names its marker and log in workdir; "" = the result file's name
     log: str = ""
     returncode: Optional[int] = None
     seconds: float = 0.0
@@ -44,9 +45,12 @@ class Job:
     proc: Optional[subprocess.Popen] = None
 
     @property
+    def file_stem(self) -> str:
+        return self.stem or os.path.splitext(os.path.basename(self.result))[0]
+
+    @property
     def marker(self) -> str:
-        stem = os.path.splitext(os.path.basename(self.result))[0]
-        return os.path.join(self.workdir, f"ablation_command_{stem}.json")
+        return os.path.join(self.workdir, f"ablation_command_{self.file_stem}.json")
 
     def done_before(self) -> bool:
         """True when the workdir holds this exact command's finished result, trained with the
@@ -126,7 +130,7 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print, cpus: Sequenc
             if job.owns_workdir and os.path.isdir(job.workdir):
                 shutil.rmtree(job.workdir)  # stale or different run: start clean
             os.makedirs(job.workdir, exist_ok=True)
-            job.log = os.path.join(job.workdir, f"log_{os.path.splitext(os.path.basename(job.result))[0]}.txt")
+            job.log = os.path.join(job.workdir, f"log_{job.file_stem}.txt")
             job.cpu = next((c for c in cpus if c not in {j.cpu for j in running}), None)
             pin = None if job.cpu is None else functools.partial(os.sched_setaffinity, 0, {job.cpu})
             log(f"[ablate] {job.name}: starting" + (f" on cpu {job.cpu}" if pin else ""))

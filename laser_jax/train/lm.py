@@ -80,6 +80,8 @@ def step_flops(cfg, shape) -> StepFlops:
 def describe(run) -> str:
     c, cfg = run.config, run.model_cfg
     start = f"from {c.model.init_from}" if c.model.init_from else "random init"
+    pack = c.data.get("lm_pack_len", 0)
+    rows = f"{len(run.source)} documents packed into rows of {pack} tokens" if pack else f"{len(run.source)} rows"
     return (f"causal LM: {cfg.family} {cfg.num_params() / 1e6:.1f}M params ({start}, "
             f"{'LoRA r=%d' % c.lora.rank if c.lora.rank else 'full training'}), mesh {dict(run.mesh.shape)}, "
-            f"{len(run.source)} rows, {run.total_steps} steps of {c.train.batch_size} rows")
+            f"{rows}, {run.total_steps} steps of {c.train.batch_size} rows")

@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import time
+from typing import Optional
 
 import jax
 import ml_collections
@@ -177,9 +178,10 @@ def evaluate_lm(config, out: str, eval_dir: str) -> dict:
     return result
 
 
-def pretrain(config, workdir: str, train_main) -> tuple:
-    """Stage 1 (module doc). Returns (exit code, LM directory)."""
-    task = ensure_generated(os.path.join(workdir, "data"), seed=config.data.synthetic_seed)
+def pretrain(config, workdir: str, train_main, task: Optional[dict] = None) -> tuple:
+    """Stage 1 (module doc) on `task` (a generated task's paths; default: WORKDIR/data,
+    generated when missing). Returns (exit code, LM directory)."""
+    task = task or ensure_generated(os.path.join(workdir, "data"), seed=config.data.synthetic_seed)
     stage = stage_config(config, task)
     out = lm_dir(config, workdir)
     want = fingerprint(stage, os.path.dirname(task["train"]))
