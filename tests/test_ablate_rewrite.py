@@ -1,4 +1,5 @@
 """The ablation's rewrite-then-retrieve and latency jobs, planned without training anything."""
+import json
 import os
 import sys
 
@@ -71,7 +72,7 @@ def test_one_lm_job_first_and_every_training_job_from_its_lm(tmp_path):
     lm = first[0]
     assert lm.argv[1:3] == ["-m", "laser_jax.experiments.pretrain_lm"] and f"--out={runs}/lm" in lm.argv
     assert f"--task_dir={tmp_path}/data" in lm.argv and "--config.train.num_steps=7" in lm.argv
-    assert not lm.owns_workdir and lm.marker == f"{runs}/ablation_command_lm.json"
+    assert not lm.owns_workdir and lm.alone and lm.marker == f"{runs}/ablation_command_lm.json"
     jobs = ablate.plan_jobs(["no_co_learning", "laser", "rewrite_then_retrieve"], [0], config, runs, task, "dev",
                             base, 64, 8, start.path, start, first)
     by = {j.name: j for j in jobs}
@@ -100,3 +101,20 @@ def test_latency_table_in_the_markdown(tmp_path):
     assert "| rewrite-then-retrieve (LM reasoning + explicit view) | 50.00 | 25.00 |" in text
     report.write_markdown(md, {}, [0], "cmd", "machine", "budget", "timing", "dev")
     assert "latency" not in open(md).read()
+
+
+def test_a_job_marked_alone_runs_by_itself_with_every_thread(tmp_path):
+    """B runs; A (alone) waits for it and C waits for A, though the three are independent;
+    A gets XLA's own threading back, B and C one thread each."""
+    script = ("import json, os, sys, time; t = time.time(); time.sleep(0.3); "
+              "json.dump([t, time.time(), os.environ.get('XLA_FLAGS', '')], open(sys.argv[1], 'w'))")
+    jobs = [jobs_lib.Job(name, name, 0, str(tmp_path / name), [sys.executable, "-c", script,
+                                                                str(tmp_path / f"{name}.json")],
+                         str(tmp_path / f"{name}.json"), alone=name == "A") for name in "BAC"]
+    env = jobs_lib.child_env(2, str(tmp_path / "cache"))
+    jobs_lib.run_jobs(jobs, 2, env, log=lambda _: None)
+    assert [j.returncode for j in jobs] == [0, 0, 0]
+    spans = {name: json.load(open(tmp_path / f"{name}.json")) for name in "BAC"}
+    assert spans["B"][1] <= spans["A"][0] and spans["A"][1] <= spans["C"][0]
+    assert jobs_lib.SINGLE_THREAD not in spans["A"][2]
+    assert jobs_lib.SINGLE_THREAD in spans["B"][2] and jobs_lib.SINGLE_THREAD in spans["C"][2]

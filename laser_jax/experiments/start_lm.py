@@ -61,7 +61,7 @@ def lm_job(config: str, runs_dir: str, data: dict, base: dict, cfg) -> Tuple[Job
     argv = [sys.executable, "-m", "laser_jax.experiments.pretrain_lm", f"--config={config}",
             f"--task_dir={task_dir}", f"--out={out}", *config_flag_args(base)]
     job = Job(LM_JOB, LM_JOB, cfg.pretrain.seed, runs_dir, argv, os.path.join(out, "config.json"),
-              config={"stage": fingerprint}, owns_workdir=False, stem=LM_JOB)
+              config={"stage": fingerprint}, owns_workdir=False, stem=LM_JOB, alone=True)
     tag = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     return job, StartLM(out, tag, job.name)
 
