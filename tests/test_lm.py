@@ -168,8 +168,8 @@ def test_packed_loss_and_gradients_equal_the_padded_ones_on_the_same_documents(l
                  compute_dtype="float32", scan_layers=False)
     model, variables = Decoder(cfg), init_variables(cfg, jax.random.key(0))
 
-    def loss(batch):
-        return jax.value_and_grad(lambda v: causal_lm_objective(model, v, batch), has_aux=True)(variables)
+    loss = jax.jit(lambda batch: jax.value_and_grad(lambda v: causal_lm_objective(model, v, batch),
+                                                    has_aux=True)(variables))
 
     (lp, mp), gp = loss({k: jnp.asarray(packed[k]) for k in ("ids", "mask", "segments")})
     (lu, mu), gu = loss({"ids": jnp.asarray(ids), "mask": jnp.asarray(mask)})
