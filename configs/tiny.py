@@ -48,7 +48,7 @@ def get_config(arg=None):
     # 93% of a row is real tokens, against 66% for the padded rows of random batches, and one
     # batch shape. The greedy end-number accuracy jumps late and follows the number of steps
     # more than the rows per step (dev/, 2026-12-07, pretrain.seed 0 / 1): 12 rows x 1200 steps
-    # 99.3 / ?; 12 x 1000 95.7 / 85.3; 8 x 1500 93.0 / 92.7; 8 x 1000 71.7; 16 x 1500 98.3;
+    # 99.3 / 93.3; 12 x 1000 95.7 / 85.3; 8 x 1500 93.0 / 92.7; 8 x 1000 71.7; 16 x 1500 98.3;
     # 16 x 750 29.3; padded rows, 32 x 1500 (the earlier default) 99.7, at ~2.2x the work.
     # Rows are batched at random (data.lm_sort_batches=1): length-grouped padded batches
     # reached only 40.7% on eval/ at 1500 steps, random ones 99.7% (2026-11-29).
