@@ -74,12 +74,12 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD, layer_cache, positions_BT, kv_mask_BS, cache_index):
+    def __call__(self, x_BTD, layer_cache, positions_BT, kv_mask_BS, cache_index, segment_ids_BT=None):
         cfg, pdt = self.cfg, dtype_of(self.cfg.param_dtype)
         x_BTD = constrain_batch_split(x_BTD)
         h = RMSNorm(cfg.rms_norm_eps, pdt, "embed", name="input_layernorm")(x_BTD)
         attn, new_cache = Attention(cfg, name="self_attn")(h, positions_BT, kv_mask_BS, layer_cache,
-                                                           cache_index)
+                                                           cache_index, segment_ids_BT)
         x_BTD = x_BTD + attn
         h = RMSNorm(cfg.rms_norm_eps, pdt, "embed", name="post_attention_layernorm")(x_BTD)
         x_BTD = x_BTD + MLP(cfg, name="mlp")(h)
@@ -94,7 +94,7 @@ def _layer_stack(cfg: ModelConfig):
         layer,
         variable_axes={"params": 0, LORA: 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_hidden_layers,
         unroll=1 if cfg.scan_layers else cfg.num_hidden_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
@@ -158,7 +158,7 @@ class Decoder(nn.Module):
         return self.lm_head(hidden_BTD).astype(jnp.float32)
 
     def __call__(self, tokens_BT=None, *, x_BTD=None, positions_BT, kv_mask_BS, cache=None,
-                 cache_index=None, logits: str = "none") -> DecoderOutput:
+                 cache_index=None, logits: str = "none", segment_ids_BT=None) -> DecoderOutput:
         """Run the stack.
 
         Args:
@@ -174,6 +174,9 @@ class Decoder(nn.Module):
           cache_index: int slot where the T new keys/values are written (with a cache;
             counted within "k"/"v", i.e. within the tail of a prefix cache).
           logits: "none", "last" (last position only, [B, 1, V]) or "all".
+          segment_ids_BT: packed rows (no cache): each input's document id (0 = padding);
+            a token attends only to its own document's tokens (`attention.segment_mask`).
+            `positions_BT` then restart at 0 for each document (`positions_from_segments`).
 
         Returns:
           DecoderOutput(hidden [B, T, D] after the final norm, cache, logits).
@@ -183,7 +186,7 @@ class Decoder(nn.Module):
         x = self.embed(tokens_BT) if x_BTD is None else x_BTD.astype(dtype_of(self.cfg.compute_dtype))
         if cache is not None and cache_index is None:
             raise ValueError("cache_index is required with a cache")
-        x, new_cache = self.layers(x, cache, positions_BT, kv_mask_BS, cache_index)
+        x, new_cache = self.layers(x, cache, positions_BT, kv_mask_BS, cache_index, segment_ids_BT)
         hidden = self.norm(x)
         out_logits = None
         if logits == "last":
@@ -214,6 +217,16 @@ def mean_embedding(table_VD, cfg: ModelConfig):
     control starts inside the family of inputs it replaces; it needs no seed, and from a
     pretrained model it lies among real token embeddings."""
     return jnp.mean(nn.unbox(table_VD).astype(jnp.float32), axis=0).astype(dtype_of(cfg.param_dtype))
+
+
+def positions_from_segments(segment_ids_BT):
+    """RoPE positions of packed rows: 0 at the first token of each document (a run of equal
+    segment ids), counting up inside it (padding gets its run's count too; it is masked)."""
+    T = segment_ids_BT.shape[1]
+    t_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), segment_ids_BT.shape)
+    starts_BT = jnp.concatenate([jnp.ones_like(segment_ids_BT[:, :1], dtype=bool),
+                                 segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1)
+    return t_BT - jax.lax.cummax(jnp.where(starts_BT, t_BT, 0), axis=1)
 
 
 def abstract_variables(cfg: ModelConfig) -> dict:

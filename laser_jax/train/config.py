@@ -89,6 +89,9 @@ def _data_section() -> ml_collections.ConfigDict:
     d.lm_sort_batches = 1        # >1: rows length-sorted within windows of this many batches (less padding);
                                  # 1 = none. On the synthetic task grouping (32) cut the LM's greedy accuracy at
                                  # 1500 steps from 99.7% to 40.7%: batches of one length class learn much slower
+    d.lm_pack_len = 0            # >0: pack documents into rows of exactly this many tokens (attention and
+                                 # positions kept inside each document; data/lm_packing.py); 0 = one
+                                 # document per row, padded per batch (lm_num_widths, lm_sort_batches)
     d.lm_corpus = ""             # a corpus.jsonl whose passages (`content`) join the rows ("" = none; with
                                  # data.synthetic: the generated task's)
     return d
@@ -307,6 +310,12 @@ def _train_problems(c: ml_collections.ConfigDict) -> List[str]:
     p.need(d.lm_max_len >= 0, "data.lm_max_len", "must be >= 0 (0 = data.explicit_max_len + 1)")
     p.need(d.lm_num_widths >= 1, "data.lm_num_widths", "must be >= 1")
     p.need(d.lm_sort_batches >= 1, "data.lm_sort_batches", "must be >= 1")
+    pack, longest = d.get("lm_pack_len", 0), d.lm_max_len or d.explicit_max_len + 1
+    p.need(pack == 0 or pack >= longest, "data.lm_pack_len",
+           f"must be 0 (no packing) or hold the longest LM row (data.lm_max_len, else data.explicit_max_len + 1: "
+           f"{longest} tokens), got {pack}")
+    p.need(not (pack and d.lm_sort_batches > 1), "data.lm_sort_batches",
+           "length grouping is for padded LM batches; packed rows (data.lm_pack_len) have no padding to cut: use 1")
     return p
 
 

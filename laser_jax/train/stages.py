@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import time
+from typing import Optional
 
 import jax
 import ml_collections
@@ -52,7 +53,7 @@ STAGE_FILE, EVAL_FILE, TRAIN_SUBDIR = lm_stage_files.STAGE_FILE, lm_stage_files.
 # What of the stage config decides the LM (the fingerprint): paths are replaced by the
 # task's content hash; logging, checkpoint cadence, devices and the LaSER-only fields are left out.
 _FINGERPRINT_DATA = ("query_template", "chat_template", "lm_format", "lm_max_len", "explicit_max_len",
-                     "lm_num_widths", "lm_sort_batches", "pad_multiple", "shuffle")
+                     "lm_num_widths", "lm_sort_batches", "lm_pack_len", "pad_multiple", "shuffle")
 _NOT_FINGERPRINTED_TRAIN = ("log_every", "peak_tflops")
 
 
@@ -155,9 +156,10 @@ def evaluate_lm(config, out: str, eval_dir: str) -> dict:
     return result
 
 
-def pretrain(config, workdir: str, train_main) -> tuple:
-    """Stage 1 (module doc). Returns (exit code, LM directory)."""
-    task = ensure_generated(os.path.join(workdir, "data"), **synthetic.config_args(config.data))
+def pretrain(config, workdir: str, train_main, task: Optional[dict] = None) -> tuple:
+    """Stage 1 (module doc) on `task` (a generated task's paths; default: WORKDIR/data,
+    generated when missing). Returns (exit code, LM directory)."""
+    task = task or ensure_generated(os.path.join(workdir, "data"), **synthetic.config_args(config.data))
     stage = stage_config(config, task)
     out = lm_dir(config, workdir)
     want = fingerprint(stage, os.path.dirname(task["train"]))
