@@ -89,7 +89,10 @@ def test_micro_ablation_writes_json_markdown_and_plot(micro):
     assert code == 0, open(os.path.join(runs, "laser", "seed0", "log_eval_results.txt")).read()[-3000:]
     with open(os.path.join(out, "ablation.json")) as f:
         result = json.load(f)
-    assert set(result) == {"metric", "seeds", "variants", "command", "machine", "latency"}
+    assert set(result) == {"metric", "seeds", "variants", "command", "machine", "latency", "lm", "thoughts"}
+    lm_eval = result["lm"]  # the one LM's greedy reasoning on the scored split, per number of steps
+    assert 0.0 <= lm_eval["reasoning_accuracy"] <= 1.0 and "steps2" in lm_eval["per_domain"]
+    assert result["thoughts"]["K"] == 3 and [s["step"] for s in result["thoughts"]["steps"]] == [1, 2]
     assert result["metric"] == "ndcg@10" and result["seeds"] == [0]
     assert set(result["variants"]) == {"basic", "laser", "rewrite_then_retrieve"}
     assert set(result["latency"]) == {"basic", "laser", "rewrite_then_retrieve"}
@@ -103,6 +106,8 @@ def test_micro_ablation_writes_json_markdown_and_plot(micro):
     md = open(os.path.join(out, "ablation.md")).read()
     assert "| LaSER |" in md and "steps2" in md and "2 steps x 4 queries" in md
     assert "| rewrite-then-retrieve (LM reasoning + explicit view) |" in md and "## Retrieval latency" in md
+    assert "## The pretrained LM's reasoning" in md and "| soft step j |" in md
+    assert md.index("## Retrieval latency") < md.index("## The pretrained LM's reasoning")
     assert os.path.isfile(os.path.join(runs, "rewrite_cache", "dev", "steps2.jsonl"))
     with open(os.path.join(out, "ablation.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -67,6 +67,7 @@ from laser_jax.experiments.jobs import REPO_ROOT, Job, child_env, cpu_slots, run
 from laser_jax.experiments.rewrite import lm_fingerprint
 from laser_jax.experiments.report import (load_average, machine_description, results_json, summarize_scores,
                                           write_markdown, write_plot)
+from laser_jax.experiments.ablation_views import lm_reasoning_job, read_latency, read_views, thoughts_job, view_lines
 from laser_jax.experiments.start_lm import StartLM, config_flag_args, pretrained_lm_dir, start_lm
 
 DEFAULT_CONFIG = "configs/tiny.py"
@@ -304,7 +305,12 @@ def _command(f, argv: Sequence[str]) -> int:
     max_length = max(cfg.eval.max_length, cfg.data.explicit_max_len)
     jobs = plan_jobs(variants, seeds, config, runs_dir, data, f.split, base, max_length, cfg.eval.batch_size, lm,
                      start, first)
-    if f.latency and "laser" in variants:
+    if lm and (start is None or start.path == lm):
+        jobs.append(lm_reasoning_job(lm, start.tag if start else None, [start.job] if start and start.job else [],
+                                     data, f.split))
+    if "laser" in variants:
+        jobs.append(thoughts_job(runs_dir, seeds[0], data, f.split, max_length))
+    if f.latency and "laser" in variants:  # after every other job, the thoughts and LM evaluation too
         jobs.append(latency_job(jobs, seeds, runs_dir, data, f.split, lm, max_length))
     cpus = [] if f.no_pin else cpu_slots(f.parallel)
     run_jobs(jobs, f.parallel, child_env(f.parallel, os.path.join(runs_dir, "xla_cache")), cpus=cpus)
@@ -312,7 +318,8 @@ def _command(f, argv: Sequence[str]) -> int:
     command = "python -m laser_jax.experiments.ablate " + " ".join(shlex.quote(a) for a in argv[1:])
     failed = [j.name for j in jobs if j.returncode not in (0,)]
     timing = _timing(jobs, t0, load0, f.parallel, cpus) + (f"; FAILED: {', '.join(failed)}" if failed else "")
-    _write_results(f, summary, seeds, command, _budget(cfg, config, base, start), timing, read_latency(jobs))
+    _write_results(f, summary, seeds, command, _budget(cfg, config, base, start), timing, read_latency(jobs),
+                   read_views(jobs))
     return 1 if failed else 0
 
 
@@ -340,24 +347,15 @@ def _timing(jobs: List[Job], t0: float, load0: str, parallel: int, cpus: Sequenc
                         for v in dict.fromkeys(j.variant for j in jobs)))
 
 
-def read_latency(jobs: List[Job]) -> Optional[dict]:
-    """The latency job's table, or None when it did not run or failed."""
-    job = next((j for j in jobs if j.variant == "latency"), None)
-    if job is None or job.returncode != 0 or not os.path.isfile(job.result):
-        return None
-    with open(job.result) as f:
-        return json.load(f)
-
-
 def _write_results(f, summary: dict, seeds: List[int], command: str, budget: str, timing: str,
-                   latency: Optional[dict] = None) -> None:
+                   latency: Optional[dict] = None, views: Optional[dict] = None) -> None:
     """ablation.json, ablation.md (printed) and ablation.png in --out."""
     machine = machine_description()
     notes = open(f.notes, encoding="utf-8").read() if f.notes else ""
     os.makedirs(f.out, exist_ok=True)
     with open(os.path.join(f.out, "ablation.json"), "w") as out:
         result = results_json(summary, seeds, command, machine)
-        json.dump({**result, "latency": latency} if latency else result, out, indent=2)
+        json.dump({**result, **({"latency": latency} if latency else {}), **(views or {})}, out, indent=2)
         out.write("\n")
     md = os.path.join(f.out, "ablation.md")
     write_markdown(md, summary, seeds, command, machine, budget, timing, f.split, notes, labels=LABELS,
@@ -368,6 +366,9 @@ def _write_results(f, summary: dict, seeds: List[int], command: str, budget: str
                        f"nDCG@10 on {f.split}/, mean +- std over seeds {seeds}")
         except ImportError as e:  # matplotlib (requirements.txt) missing: the table and JSON stand
             print(f"[ablate] no ablation.png: {e}", file=sys.stderr)
+    if views:
+        with open(md, "a", encoding="utf-8") as out:
+            out.write("\n".join(view_lines(views, f.split)) + "\n")
     print(open(md, encoding="utf-8").read())
 
 
