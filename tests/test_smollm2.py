@@ -125,21 +125,22 @@ def _smoke_config(**overrides):
 def test_a_lora_laser_run_from_the_file_resumes_exactly_and_exports_for_transformers(gguf_path, tmp_path):
     config = _smoke_config()
     assert config.model.init_from == gguf_path and config.lora.rank == 64
-    straight = loop.train(set_up(config, str(tmp_path / "straight")))
+    workdir = str(tmp_path / "run")
+    straight = loop.train(set_up(config, workdir))
     assert straight.step == 2 and straight.checkpointer().latest_step() == 2
-    # an interrupted run: stopped after step 1's checkpoint
-    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "2")
-    resumed = loop.train(set_up(config, str(tmp_path / "resumed")))
-    rows_a, rows_b = read_metrics(str(tmp_path / "straight")), read_metrics(str(tmp_path / "resumed"))
-    assert [r["step"] for r in rows_b] == [1, 2]
+    rows, trainable = read_metrics(workdir), jax.device_get(straight.state.trainable)
+    # the same run interrupted after step 1's checkpoint, then rerun: it resumes from step 1
+    shutil.rmtree(os.path.join(workdir, "checkpoints", "2"))
+    resumed = loop.train(set_up(config, workdir))
+    again = read_metrics(workdir)
+    assert [r["step"] for r in again] == [1, 2] and again[0] == rows[0]
     for key in ("loss", "loss_cl_latent", "loss_kl_out", "loss_kl_mid", "l2_grads"):
-        np.testing.assert_allclose(rows_b[1][key], rows_a[1][key], rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(again[1][key], rows[1][key], rtol=1e-6, err_msg=key)
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6),
-                           jax.device_get(straight.state.trainable), jax.device_get(resumed.state.trainable))
+                           trainable, jax.device_get(resumed.state.trainable))
     # export_hf: LoRA merged into an ordinary HF directory that transformers loads
-    out = export_hf(str(tmp_path / "resumed"), str(tmp_path / "hf"), dtype="float32")
-    run = LaserEncoder.from_pretrained(str(tmp_path / "resumed"), "float32")
+    out = export_hf(workdir, str(tmp_path / "hf"), dtype="float32")
+    run = LaserEncoder.from_pretrained(workdir, "float32")
     ours = run.encode_queries(QUERIES, INSTRUCTION, max_length=64, batch_size=3)
     model, tok, meta = torch_encoder.load(out)
     assert meta["num_thinking_steps"] == 3 and type(model).__name__ == "LlamaForCausalLM"
