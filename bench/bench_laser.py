@@ -23,9 +23,10 @@ Inputs are random ids of exactly these lengths, all-ones masks (no padding).
   python bench/bench_laser.py --gguf smollm2 --dtype fp32 --only train --ceiling 2048 \
       --q-len 96 --d-len 80 --e-len 144 --warmup 1 --iters 3      # SmolLM2-135M step vs a matmul, CPU
 
---ceiling N also times a float32 N^3 matmul in JAX in the same run (row "matmul") and reports
-each train row's executed TFLOP/s as a fraction of it (row "train_vs_matmul"): on a CPU,
-whose peak no data sheet gives, the step's ratio to what this machine's matmul reaches.
+--ceiling N also times a float32 N^3 matmul in JAX in the same run, before and after the train
+rows (rows "matmul") and reports each train row's executed TFLOP/s as a fraction of their mean
+(row "train_vs_matmul"): on a CPU, whose peak no data sheet gives, the step's ratio to what this
+machine's matmul reaches (two figures apart show a load that changed during the run).
 """
 from __future__ import annotations
 
@@ -182,8 +183,9 @@ def base_params(args, cfg):
     return gguf_io.load_params(gguf_path(args), cfg.replace(lora_rank=0)) if args.gguf else None
 
 
-def bench_matmul(args, sink) -> dict:
-    """A float32 N^3 matmul in JAX: the TFLOP/s this device's plain matmul reaches."""
+def bench_matmul(args, sink, when: str) -> dict:
+    """A float32 N^3 matmul in JAX: the TFLOP/s this device's plain matmul reaches (`when`:
+    before or after the train rows, so a shared machine's changing load shows)."""
     import jax
     import jax.numpy as jnp
 
@@ -191,7 +193,7 @@ def bench_matmul(args, sink) -> dict:
     a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in (0, 1))
     matmul = jax.jit(jnp.matmul)
     median, times = _median_time(lambda: matmul(a, b), max(args.warmup, 1), max(args.iters, 3))
-    row = {"workload": "matmul", "n": n, "dtype": "float32", "ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
+    row = {"workload": "matmul", "when": when, "n": n, "dtype": "float32", "ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
            "tflops_per_s": 2 * n ** 3 / median / 1e12}
     sink(row)
     return row
@@ -335,12 +337,9 @@ def cpu_model() -> str:
     """The host CPU's model name (Linux), else platform.processor()."""
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 def main(argv=None):
@@ -358,18 +357,21 @@ def main(argv=None):
             bench_encode(args, sink)
         except Exception as e:  # set-up failed (e.g. out of memory): record it and go on
             sink({"workload": "encode", "error": f"{type(e).__name__}: {str(e)[:500]}"})
-    ceiling = bench_matmul(args, sink) if args.ceiling else None
+    before = bench_matmul(args, sink, "before") if args.ceiling else None
+    trained = []
     if args.only in ("all", "train"):
         for remat in args.remat.split(","):
             try:
-                row = bench_train(args, remat, sink)
+                trained.append(bench_train(args, remat, sink))
             except Exception as e:
                 sink({"workload": "train", "remat": remat, "error": f"{type(e).__name__}: {str(e)[:500]}"})
-                continue
-            if ceiling:
-                sink({"workload": "train_vs_matmul", "remat": remat, "train_tflops_per_s": row["tflops_per_s"],
-                      "matmul_tflops_per_s": ceiling["tflops_per_s"],
-                      "fraction": row["tflops_per_s"] / ceiling["tflops_per_s"]})
+    if before and trained:
+        after = bench_matmul(args, sink, "after")
+        ceiling = (before["tflops_per_s"] + after["tflops_per_s"]) / 2
+        for row in trained:
+            sink({"workload": "train_vs_matmul", "remat": row["remat"], "train_tflops_per_s": row["tflops_per_s"],
+                  "matmul_tflops_per_s_before_after": [before["tflops_per_s"], after["tflops_per_s"]],
+                  "fraction_of_mean_matmul": row["tflops_per_s"] / ceiling})
     return result
 
 

@@ -131,11 +131,6 @@ def metadata(reader: gguf.GGUFReader, key: str, default: Any = KeyError) -> Any:
     return field.contents()
 
 
-def architecture(path: str) -> str:
-    """general.architecture of the file."""
-    return str(metadata(open_gguf(path), "general.architecture"))
-
-
 # ---------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------
