@@ -264,7 +264,7 @@ def bench_train(args, remat: str, sink) -> dict:
     tokens = step_tokens(shapes, args.K, True)
     flops = train_step_flops(cfg, shapes, args.K, explicit=True)
     metrics = {key: float(v) for key, v in jax.device_get(holder["metrics"]).items()}
-    row = {"workload": "train", "arch": os.path.basename(args.gguf) if args.gguf else args.arch, "mode": "full" if args.full else f"lora_r{args.lora_r}",
+    row = {"workload": "train", "arch": os.path.basename(gguf_path(args)) if args.gguf else args.arch, "mode": "full" if args.full else f"lora_r{args.lora_r}",
            "remat": remat, "step_ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
            "compile_s": compile_s, "tokens_per_s": tokens / median, **flops_fields(flops, median),
            "flops_convention": "flops_6pt = 6*P*T, P=non-embedding params, T=N(Lq+K-1)+NG(Ld+K-1)+N(Le+1); "

@@ -15,7 +15,7 @@ Qwen3 GGUF file) or an HF directory replaces it.
 
 Variants:
   (none)  one epoch of the task (500 steps), bf16 compute: for an accelerator.
-  :cpu    float32, 8 x 2 per step, 40 steps (full remat: ~2 GB of memory) and the held-out
+  :cpu    float32, 8 x 2 per step, 24 steps (full remat: ~2 GB of memory) and the held-out
           evaluation, for a 2-core CPU (README: "LaSER from a real pretrained LLM").
   :smoke  the real weights, 2 steps of 2 queries at short lengths (tests).
 """
@@ -54,9 +54,9 @@ def get_config(arg=None):
         c.model.compute_dtype = "float32"
         c.model.remat_policy = "full"  # the step's temporaries 1.0 GiB instead of 7.4 (XLA's memory analysis)
         c.data.bucket_fractions = (1.0,)
-        c.train.num_steps = 40
-        c.train.log_every = 5
-        c.checkpoint.every_steps = 20
+        c.train.num_steps = 24         # ~2.6 executed TFLOP per step (bench/README.md): ~20 min on 2 idle cores
+        c.train.log_every = 4
+        c.checkpoint.every_steps = 12
     elif arg == "smoke":               # the real weights; 2 steps of 2 queries at short lengths
         c.model.compute_dtype = "float32"
         c.data.chat_template = False   # (the template's system turn alone is ~40 tokens)
