@@ -35,7 +35,7 @@ from laser_jax.storage import load_tokenizer as load_tokenizer_files
 from laser_jax.data.formatting import TextFormat
 from laser_jax.inference import pause_file
 from laser_jax.inference.quiet import quiet_loading
-from laser_jax.inference.text_format import ORIGIN_METADATA, hf_dir_format
+from laser_jax.inference.text_format import FOREIGN_NUM_THINKING_STEPS, ORIGIN_METADATA, hf_dir_format
 from laser_jax.model import gguf_io, hf_io
 from laser_jax.model.config import ModelConfig, RopeScaling, from_hf_config, resolve_attention_impl
 from laser_jax.model.decoder import LATENT, abstract_variables
@@ -125,7 +125,7 @@ def load_gguf_file(path: str, dtype: str) -> LoadedModel:
     tokenizer = gguf_io.load_tokenizer(path)
     params = gguf_io.load_params(path, cfg)
     fmt = TextFormat(chat_template=bool(getattr(tokenizer, "chat_template", None)))
-    return LoadedModel(cfg, {"params": params}, tokenizer, fmt, DEFAULT_NUM_THINKING_STEPS)
+    return LoadedModel(cfg, {"params": params}, tokenizer, fmt, FOREIGN_NUM_THINKING_STEPS)
 
 
 # ---------------------------------------------------------------------- training checkpoints
