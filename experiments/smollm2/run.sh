@@ -7,16 +7,13 @@
 #
 # A step whose output exists is skipped (rerun after deleting it). RUNS (default
 # runs/smollm2) holds the task and the trained runs; OUT (experiments/smollm2) the results.
-# STEPS, BATCH and LR set the training budget (the CPU one: 12 steps of 4 queries x 2
-# passages at learning rate 1e-3; the config's own recipe is 1e-4 with 8 queries). Every
-# command runs under `nice` (other jobs share the machine), one at a time.
+# The training budget is the :cpu variant's (12 steps of 4 queries x 2 passages at learning
+# rate 1e-3; configs/smollm2_135m.py says why). Every command runs under `nice` (other jobs
+# share the machine), one at a time.
 set -euo pipefail
 PY=${PYTHON:-python}
 RUNS=${RUNS:-runs/smollm2}
 OUT=${OUT:-experiments/smollm2}
-STEPS=${STEPS:-12}
-BATCH=${BATCH:-4}
-LR=${LR:-1e-3}
 CONFIG=configs/smollm2_135m.py:cpu
 NICE="nice -n ${NICE_LEVEL:-15}"
 mkdir -p "$RUNS" "$OUT"
@@ -43,8 +40,7 @@ done
 # 3. basic contrastive, latent only and LaSER, seed 0, one at a time
 [ -f "$OUT/ablation.json" ] || $NICE $PY -m laser_jax.experiments.ablate --config="$CONFIG" \
     --task_dir="$RUNS/data" --runs_dir="$RUNS/ablation" --out="$OUT" --seeds=0 \
-    --variants=basic,latent_only,laser --steps="$STEPS" --set=train.batch_size="$BATCH" \
-    --set=train.learning_rate="$LR" --parallel=1 --no_pin --nolatency
+    --variants=basic,latent_only,laser --parallel=1 --no_pin --nolatency
 LASER="$RUNS/ablation/laser/seed0"
 
 # 4. the LaSER model's thoughts: the figure over eval/ and three queries of eval/steps3
