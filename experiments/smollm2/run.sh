@@ -37,23 +37,28 @@ for K in 1 3; do
       --output="$OUT/zeroshot_k$K.json"
 done
 
-# 3. basic contrastive, latent only and LaSER, seed 0, one at a time
+# 3. basic contrastive, latent only and LaSER, seed 0, one at a time, STEPS steps each (6: the
+#    machine was shared; the :cpu config's own 12 did not fit), each scored on eval/steps3
+#    (the 100 3-hop queries; the zero-shot rows have that domain too)
+STEPS=${STEPS:-6}
+mkdir -p "$RUNS/eval_steps3" && ln -sfn ../data/eval/steps3 "$RUNS/eval_steps3/steps3"
 [ -f "$OUT/ablation.json" ] || $NICE $PY -m laser_jax.experiments.ablate --config="$CONFIG" \
-    --task_dir="$RUNS/data" --runs_dir="$RUNS/ablation" --out="$OUT" --seeds=0 \
-    --variants=basic,latent_only,laser --parallel=1 --no_pin --nolatency
-LASER="$RUNS/ablation/laser/seed0"
+    --task_dir="$RUNS/data" --runs_dir="$RUNS/ablation_steps$STEPS" --out="$OUT" --seeds=0 \
+    --variants=basic,latent_only,laser --steps="$STEPS" --set=data.eval_dir="$(cd "$RUNS/eval_steps3" && pwd)" \
+    --parallel=1 --no_pin --nolatency
+LASER="$RUNS/ablation_steps$STEPS/laser/seed0"
 
-# 4. the LaSER model's thoughts: the figure over eval/ and three queries of eval/steps3
+# 4. the LaSER model's thoughts: the figure over eval/steps3 and three of its queries
 [ -f "$OUT/thoughts_figure.json" ] || $NICE $PY -m laser_jax.experiments.thoughts --model="$LASER" \
-    --data="$RUNS/data/eval" --figure --max_length="$MAXLEN" --output="$OUT/thoughts_figure.md"
+    --data="$RUNS/data/eval/steps3" --figure --max_length="$MAXLEN" --output="$OUT/thoughts_figure.md"
 [ -f "$OUT/thoughts_examples.md" ] || $NICE $PY -m laser_jax.experiments.thoughts --model="$LASER" \
     --data="$RUNS/data/eval/steps3" --num_queries=3 --max_length="$MAXLEN" --output="$OUT/thoughts_examples.md"
 
 # 5. rewrite-then-retrieve: SmolLM2 (the GGUF file) writes each query's reasoning, the LaSER
 #    model's explicit view embeds query + that reasoning
 if [ "${REWRITE:-1}" = 1 ] && [ ! -f "$OUT/rewrite_then_retrieve.json" ]; then
-  $NICE $PY -m laser_jax.experiments.rewrite --model="$LASER" --lm="$GGUF" --data="$RUNS/data/eval" \
+  $NICE $PY -m laser_jax.experiments.rewrite --model="$LASER" --lm="$GGUF" --data="$RUNS/data/eval/steps3" \
       --cache_dir="$RUNS/rewrite_cache" --max_length="$MAXLEN" --output="$OUT/rewrite_then_retrieve.json"
 fi
 
-$PY experiments/smollm2/collect.py --runs="$RUNS" --out="$OUT"
+$PY experiments/smollm2/collect.py --runs="$RUNS" --out="$OUT" --ablation="$RUNS/ablation_steps$STEPS"
