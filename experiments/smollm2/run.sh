@@ -6,13 +6,13 @@
 #   bash experiments/smollm2/run.sh            # from the repository root
 #
 # A step whose output exists is skipped (rerun after deleting it). RUNS (default
-# runs/smollm2) holds the task and the trained runs; OUT (experiments/smollm2) the results.
+# runs/smollm2_study) holds the task and the trained runs; OUT (experiments/smollm2) the results.
 # The training budget is the :cpu variant's (12 steps of 4 queries x 2 passages at learning
 # rate 1e-3; configs/smollm2_135m.py says why). Every command runs under `nice` (other jobs
 # share the machine), one at a time.
 set -euo pipefail
 PY=${PYTHON:-python}
-RUNS=${RUNS:-runs/smollm2}
+RUNS=${RUNS:-runs/smollm2_study}
 OUT=${OUT:-experiments/smollm2}
 CONFIG=configs/smollm2_135m.py:cpu
 NICE="nice -n ${NICE_LEVEL:-15}"
@@ -28,7 +28,8 @@ MAXLEN=$(cfg "max(c.eval.max_length, c.data.explicit_max_len)")
 task_flags=()
 IFS=',' read -ra kv <<< "$OPTIONS"
 for item in "${kv[@]}"; do task_flags+=("--$item"); done
-$NICE $PY -m laser_jax.data.synthetic --out="$RUNS/data" --seed=0 --task=hops "${task_flags[@]}" > "$RUNS/task.json"
+[ -f "$RUNS/data/meta.json" ] || $NICE $PY -m laser_jax.data.synthetic --out="$RUNS/data" --seed=0 --task=hops \
+    "${task_flags[@]}" > "$RUNS/task.json"
 
 # 2. zero-shot: the GGUF file itself, no training, K=1 and K=3
 for K in 1 3; do
@@ -42,6 +43,8 @@ done
 #    (the 100 3-hop queries; the zero-shot rows have that domain too)
 STEPS=${STEPS:-6}
 mkdir -p "$RUNS/eval_steps3" && ln -sfn ../data/eval/steps3 "$RUNS/eval_steps3/steps3"
+$PY -c "import json, sys; d = json.load(open(sys.argv[1])); json.dump({'steps3': d['steps3']}, open(sys.argv[2], 'w'))" \
+    "$RUNS/data/eval/domains.json" "$RUNS/eval_steps3/domains.json"  # the domain's instruction
 [ -f "$OUT/ablation.json" ] || $NICE $PY -m laser_jax.experiments.ablate --config="$CONFIG" \
     --task_dir="$RUNS/data" --runs_dir="$RUNS/ablation_steps$STEPS" --out="$OUT" --seeds=0 \
     --variants=basic,latent_only,laser --steps="$STEPS" --set=data.eval_dir="$(cd "$RUNS/eval_steps3" && pwd)" \
