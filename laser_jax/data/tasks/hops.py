@@ -46,7 +46,6 @@ from typing import Dict, List
 from transformers import AutoTokenizer
 
 from laser_jax.data import bpe
-from laser_jax.model import gguf_io
 import laser_jax.data.tasks.hops_text as text
 from laser_jax.data.tasks.hops_world import Chain, World, facts_used, make_world, near_misses, sample_chains, states
 from laser_jax.data.tasks.layout import SEGMENT_SEP, TaskData, split_lengths
@@ -102,8 +101,11 @@ class Options:
 
 
 def given_tokenizer(path: str):
-    """The tokenizer the `tokenizer` option names: a GGUF file's own, or a directory's."""
-    return gguf_io.load_tokenizer(path) if gguf_io.is_gguf(path) else AutoTokenizer.from_pretrained(path)
+    """The tokenizer the `tokenizer` option names: a directory's, or a GGUF file's own
+    (transformers' GGUF conversion, as laser_jax.model.gguf_io reads it)."""
+    if path.lower().endswith(".gguf") and os.path.isfile(path):
+        return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    return AutoTokenizer.from_pretrained(path)
 
 
 def entity_names(opts: Options, seed: int) -> List[str]:
