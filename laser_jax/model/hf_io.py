@@ -211,7 +211,13 @@ def load_params(model_dir: str, cfg: ModelConfig, shardings=None) -> dict:
     Raises:
       CheckpointMismatchError naming every missing, unexpected or mis-shaped tensor.
     """
-    ckpt = SafetensorsDir(model_dir)
+    return load_tensors(SafetensorsDir(model_dir), cfg, shardings)
+
+
+def load_tensors(ckpt, cfg: ModelConfig, shardings=None) -> dict:
+    """`load_params` from any tensor source with `SafetensorsDir`'s interface: `dir` (named
+    in errors), `shapes` (HF name -> shape) and `read(name, index)` (e.g. a GGUF file,
+    `gguf_io.GGUFTensors`)."""
     skeleton = abstract_variables(cfg.replace(lora_rank=0))["params"]
     _check(ckpt, cfg, skeleton)
     table = name_table(cfg)

@@ -33,8 +33,8 @@ def _model_section() -> ml_collections.ConfigDict:
     """The decoder: architecture source, dtypes, compute options."""
     m = ml_collections.ConfigDict()
     m.preset = "qwen3_0_6b"      # architecture when init_from is empty (see model/config.py PRESETS)
-    m.init_from = ""             # Hugging Face directory to start from; "" = random init from preset
-    m.tokenizer = ""             # tokenizer directory; "" = init_from (or the synthetic task's)
+    m.init_from = ""             # Hugging Face directory or GGUF file to start from; "" = random init from preset
+    m.tokenizer = ""             # tokenizer directory (or GGUF file); "" = init_from (or the synthetic task's)
     m.param_dtype = "float32"    # stored parameters / optimizer state dtype
     m.compute_dtype = "bfloat16"  # matmul and activation dtype (norms, softmax, losses stay float32)
     m.scan_layers = True         # lax.scan over layers (False unrolls: faster compile for tiny models)

@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from laser_jax import distributed
 from laser_jax.data.pipeline import train_iterator
 from laser_jax.data.tokenize import repad_left
-from laser_jax.model import hf_io
+from laser_jax.model import gguf_io, hf_io
 from laser_jax.train import checkpoint as ckpt_lib
 from laser_jax.train import faults, lm, run_files
 from laser_jax.train.flops import StepFlops, peak_rates, throughput, train_step_flops
@@ -221,7 +221,8 @@ def fresh_state(run: Run):
         return init(rng)
     shardings = program.state_shardings
     params_shardings = (shardings.frozen if run.model_cfg.lora_rank else shardings.trainable)["params"]
-    params = hf_io.load_params(c.model.init_from, run.model_cfg, params_shardings)
+    load = gguf_io.load_params if gguf_io.is_gguf(c.model.init_from) else hf_io.load_params
+    params = load(c.model.init_from, run.model_cfg, params_shardings)
     init = jax.jit(lambda r, p: init_state(run.model_cfg, program.tx, r, base_params=p), out_shardings=shardings)
     return init(rng, params)
 

@@ -46,6 +46,7 @@ from jax.experimental import topologies
 from ml_collections import config_flags
 
 from laser_jax.cli import define_help, run_cli
+from laser_jax.model import gguf_io
 from laser_jax.train import setup
 from laser_jax.train.config import validate
 from laser_jax.train.sharding import resolve_mesh_shape
@@ -298,7 +299,9 @@ def _command(f, argv: Sequence[str]) -> None:
         config.train.batch_size = f.batch_size
     if f.cache_chunk_size >= 0:
         config.train.cache_chunk_size = f.cache_chunk_size
-    if config.model.init_from and not os.path.isfile(os.path.join(config.model.init_from, "config.json")):
+    init_from = config.model.init_from
+    if init_from and not os.path.isfile(os.path.join(init_from, "config.json")) and not (
+            gguf_io.is_gguf(init_from) and os.path.isfile(init_from)):
         config.model.init_from = ""  # plan from the preset
     mesh = tuple(int(x) for x in f.mesh.replace("x", ",").split(",")) if f.mesh else tuple(config.mesh.shape)
     resolve_mesh_shape(mesh, f.devices)

@@ -23,6 +23,7 @@ from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
 from laser_jax.train.config import ARCH_FIELDS, lora_targets, soft_token
 from laser_jax.data.synthetic import config_args, ensure_generated
+from laser_jax.model import gguf_io
 from laser_jax.model.decoder import Decoder
 from laser_jax.model.hf_io import SafetensorsDir
 from laser_jax.retrieval import bright
@@ -58,8 +59,10 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: str, data_dir: Opti
 
 
 def load_tokenizer(paths: DataPaths):
-    """The run's tokenizer; ConfigError naming the field when the directory has none."""
-    if not os.path.isdir(paths.tokenizer):
+    """The run's tokenizer (a directory's, or a GGUF file's); ConfigError naming the field
+    when there is none."""
+    if not os.path.isdir(paths.tokenizer) and not (gguf_io.is_gguf(paths.tokenizer)
+                                                   and os.path.isfile(paths.tokenizer)):
         raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: no such directory")
     try:
         return load_tokenizer_dir(paths.tokenizer)
@@ -71,8 +74,8 @@ def load_tokenizer(paths: DataPaths):
 
 
 def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = True) -> ModelConfig:
-    """The ModelConfig: from `model.init_from` (HF config.json) or `model.preset`, with the
-    run-time options and any non-zero architecture overrides."""
+    """The ModelConfig: from `model.init_from` (HF config.json, or a GGUF file's metadata) or
+    `model.preset`, with the run-time options and any non-zero architecture overrides."""
     m, lo = config.model, config.lora
     runtime = dict(param_dtype=m.param_dtype, compute_dtype=m.compute_dtype, scan_layers=m.scan_layers,
                    unroll_soft_steps=m.unroll_soft_steps, remat_policy=m.remat_policy,
@@ -82,12 +85,7 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
     arch = {f: getattr(m, f) for f in ARCH_FIELDS if getattr(m, f)}
     try:
         if m.init_from:
-            if not os.path.isdir(m.init_from):
-                raise ConfigError(f"model.init_from: {m.init_from}: no such directory")
-            try:
-                cfg = from_hf_config(m.init_from, **runtime)
-            except FileNotFoundError as e:
-                raise ConfigError(f"model.init_from: {e}") from None
+            cfg = _init_from_config(m.init_from, runtime)
             # issue 15: an architecture field may restate init_from's value; only a conflict is an error
             for name, value in sorted(arch.items()):
                 if getattr(cfg, name) != value:
@@ -108,11 +106,26 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
     return cfg
 
 
+def _init_from_config(init_from: str, runtime: dict) -> ModelConfig:
+    """`model.init_from`'s ModelConfig: an HF directory's config.json or a GGUF file's metadata."""
+    is_file = gguf_io.is_gguf(init_from)
+    if not (os.path.isfile(init_from) if is_file else os.path.isdir(init_from)):
+        raise ConfigError(f"model.init_from: {init_from}: no such {'GGUF file' if is_file else 'directory'}")
+    try:
+        return (gguf_io.config_from_gguf if is_file else from_hf_config)(init_from, **runtime)
+    except FileNotFoundError as e:
+        raise ConfigError(f"model.init_from: {e}") from None
+
+
 def check_init_weights(config: ml_collections.ConfigDict) -> None:
-    """Fail at set-up (not after compiling) when `model.init_from` has no weight files."""
+    """Fail at set-up (not after compiling) when `model.init_from` has no weight files (or
+    is a damaged GGUF file)."""
     if not config.model.init_from:
         return
     try:
+        if gguf_io.is_gguf(config.model.init_from):
+            gguf_io.open_gguf(config.model.init_from)
+            return
         require_intact(config.model.init_from, fix="export or copy the model again")  # issue 27 (when it has a manifest)
         SafetensorsDir(config.model.init_from)
     except (FileNotFoundError, ValueError) as e:  # ValueError: hf_io.WeightsFileError, a bad index

@@ -32,9 +32,9 @@ chain; "names" (1 token) not tried. Without the relation written just before the
 only 19% of the time teacher-forced, on training queries too). "pairs" is the default: the most
 compact format it learned; the entity is still one token, predicted from the two before it.
 
-With `tokenizer` (a Hugging Face tokenizer directory, e.g. a real LLM's) no BPE is trained:
-names are drawn from words that are one token of THAT tokenizer (with the space before them),
-and tokenizer/ is that tokenizer.
+With `tokenizer` (a Hugging Face tokenizer directory or a GGUF file, e.g. a real LLM's) no BPE
+is trained: names are drawn from words that are one token of THAT tokenizer (with the space
+before them), and tokenizer/ is that tokenizer (a GGUF file's saved as a directory).
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ class Options:
     query_style: str = "nested"   # nested ("the mentor of the rival of Alba") | chain
     paraphrase: bool = True       # vary the wording of queries
     vocab_size: int = 768         # trained tokenizer's vocabulary (names that BPE did not merge add theirs)
-    tokenizer: str = ""           # a Hugging Face tokenizer directory to use instead of training one
+    tokenizer: str = ""           # a Hugging Face tokenizer directory (or GGUF file) to use instead of training one
 
     def __post_init__(self):
         if self.tokenizer:
@@ -100,6 +100,14 @@ class Options:
                 raise ValueError(f"hops task: {message}")
 
 
+def given_tokenizer(path: str):
+    """The tokenizer the `tokenizer` option names: a directory's, or a GGUF file's own
+    (transformers' GGUF conversion, as laser_jax.model.gguf_io reads it)."""
+    if path.lower().endswith(".gguf") and os.path.isfile(path):
+        return AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    return AutoTokenizer.from_pretrained(path)
+
+
 def entity_names(opts: Options, seed: int) -> List[str]:
     """The entities' names: drawn from hops_text.NAMES; with `tokenizer`, from the NAMES and
     GIVEN_NAMES that are one token of it (after a space), and when those are too few, also from
@@ -107,7 +115,7 @@ def entity_names(opts: Options, seed: int) -> List[str]:
     rng = random.Random(f"{seed}/names")
     if not opts.tokenizer:
         return rng.sample(text.NAMES, opts.num_entities)
-    words = [w.strip() for w in bpe.single_token_words(AutoTokenizer.from_pretrained(opts.tokenizer),
+    words = [w.strip() for w in bpe.single_token_words(given_tokenizer(opts.tokenizer),
                                                        exclude=text.fixed_words())]
     preferred = [n for n in dict.fromkeys(text.NAMES + text.GIVEN_NAMES) if n in set(words)]
     if len(preferred) >= opts.num_entities:
@@ -257,7 +265,7 @@ def tokenizer_writer(opts: Options, data: TaskData):
 
     def save(texts: Dict[str, list], out_dir: str) -> None:
         if opts.tokenizer:
-            AutoTokenizer.from_pretrained(opts.tokenizer).save_pretrained(out_dir)
+            given_tokenizer(opts.tokenizer).save_pretrained(out_dir)
         else:
             bpe.save_tokenizer(texts["explicit"] + texts["document"] + texts["extra"], out_dir, opts.vocab_size,
                                single_tokens=[SEGMENT_SEP] + [" " + n for n in names])
