@@ -325,6 +325,7 @@ def _command(f, argv: Sequence[str]) -> int:
 
 def _budget(cfg, config: str, base: dict, start: Optional[StartLM] = None) -> str:
     m, t = cfg.model, cfg.train
+    path, colon, variant = config.partition(":")
     origin = "from scratch"
     if start is not None:
         origin = f"from the pretrained LM {start.path}" + (
@@ -333,7 +334,7 @@ def _budget(cfg, config: str, base: dict, start: Optional[StartLM] = None) -> st
             f"(lr {t.learning_rate}, warm-up {t.warmup_ratio}), model {m.num_hidden_layers} layers x "
             f"hidden {m.hidden_size} ({origin}), K={cfg.laser.num_thinking_steps}, "
             f"lambda_kl_out={cfg.laser.lambda_kl_out}, lambda_kl_mid={cfg.laser.lambda_kl_mid}, "
-            f"config {os.path.relpath(config.partition(':')[0], REPO_ROOT)}"
+            f"config {os.path.relpath(path, REPO_ROOT)}{colon}{variant}"
             + (f" with {', '.join(f'{k}={v}' for k, v in base.items())}" if base else ""))
 
 
