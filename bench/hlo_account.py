@@ -181,3 +181,76 @@ def difference(a: dict, b: dict, divide: float = 1.0) -> dict:
     return {"kernels": (a["kernels"] - b["kernels"]) / divide, "bytes": (a["bytes"] - b["bytes"]) / divide,
             "dot_flops": (a["dot_flops"] - b["dot_flops"]) / divide,
             "by_op": {k: v for k, v in sorted(by_op.items(), key=lambda kv: -abs(kv[1])) if v}}
+
+
+# Instructions of the LoRA adapters: the fused groups' scope ("lora"), or before the fusion
+# (2026-11-27 code) the per-projection adapter einsums and their dropout.
+LORA_OPS = r"lora|\.\.\.i,ir->\.\.\.r|\.\.\.r,ro->\.\.\.o|Dropout|bernoulli|random_bits|threefry"
+
+
+def soft_step(args, batch: int, k_lo: int = 3, k_hi: int = 5) -> dict:
+    """Per soft step of the compiled latent view: (count at K=k_hi - count at K=k_lo) / (k_hi
+    - k_lo), so the prefill and the set-up around the scan cancel; plus the K=1 program."""
+    import bench_laser
+
+    cfg, model, variables = bench_laser.encode_model(args)
+    texts = {k: bench_laser.encode_program(args, model, variables, batch, k).compiled.as_text()
+             for k in (1, k_lo, k_hi)}
+    counts = {k: account(t) for k, t in texts.items()}
+    per_step = difference(counts[k_hi], counts[k_lo], k_hi - k_lo)
+    return {"batch": batch, "len": args.enc_len, "K1": _brief(counts[1]), "per_soft_step": per_step,
+            "floor_bytes": soft_step_floor_bytes(cfg, batch, args.enc_len)}
+
+
+def soft_step_floor_bytes(cfg, batch: int, length: int) -> dict:
+    """What a soft step must read at least: every layer's weights once, the [V, D] table once
+    (logits and expected embedding in one pass) and the prefix cache once."""
+    item = 2 if cfg.compute_dtype in ("bfloat16", "float16") else 4
+    weights = (cfg.num_params(include_embeddings=False) - cfg.hidden_size) * item
+    table = cfg.vocab_size * cfg.hidden_size * item
+    prefix = 2 * cfg.num_hidden_layers * batch * length * cfg.num_key_value_heads * cfg.head_dim * item
+    return {"layer_weights": weights, "table_once": table, "prefix_cache": prefix, "total": weights + table + prefix}
+
+
+def train_lora_path(args) -> dict:
+    """The train step's counts with LoRA and with full fine-tuning (same model and batch), and
+    the LoRA adapters' own share of the LoRA step (instructions matching LORA_OPS)."""
+    import bench_laser
+
+    out = {}
+    for mode in ("lora", "full"):
+        args.full = mode == "full"
+        text = bench_laser.train_program(args, args.remat).compiled.as_text()
+        out[mode] = _brief(account(text))
+        if mode == "lora":
+            out["lora_adapters"] = _brief(account(text, LORA_OPS))
+    return out
+
+
+def _brief(counts: dict, top: int = 12) -> dict:
+    return {**{k: counts[k] for k in ("kernels", "bytes", "dot_flops")},
+            "by_op": dict(list(counts["by_op"].items())[:top])}
+
+
+def main(argv=None):
+    import bench_laser
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--what", default="all", choices=["all", "encode", "train"])
+    p.add_argument("--batches", default="8,64", help="encode batch sizes")
+    p.add_argument("--out", default="")
+    args, rest = p.parse_known_args(argv)
+    bench_args = bench_laser.parse_args(rest)
+    result = {"env": bench_laser.environment(), "bench_args": vars(bench_args)}
+    if args.what in ("all", "encode"):
+        result["soft_step"] = [soft_step(bench_args, int(b)) for b in args.batches.split(",")]
+    if args.what in ("all", "train"):
+        result["train"] = train_lora_path(bench_args)
+    print(json.dumps(result, indent=1))
+    if args.out:
+        bench_laser.write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -49,8 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--samples", type=int, default=3, help="timed calls per workload per round (their median)")
     p.add_argument("--only", default="all", choices=["all", "train", "encode"])
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: every core, as "
-                   "XLA's CPU client uses)")
+    p.add_argument("--cpus", type=int, default=0, help="pin the process to its first N allowed cores before "
+                   "JAX and torch start (both then size their thread pools to N; torch gets N threads). "
+                   "Default: every allowed core")
     args, rest = p.parse_known_args(argv)
     bench = bench_laser.parse_args(DEFAULTS + rest)  # later flags win
     return args, bench
@@ -251,12 +252,22 @@ def summary(args, bench, medians: dict, rat: dict) -> dict:
     return out
 
 
+def pin(cpus: int) -> int:
+    """Pin this process to its first `cpus` allowed cores (0: leave it); the number it may use."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if cpus:
+        os.sched_setaffinity(0, set(allowed[:cpus]))
+        os.environ["OMP_NUM_THREADS"] = str(min(cpus, len(allowed)))
+    return len(os.sched_getaffinity(0))
+
+
 def main(argv=None):
     args, bench = parse_args(argv)
+    cores = pin(args.cpus)  # before JAX or torch make their thread pools
     baseline = load_baseline(args.baseline)
     import torch
 
-    torch.set_num_threads(args.threads or os.cpu_count())
+    torch.set_num_threads(cores)
     baseline_arch(baseline, bench)
     work = workloads(args, bench)
     impls = {"ours": Ours(bench, work, args.samples), "baseline": Baseline(baseline, bench, args.samples)}
@@ -269,6 +280,7 @@ def main(argv=None):
 
     env = {**bench_laser.environment(), "torch": torch.__version__, "transformers": transformers.__version__,
            "peft": peft.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "cores_used": sorted(os.sched_getaffinity(0)),
            "load_average_at_end": os.getloadavg()}
     full = {"env": env, "args": vars(args), "bench_args": vars(bench), "rounds_s": time.time() - t0,
             "compile_s": impls["ours"].compile_s, "times_ms": times, "median_ms": medians, "ratios": rat,
