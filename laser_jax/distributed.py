@@ -29,7 +29,7 @@ def maybe_initialize(mode: str = "auto") -> None:
     detected. Must run before any other JAX call."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"--distributed must be auto, on or off, got {mode!r}")
-    if mode == "off" or (mode == "auto" and not cluster_detected()):
+    if mode == "off" or (mode == "auto" and not cluster_detected()) or jax.distributed.is_initialized():
         return
     env = os.environ
     kwargs = {}
@@ -47,3 +47,21 @@ def wait_for_all_processes(name: str, timeout_s: int = 3600) -> None:
     use (gloo's context set-up) gives up after 30 s, so processes that finish compiling far
     apart (a loaded machine) must meet here before their first collective."""
     multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+
+
+def process_index_and_count() -> tuple:
+    """(this process's index, the number of processes) of the job, without starting a
+    backend: (0, 1) unless `maybe_initialize` joined a cluster."""
+    if not jax.distributed.is_initialized():
+        return 0, 1
+    return jax.process_index(), jax.process_count()
+
+
+def share_from_process_0(key: str, value: str, timeout_s: int = 3600) -> str:
+    """Process 0's `value` on every process (the coordination service's key-value store, not a
+    collective: it works before anything is compiled). `key` must be unique per call."""
+    client = multihost.get_jax_distributed_client()
+    if jax.process_index() == 0:
+        client.key_value_set(key, value)
+        return value
+    return client.blocking_key_value_get(key, timeout_s * 1000)

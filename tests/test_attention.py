@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from laser_jax.train import sharding
 from laser_jax.model.attention import (causal_mask, permute_time, prefix_tail_attention, right_padded_attention,
-                                       splash_attention)
+                                       segment_mask, splash_attention)
 from laser_jax.model.config import preset
 from laser_jax.model.decoder import Decoder, init_variables, positions_from_mask
 
@@ -128,6 +128,31 @@ def test_splash_equals_masked_with_gradients(qkv):
     g_ref = jax.jit(jax.grad(loss(masked_attention), argnums=(0, 1, 2)))(q, k, v)
     for a, b in zip(g_out, g_ref):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+SEGMENTS = [[1, 1, 1, 2, 2, 3, 3, 3, 0], [1, 1, 1, 1, 1, 1, 1, 1, 1], [1, 2, 2, 2, 2, 0, 0, 0, 0],
+            [1, 1, 2, 3, 4, 4, 4, 4, 0]]  # packed rows: documents 1, 2, ..., padding 0 at the end
+
+
+def test_segment_mask_is_block_diagonal_causal():
+    seg = np.asarray(SEGMENTS)
+    m = np.asarray(segment_mask(jnp.asarray(seg)))
+    for b in range(B):
+        for t in range(T):
+            for s in range(T):
+                assert m[b, t, s] == (s <= t and seg[b, s] == seg[b, t] and seg[b, s] > 0)
+
+
+def test_splash_with_segment_ids_equals_the_block_diagonal_mask(qkv):
+    """Packed rows: the kernel's segment ids give what the XLA path's segment mask gives."""
+    q, k, v, _, _ = qkv
+    seg = jnp.asarray(SEGMENTS, jnp.int32)
+    mask = (seg > 0).astype(jnp.int32)
+    ref = jax.nn.dot_product_attention(q, k, v, mask=segment_mask(seg)[:, None], scale=H ** -0.5,
+                                       implementation="xla")
+    out = jax.jit(lambda q, k, v, m, s: splash_attention(q, k, v, m, H ** -0.5, s))(q, k, v, mask, seg)
+    valid = np.asarray(mask).astype(bool)
+    np.testing.assert_allclose(np.asarray(out)[valid], np.asarray(ref)[valid], atol=1e-5, rtol=0)
 
 
 def test_splash_under_a_mesh_runs_in_shard_map_and_matches_one_device():

@@ -228,8 +228,8 @@ def test_cli_model_path_uses_laser_encoder(tmp_path, monkeypatch, capsys):
         num_thinking_steps = 3
 
         @classmethod
-        def from_pretrained(cls, path, dtype=None):
-            calls.append(("load", path, dtype))
+        def from_pretrained(cls, path, dtype=None, **overrides):
+            calls.append(("load", path, dtype, overrides))
             return cls()
 
         def encode_queries(self, queries, instruction, num_thinking_steps=3, max_length=512,
@@ -247,7 +247,8 @@ def test_cli_model_path_uses_laser_encoder(tmp_path, monkeypatch, capsys):
                         "--num_thinking_steps=2", "--max_length=64", "--batch_size=4",
                         f"--output={out}"])
     assert rc == 0
-    assert calls == [("load", "/m", None), ("q", INSTRUCTIONS["pony"], 2, 64, 4), ("d", 2, 64, 4)]
+    assert calls == [("load", "/m", None, {"num_thinking_steps": 2}), ("q", INSTRUCTIONS["pony"], 2, 64, 4),
+                     ("d", 2, 64, 4)]
     got = json.loads(out.read_text())
     assert list(got["domains"]) == ["pony"]
     assert set(got["average"]) == {"ndcg@10", "recall@10", "recall@100"}

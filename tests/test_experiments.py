@@ -1,7 +1,11 @@
 """laser_jax.experiments: the ablation script on a micro budget, the explicit upper bound."""
+import contextlib
+import io
 import json
 import os
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -23,25 +27,65 @@ def task(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def micro(task, tmp_path_factory):
-    """A 2-step ablation of two variants and one seed through the real trainer (subprocesses),
-    on the tiny config's :smoke variant shrunk further, with rewrite-then-retrieve (a tiny random
-    LM saved as an HF directory) and the latency table."""
-    from laser_jax.inference.load import load_tokenizer
-    from laser_jax.model.hf_io import save_pretrained
-    from tiny_models import tiny_loaded
-
+    """A 2-step ablation of two variants and one seed through the real trainer (subprocesses,
+    two at a time), on the tiny config's :smoke variant shrunk further: its LM pretrained
+    once (3 steps) into RUNS/lm by the first job, both variants started from it,
+    rewrite-then-retrieve written by it, and the latency table."""
     root = tmp_path_factory.mktemp("ablation")
     out, runs = str(root / "out"), str(root / "runs")
-    lm = tiny_loaded(load_tokenizer(task["tokenizer"]), seed=5)
-    lm_dir = save_pretrained(str(root / "lm"), lm.variables["params"], lm.cfg, lm.tokenizer, dtype="float32")
-    code = ablate.main(["ablate", "--seeds=0", "--variants=basic,laser,rewrite_then_retrieve", "--steps=2",
-                        f"--out={out}", f"--runs_dir={runs}", f"--task_dir={os.path.dirname(task['meta'])}",
-                        "--config=configs/tiny.py:smoke", "--split=dev", f"--lm={lm_dir}", *MICRO_MODEL])
-    return code, out, runs
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = ablate.main(["ablate", "--seeds=0", "--variants=basic,laser,rewrite_then_retrieve", "--steps=2",
+                            f"--out={out}", f"--runs_dir={runs}", f"--task_dir={os.path.dirname(task['meta'])}",
+                            "--config=configs/tiny.py:smoke", "--split=dev", "--parallel=2",
+                            "--set=pretrain.eval=false", *MICRO_MODEL])
+    return code, out, runs, printed.getvalue()
+
+
+def test_the_ablation_pretrains_one_lm_and_every_variant_starts_from_it(micro):
+    """Two variants started together after the one LM job: both from RUNS/lm, neither trains an LM."""
+    code, out, runs, printed = micro
+    assert code == 0, printed[-3000:]
+    lm = os.path.join(runs, "lm")
+    assert json.load(open(os.path.join(lm, "stage.json")))["done"]
+    assert open(os.path.join(runs, "log_lm.txt")).read().count("starting causal-LM pretraining") == 1
+    lines = printed.splitlines()
+    lm_done = lines.index(next(line for line in lines if line.startswith("[ablate] lm: done")))
+    for variant in ("basic", "laser"):
+        started = lines.index(next(line for line in lines if line.startswith(f"[ablate] {variant}/seed0: starting")))
+        assert started > lm_done  # after the LM job, never beside it
+        cfg = json.load(open(os.path.join(runs, variant, "seed0", "run_config.json")))
+        assert cfg["model"]["init_from"] == lm
+        assert "stage 1/2" not in open(os.path.join(runs, variant, "seed0", "log_eval_results.txt")).read()
+    rewrite_log = open(os.path.join(runs, "laser", "seed0", "log_rewrite_then_retrieve_dev.txt")).read()
+    assert f"--lm={lm}" in rewrite_log.splitlines()[0]
+    assert f"from the pretrained LM {lm}" in open(os.path.join(out, "ablation.md")).read()
+
+
+def test_two_lm_jobs_on_one_directory_never_write_it_together(tmp_path):
+    """The LM job's lock: a second holder waits until the first is done."""
+    from laser_jax.experiments.pretrain_lm import exclusive
+
+    path, events = str(tmp_path / "lm.lock"), []
+    first_in = threading.Event()
+
+    def second():
+        first_in.wait()
+        with exclusive(path, say=lambda line: events.append("waiting")):
+            events.append("second in")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    with exclusive(path):
+        first_in.set()
+        time.sleep(0.5)
+        events.append("first out")
+    thread.join(10)
+    assert events == ["waiting", "first out", "second in"]
 
 
 def test_micro_ablation_writes_json_markdown_and_plot(micro):
-    code, out, runs = micro
+    code, out, runs, _ = micro
     assert code == 0, open(os.path.join(runs, "laser", "seed0", "log_eval_results.txt")).read()[-3000:]
     with open(os.path.join(out, "ablation.json")) as f:
         result = json.load(f)
@@ -70,7 +114,7 @@ def test_micro_ablation_writes_json_markdown_and_plot(micro):
 
 
 def test_finished_runs_are_reused(micro, task):
-    _, out, runs = micro
+    _, out, runs, _ = micro
     logs = []
     jobs = ablate.plan_jobs(["basic"], [0], ablate.resolve_config_path("configs/tiny.py:smoke"), runs,
                             synthetic.paths(os.path.dirname(task["meta"]), ["steps2"]), "eval", {}, 64, 8)
@@ -85,7 +129,7 @@ def test_finished_runs_are_reused(micro, task):
 
 
 def test_explicit_upper_on_the_trained_micro_model(micro, task):
-    _, _, runs = micro
+    _, _, runs, _ = micro
     results = evaluate_explicit_upper(os.path.join(runs, "laser", "seed0"), task["dev"], max_length=128,
                                       batch_size=4)
     assert [r.name for r in results] == ["steps2", "steps3", "steps4"]
@@ -98,7 +142,7 @@ def test_explicit_encoder_formats_like_training_and_reads_gold_reasoning(micro, 
     from laser_jax.inference.encoder import default_dtype
     from laser_jax.inference.load import load_for_inference
 
-    _, _, runs = micro
+    _, _, runs, _ = micro
     loaded = load_for_inference(os.path.join(runs, "laser", "seed0"), default_dtype())
     enc = ExplicitEncoder(loaded)
     gold = read_reasoning(task["eval/steps2"])

@@ -278,7 +278,9 @@ def test_laser_encoder_equals_oracle_and_ignores_batching(pair, tokenizer):
     from laser_jax import LaserEncoder
 
     torch_model, _, _, model_dir = pair
-    enc = LaserEncoder.from_pretrained(model_dir, dtype="float32")
+    # chat_template=False: a Qwen3 directory without laser.json otherwise gets the released
+    # checkpoints' chat format (test_released_checkpoints.py); the oracle reads plain text.
+    enc = LaserEncoder.from_pretrained(model_dir, dtype="float32", chat_template=False)
     texts = TEXTS + [t.upper() for t in TEXTS] + ["a", "The number 12."]
     emb = enc.encode(texts, num_thinking_steps=3, batch_size=3)
     assert emb.dtype == np.float32 and emb.shape == (len(texts), enc.cfg.hidden_size)

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import small_run_config
 from laser_jax.data import lm_pipeline
+from laser_jax.data.errors import ConfigError
 from laser_jax.data.synthetic import ensure_generated
 from laser_jax.method.lm_objective import causal_lm_objective
 from laser_jax.model.config import preset
@@ -111,6 +112,81 @@ def test_lm_rows_batches_and_step_determinism(task, tokenizer_dir):
         np.std([source.lengths[a(s)["record"]].mean() for s in range(spe)])  # mixed lengths per batch
 
 
+@pytest.fixture(scope="module")
+def lm_rows(task):
+    from laser_jax.inference.load import load_tokenizer
+
+    tok = load_tokenizer(task["tokenizer"])
+    c = lm_config(task, **{"data.synthetic": True})
+    return tok, lm_pipeline.open_lm_source(c, task["train"], tok, task["corpus"])
+
+
+def test_packed_rows_hold_every_document_once_and_a_batch_is_a_function_of_its_step(lm_rows):
+    from laser_jax.data.lm_packing import PackedStepBatcher
+
+    tok, source = lm_rows
+    opts = lm_pipeline.LMOptions(batch_size=4, pack_len=160, seed=3)
+    a, b = PackedStepBatcher(source, tok.pad_token_id, opts), PackedStepBatcher(source, tok.pad_token_id, opts)
+    packed = np.concatenate(a.rows)
+    np.testing.assert_array_equal(np.sort(packed), np.arange(len(source)))  # every document once, whole
+    assert max(int(source.lengths[r].sum()) for r in a.rows) <= 160
+    assert a.fill > 0.85 > source.lengths.mean() / source.lengths.max()  # far less padding than padded rows
+    spe = a.steps_per_epoch
+    for step in (spe + 2, 0, 3, spe + 2):  # any order: a batch is a function of its step alone
+        x, y = a(step), b(step)
+        for k in ("ids", "mask", "segments", "record"):
+            np.testing.assert_array_equal(x[k], y[k])
+    x = a(1)
+    assert x["ids"].shape == x["segments"].shape == (4, 160)
+    np.testing.assert_array_equal(x["mask"], (x["segments"] > 0).astype(np.int32))
+    docs = iter(x["record"].tolist())
+    for row_ids, row_seg in zip(x["ids"], x["segments"]):  # documents in order, numbered 1, 2, ..., then padding
+        for s in range(1, row_seg.max() + 1):
+            np.testing.assert_array_equal(row_ids[row_seg == s], source.rows[next(docs)])
+        real = int((row_seg > 0).sum())
+        assert (row_seg[:real] > 0).all() and (row_ids[real:] == tok.pad_token_id).all()
+    assert next(docs, None) is None
+    assert len(set(a.epoch_batches(0).reshape(-1).tolist())) == spe * 4  # every packed row at most once an epoch
+    assert not np.array_equal(a.epoch_batches(0), a.epoch_batches(1))  # reshuffled each epoch
+    with pytest.raises(ConfigError, match=r"data.lm_pack_len: 40 tokens cannot hold a document of \d+ tokens"):
+        PackedStepBatcher(source, tok.pad_token_id, lm_pipeline.LMOptions(batch_size=4, pack_len=40))
+
+
+def test_packed_loss_and_gradients_equal_the_padded_ones_on_the_same_documents(lm_rows):
+    """Attention and positions stay inside each document: the packed rows' loss is the one
+    the same documents give one per (left-padded) row."""
+    from laser_jax.data.lm_packing import PackedStepBatcher
+    from laser_jax.data.tokenize import left_pad
+
+    tok, source = lm_rows
+    packed = PackedStepBatcher(source, tok.pad_token_id, lm_pipeline.LMOptions(batch_size=3, pack_len=200))(0)
+    docs = [source.rows[i] for i in packed["record"]]
+    assert len(docs) > 3 * 2  # several documents per row
+    ids, mask = left_pad(docs, max(len(d) for d in docs), tok.pad_token_id)
+    cfg = preset("tiny_qwen3", vocab_size=768, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, param_dtype="float32",
+                 compute_dtype="float32", scan_layers=False)
+    model, variables = Decoder(cfg), init_variables(cfg, jax.random.key(0))
+
+    loss = jax.jit(lambda batch: jax.value_and_grad(lambda v: causal_lm_objective(model, v, batch),
+                                                    has_aux=True)(variables))
+
+    (lp, mp), gp = loss({k: jnp.asarray(packed[k]) for k in ("ids", "mask", "segments")})
+    (lu, mu), gu = loss({"ids": jnp.asarray(ids), "mask": jnp.asarray(mask)})
+    assert float(mp["targets"]) == float(mu["targets"]) == sum(len(d) - 1 for d in docs)
+    np.testing.assert_allclose(float(lp), float(lu), rtol=1e-5)
+    np.testing.assert_allclose(float(mp["acc"]), float(mu["acc"]), atol=1e-6)
+    for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gu)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-4)
+
+
+def test_packing_config_problems_name_their_fields(task):
+    with pytest.raises(ConfigError, match=r"data.lm_pack_len: must be 0 \(no packing\) or hold the longest LM row"):
+        lm_config(task, **{"data.lm_pack_len": 100})  # explicit_max_len 128: rows up to 129 tokens
+    with pytest.raises(ConfigError, match="data.lm_sort_batches: length grouping is for padded"):
+        lm_config(task, **{"data.lm_pack_len": 160, "data.lm_sort_batches": 4})
+
+
 def test_text_jsonl_rows(tmp_path, task):
     from laser_jax.inference.load import load_tokenizer
 
@@ -133,9 +209,10 @@ def _rows(workdir):
     return read_metrics(str(workdir))
 
 
-def test_causal_lm_run_resumed_equals_uninterrupted(task, tmp_path):
+@pytest.mark.parametrize("pack_len", [0, 192], ids=["padded", "packed"])
+def test_causal_lm_run_resumed_equals_uninterrupted(task, tmp_path, pack_len):
     over = {"train.num_steps": 4, "data.shuffle": True, "train.schedule": "cosine", "train.min_lr_ratio": 0.1,
-            "train.warmup_steps": 1}
+            "train.warmup_steps": 1, "data.lm_pack_len": pack_len}
     straight = loop.train(set_up(lm_config(task, **over), str(tmp_path / "straight")))
     first = lm_config(task, **over, **{"checkpoint.every_steps": 2})
     trained = loop.train(set_up(first, str(tmp_path / "resumed")), until=2)

@@ -40,7 +40,9 @@ def encoder(tokenizer, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("model"))
     build_hf_model("qwen3", path, vocab_size=len(tokenizer))
     tokenizer.save_pretrained(path)
-    return LaserEncoder.from_pretrained(path, dtype="float32")
+    # the spec's plain format (a Qwen3 directory without laser.json would otherwise get the
+    # LaSER authors' chat format: tests/test_released_checkpoints.py)
+    return LaserEncoder.from_pretrained(path, dtype="float32", chat_template=False)
 
 
 @pytest.fixture(scope="module")

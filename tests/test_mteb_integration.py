@@ -4,7 +4,6 @@ import pytest
 
 mteb = pytest.importorskip("mteb")
 
-from hf_models import build_hf_model  # noqa: E402
 from laser_jax.inference.encoder import LaserEncoder  # noqa: E402
 from laser_jax.inference.mteb import LaserMtebEncoder  # noqa: E402
 from laser_jax.retrieval.bright import INSTRUCTIONS  # noqa: E402
@@ -13,11 +12,10 @@ OPTS = dict(max_length=32, batch_size=8)
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer, tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("model"))
-    build_hf_model("qwen3", path, vocab_size=len(tokenizer))
-    tokenizer.save_pretrained(path)
-    return LaserMtebEncoder(path, dtype="float32", **OPTS)
+def model(release_dir):
+    """The wrapper on a look-alike of the authors' released checkpoints (no laser.json): it
+    encodes in their format (tests/test_released_checkpoints.py checks the embeddings)."""
+    return LaserMtebEncoder(release_dir, dtype="float32", **OPTS)
 
 
 def test_is_an_mteb_encoder_with_model_meta(model):
@@ -44,9 +42,14 @@ def test_real_bright_metadata_and_dataloader(model):
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def test_mteb_evaluate_runs_a_mock_retrieval_task(model):
-    from mteb.mocks.mock_tasks.retrieval import MockRetrievalTask
+@pytest.mark.parametrize("mock", ["retrieval.MockRetrievalTask",  # BRIGHT's and BrowseComp-Plus's shape
+                                  "reranking.MockInstructionReranking"])  # FollowIR's (instructions, top-ranked)
+def test_mteb_evaluate_runs_a_mock_task(model, mock):
+    import importlib
 
-    results = mteb.evaluate(model, [MockRetrievalTask()], cache=None, show_progress_bar=False, raise_error=True)
+    module, name = mock.split(".")
+    task = getattr(importlib.import_module(f"mteb.mocks.mock_tasks.{module}"), name)()
+    assert model.encoder.text_format.chat_template and model.num_thinking_steps == 3  # the authors' format
+    results = mteb.evaluate(model, [task], cache=None, show_progress_bar=False, raise_error=True)
     (result,) = results.task_results
     assert 0.0 <= result.get_score() <= 1.0

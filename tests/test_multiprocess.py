@@ -106,3 +106,23 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_on_one_device
     assert_same_losses(rows[2:], reference[2:])
     assert sorted(os.listdir(resumed / "checkpoints")) == ["2", "4"]
     assert json.load(open(resumed / "checkpoints" / "4" / "data" / "process_0-of-1.json"))["next_index"] == 4
+
+
+def test_a_second_job_on_a_held_workdir_is_refused_on_every_process(task, tmp_path):
+    """Issue 24: process 0 takes the workdir's lock for its job and tells the others; a job
+    started on a workdir another run holds stops on every process, naming the holder."""
+    from test_workdir_lock import held_elsewhere
+
+    config = write_config(tmp_path / "small.py", task)
+    workdir = tmp_path / "w"
+    with held_elsewhere([str(workdir), True]) as pid:
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.run([sys.executable, LOCAL, "-n", "2", "--timeout=300", "--", f"--config={config}",
+                               f"--workdir={workdir}", "--config.mesh.num_devices=0", "--config.mesh.shape=(1,2,1)"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-4000:]
+    for prefix in ("[p0] ", "[p1] "):
+        errors = [line for line in proc.stdout.splitlines() if line.startswith(prefix + "error:")]
+        assert len(errors) == 1 and f"error: --workdir: {workdir} is in use by pid {pid} on host" in errors[0], out
+    assert "compiling" not in out and os.listdir(workdir) == [".laser_jax.lock"]

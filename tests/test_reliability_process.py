@@ -1,18 +1,23 @@
 """Reliability (docs/faults.md), part 3: real `python -m laser_jax.train` processes.
 
-Four runs of one config start together (they mostly wait on each other's compiles anyway):
+Five runs of one config start together (they mostly wait on each other's compiles anyway):
   A  uninterrupted                                           -> the reference metrics
+  B  on A's workdir (issue 24)                               -> exit 2 naming A, before compiling
+     (whichever of the two takes the workdir's lock first is A)
   C  SIGTERM while the first step compiles                   -> exit 143 with a checkpoint;
      rerun (C2), it ends with A's metrics
   D  SIGINT during set-up (while records are validated)      -> exit 130, nothing trained
   E  SIGKILL while its last asynchronous save commits        -> step 2 restorable, the partial
-     step 4 ignored and cleaned up; resumed, it ends like A. All of E's steps ran before the
+     step 4 ignored and cleaned up; resumed by the same command, it takes over the killed
+     run's lock with a warning and ends like A. All of E's steps ran before the
      kill, so its metrics are a second full run of the same config and seed: they must equal
      A's exactly (determinism).
 """
+import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,11 +25,11 @@ import threading
 import numpy as np
 import pytest
 
-from laser_jax.train.loop import train
+from laser_jax.train.main import main
 from laser_jax.train.metrics import read_metrics
-from laser_jax.train.trainer import set_up
 from test_reliability import rtask, tiny_config  # noqa: F401 (fixture)
 from test_reliability_faults import LOSS_KEYS, steps_on_disk
+from test_workdir_lock import tensorboard_purge_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_S = 400
@@ -111,6 +116,7 @@ def runs(rtask, tmp_path_factory):
     cfg = str(root / "config.py")
     started = {
         "A": Run(cfg, root / "A"),
+        "B": Run(cfg, root / "A"),  # issue 24: a second run on A's workdir, started with it
         "C": Run(cfg, root / "C", trigger=("compiling the train step", signal.SIGTERM)),
         "D": Run(cfg, root / "D", trigger=("setting up the run", signal.SIGINT)),
         "E": Run(cfg, root / "E", trigger=("FAULT-INJECTION: commit of step 4 blocked", signal.SIGKILL),
@@ -120,6 +126,9 @@ def runs(rtask, tmp_path_factory):
     first_c_output, c_steps = started["C"].output, steps_on_disk(root / "C")
     resumed_c = Run(cfg, root / "C")  # overlaps the others
     codes.update({name: run.wait() for name, run in started.items()})
+    if codes["B"] == 0:  # B won the workdir's lock: it is the uninterrupted run
+        started["A"], started["B"] = started["B"], started["A"]
+        codes["A"], codes["B"] = codes["B"], codes["A"]
     e_metrics = read_metrics(started["E"].workdir)  # before its resumption
     codes["C2"] = resumed_c.wait()
     return dict(root=root, config=config, runs=started, codes=codes, first_c_output=first_c_output,
@@ -159,13 +168,31 @@ def test_sigint_during_set_up_exits_130_without_training(runs):
     assert "step 1/" not in d.output and "Traceback" not in d.output and steps_on_disk(d.workdir) == []
 
 
-def test_sigkill_during_an_asynchronous_save_leaves_the_previous_checkpoint_restorable(runs):
+def test_a_second_run_on_a_workdir_in_use_exits_2_naming_the_holder(runs):
+    """Issue 24: two runs started together on one workdir: one trains (A), the other exits 2
+    before compiling, naming it; A's metrics hold each step once (the test above)."""
+    a, b = runs["runs"]["A"], runs["runs"]["B"]
+    assert runs["codes"]["B"] == 2, b.output[-3000:]
+    errors = [line for line in b.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in b.output and "compiling" not in b.output, b.output[-3000:]
+    assert errors[0].startswith(f"error: --workdir: {a.workdir} is in use by pid {a.proc.pid} on host "
+                                f"{socket.gethostname()} since ")
+    assert errors[0].endswith("; wait for it or stop it")
+
+
+def test_sigkill_during_an_asynchronous_save_leaves_the_previous_checkpoint_restorable(runs, monkeypatch, caplog):
     e = runs["runs"]["E"]
     assert runs["codes"]["E"] == -signal.SIGKILL, e.output[-3000:]
     ckpt_dir = os.path.join(e.workdir, "checkpoints")
     partial = [d for d in os.listdir(ckpt_dir) if d.startswith("4.orbax-checkpoint-tmp")]
     assert steps_on_disk(e.workdir) == [2] and len(partial) == 1
-    train(set_up(runs["config"], e.workdir))  # resume in-process
+    argv = ["train", f"--config={runs['root']}/config.py", f"--workdir={e.workdir}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with caplog.at_level(logging.WARNING, logger="laser_jax"):
+        assert main(argv) == 0  # the same command again, in-process
+    # Issue 24: the killed run's lock is taken over, naming it; TensorBoard purges the redone steps.
+    assert f"took over the stale lock of {e.workdir}: pid {e.proc.pid} on host {socket.gethostname()}" in caplog.text
+    assert tensorboard_purge_steps(os.path.join(e.workdir, "tensorboard")) == [None, 3]
     assert not any("orbax-checkpoint-tmp" in d for d in os.listdir(ckpt_dir))
     assert steps_on_disk(e.workdir) == [2, 4]
     rows, expected = read_metrics(e.workdir), read_metrics(runs["runs"]["A"].workdir)

@@ -14,17 +14,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _task_paths(root):
-    return {"train": f"{root}/train.jsonl", "tokenizer": f"{root}/tokenizer", "corpus": f"{root}/corpus.jsonl"}
+    return {"train": f"{root}/train.jsonl", "tokenizer": f"{root}/tokenizer", "corpus": f"{root}/corpus.jsonl",
+            "lm_corpus": f"{root}/lm_corpus.jsonl"}
 
 
 def test_stage_config_and_fingerprint():
     c = load_config(os.path.join(ROOT, "configs/tiny.py"))
     assert stages.wants_pretraining(c)
     s = stages.stage_config(c, _task_paths("/a"))
-    assert s.train.objective == "causal_lm" and s.train.num_steps == 1500 and s.train.learning_rate == 3e-3
+    assert s.train.objective == "causal_lm" and s.train.learning_rate == 3e-3
+    assert (s.train.num_steps, s.train.batch_size) == (c.pretrain.num_steps, c.pretrain.batch_size)
+    assert s.data.lm_pack_len == c.data.lm_pack_len > 0  # packed LM rows
     assert s.train.schedule == "cosine" and s.train.warmup_steps == 100 and s.train.adam_b2 == 0.99
     assert s.model.init_from == "" and s.lora.rank == 0 and s.model.hidden_size == c.model.hidden_size
-    assert s.data.lm_corpus == "/a/corpus.jsonl" and not s.data.synthetic
+    assert s.data.lm_corpus == "/a/lm_corpus.jsonl" and not s.data.synthetic  # the task's LM texts
     fp = stages.fingerprint(s, "/no/task")
     assert fp == stages.fingerprint(stages.stage_config(c, _task_paths("/b")), "/no/task")  # paths do not count
     c2 = load_config(os.path.join(ROOT, "configs/tiny.py"), {"pretrain.learning_rate": 1e-3})
@@ -33,7 +36,8 @@ def test_stage_config_and_fingerprint():
                            {"data.group_size": 3}, {"train.log_every": 7}, {"checkpoint.every_steps": 9}):
         c3 = load_config(os.path.join(ROOT, "configs/tiny.py"), fine_tune_only)
         assert fp == stages.fingerprint(stages.stage_config(c3, _task_paths("/a")), "/no/task"), fine_tune_only
-    for lm_setting in ({"model.hidden_size": 32}, {"data.explicit_max_len": 90}, {"pretrain.seed": 1}):
+    for lm_setting in ({"model.hidden_size": 32}, {"data.explicit_max_len": 90}, {"pretrain.seed": 1},
+                       {"data.lm_pack_len": 96}):
         c4 = load_config(os.path.join(ROOT, "configs/tiny.py"), lm_setting)
         assert fp != stages.fingerprint(stages.stage_config(c4, _task_paths("/a")), "/no/task"), lm_setting
     for off in ({"model.init_from": "/x"}, {"data.synthetic": False}, {"pretrain.num_steps": 0}):
@@ -64,6 +68,8 @@ def test_two_stage_smoke_and_rerun_reuses_the_lm(tmp_path):
     assert hf["hidden_size"] == 64 and hf["vocab_size"] == 640 and hf["eos_token_id"] is not None
     assert hf["pad_token_id"] is not None and hf.get("torch_dtype", "float32") == "float32"
     assert os.path.exists(os.path.join(lm, "tokenizer.json"))
+    # the LM carries the format it was trained with: loading it is never a foreign model's guess
+    assert json.load(open(os.path.join(lm, "laser.json")))["chat_template"] is config.data.chat_template
     lm_metrics = [json.loads(line) for line in open(os.path.join(lm, "train", "metrics.jsonl"))]
     assert [r["step"] for r in lm_metrics] == [1, 2, 3] and all("acc" in r for r in lm_metrics)
     result = json.load(open(os.path.join(lm, "lm_eval.json")))

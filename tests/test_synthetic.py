@@ -1,4 +1,5 @@
-"""The synthetic multi-step retrieval task: formats, determinism, hold-out, segment alignment."""
+"""The generated tasks' command and API (laser_jax.data.synthetic), and the arithmetic task:
+formats, determinism, hold-out, segment alignment, unchanged by its move into data/tasks/."""
 import filecmp
 import json
 import os
@@ -6,11 +7,17 @@ import os
 import pytest
 
 from laser_jax.data import synthetic
-from laser_jax.data.synthetic_chains import Chain, Op, apply_op, end_state, make_world, states, try_states
-from laser_jax.data.synthetic_docs import number_word
-from laser_jax.data.synthetic_text import SEGMENT_SEP, parse_query, reasoning_steps
+from laser_jax.data.errors import ConfigError
+from laser_jax.data.tasks.arithmetic_chains import Chain, Op, apply_op, end_state, make_world, states, try_states
+from laser_jax.data.tasks.arithmetic_docs import number_word
+from laser_jax.data.tasks.arithmetic_text import SEGMENT_SEP, parse_query, reasoning_steps
 
 SMALL = dict(n_train=600, n_eval_per_domain=40, n_dev_per_domain=30)
+# content_sha256 of `generate(seed=3, **SMALL)` and of `generate(seed=1, n_train=60,
+# n_eval_per_domain=5, vocab_size=400)` computed on main at b7fe8c2, before the arithmetic task
+# moved into laser_jax/data/tasks/: the move changed no byte of any file but meta.json.
+SMALL_SHA256 = "290fb19729aaa2e76eb2289c1fc2f5fe967df9adb8f75163eb328dcd42782c31"
+TINY_SHA256 = "0e009c3589c181ac623943a804e67b881547fb6bd0047a5aea5d8a0385c589cb"
 THINK_SUFFIX = "<think>\n\n</think>\n\n"
 
 
@@ -61,6 +68,14 @@ def _world(o):
 
 def _chain(row):
     return Chain(row["start"], tuple(Op(k, v) for k, v in row["ops"]))
+
+
+def test_the_arithmetic_task_is_unchanged_by_its_move(gen):
+    _, p = gen
+    meta = json.load(open(p["meta"]))
+    assert meta["content_sha256"] == SMALL_SHA256 == synthetic.content_hash(os.path.dirname(p["meta"]))
+    assert meta["task"] == "arithmetic" and meta["answer"]["kind"] == "number" and meta["lm_corpus"] == "corpus.jsonl"
+    assert p["lm_corpus"] == p["corpus"]
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds(gen):
@@ -245,6 +260,7 @@ def test_ensure_generated_reuses_and_regenerates(tmp_path):
     out = str(tmp_path / "task")
     opts = dict(n_train=60, n_eval_per_domain=5, vocab_size=400)
     p = synthetic.ensure_generated(out, seed=1, **opts)
+    assert json.load(open(p["meta"]))["content_sha256"] == TINY_SHA256
     stamp = os.stat(p["train"]).st_mtime_ns
     assert synthetic.ensure_generated(out, seed=1, **opts) == p
     assert os.stat(p["train"]).st_mtime_ns == stamp
@@ -255,6 +271,12 @@ def test_ensure_generated_reuses_and_regenerates(tmp_path):
     assert not synthetic.is_current(out, seed=1, **{**opts, "n_train": 70})
     synthetic.ensure_generated(out, seed=1, **{**opts, "n_train": 70})
     assert synthetic.is_current(out, seed=1, **{**opts, "n_train": 70})
+    # generations from before the task field (no "task" in meta.json) are the arithmetic task's
+    meta = json.load(open(p2["meta"]))
+    del meta["task"]
+    json.dump(meta, open(p2["meta"], "w"))
+    assert synthetic.is_current(out, seed=1, **{**opts, "n_train": 70})
+    assert not synthetic.is_current(out, seed=1, task="hops")
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
@@ -270,6 +292,40 @@ def test_command_line(tmp_path, capsys):
     assert meta["seed"] == 5 and meta["options"]["paraphrase"] is False
     assert meta["counts"] == {"train": 30, "documents": 150, "eval/steps3": 4, "dev/steps3": 2}
     assert json.loads(capsys.readouterr().out)["counts"] == meta["counts"]
+
+
+def test_the_task_flag_and_its_options(tmp_path, capsys, caplog):
+    """--task picks the task; an option of another task is a usage error naming it; a
+    directory of another task is regenerated, and the log says what it replaced."""
+    out = str(tmp_path / "hops")
+    args = ["synthetic", f"--out={out}", "--task=hops", "--num_entities=12", "--num_relations=2", "--n_train=60",
+            "--n_eval_per_domain=4", "--n_dev_per_domain=0", "--facts=query", "--n_query_facts=5"]
+    assert synthetic.main(args) == 0
+    meta = json.load(open(os.path.join(out, "meta.json")))
+    assert meta["task"] == "hops" and meta["options"]["facts"] == "query" and meta["options"]["num_entities"] == 12
+    assert json.loads(capsys.readouterr().out)["counts"] == meta["counts"]
+    assert synthetic.main(["synthetic", f"--out={out}", "--facts=query"]) == 2
+    err = capsys.readouterr().err
+    assert "--facts: not an option of the arithmetic task" in err and "max_operand" in err
+    assert synthetic.main(["synthetic", f"--out={out}", "--task=hops", "--facts=brain"]) == 2
+    assert "facts must be one of" in capsys.readouterr().err
+    with caplog.at_level("WARNING", logger="laser_jax"):
+        p = synthetic.ensure_generated(out, seed=0, n_train=30, n_eval_per_domain=3, vocab_size=400)
+    assert json.load(open(p["meta"]))["task"] == "arithmetic"
+    assert "holds the hops task" in caplog.text and "generating the arithmetic task" in caplog.text
+
+
+def test_config_args_name_the_bad_field():
+    import ml_collections
+
+    d = ml_collections.ConfigDict({"synthetic_seed": 4, "synthetic_task": "hops", "synthetic_options": "facts=query"})
+    assert synthetic.config_args(d) == {"seed": 4, "task": "hops", "facts": "query"}
+    d.synthetic_options = "size=3"
+    with pytest.raises(ConfigError, match="data.synthetic_options: .*size=3"):
+        synthetic.config_args(d)
+    d.synthetic_task = "chess"
+    with pytest.raises(ConfigError, match="data.synthetic_task: unknown task 'chess'"):
+        synthetic.config_args(d)
 
 
 def test_number_words():
@@ -315,15 +371,20 @@ def test_same_bytes_from_a_fresh_process(gen, tmp_path):
     assert not filecmp.cmpfiles(a, out, _files(a), shallow=False)[1]
 
 
-def test_tiny_config_lengths_are_exactly_the_default_task_s_longest_texts(tmp_path):
-    """configs/tiny.py truncates nothing of the task it generates, and pads no further than
-    its longest text (on CPU every padded position costs as much as a real one)."""
+@pytest.mark.parametrize("variant", ["", ":hops", ":hops_query"])
+def test_tiny_config_lengths_are_exactly_the_task_s_longest_texts(tmp_path, variant):
+    """configs/tiny.py (and its task variants) truncates nothing of the task it generates,
+    and pads no further than its longest text (on CPU every padded position costs as much as
+    a real one); its vocabulary holds the task's tokenizer."""
     from laser_jax.experiments.ablate import load_config, resolve_config_path
 
-    c = load_config(resolve_config_path("configs/tiny.py"))
-    p = synthetic.generate(str(tmp_path / "task"), seed=c.data.synthetic_seed)
-    lengths = json.load(open(p["meta"]))["token_lengths"]
+    c = load_config(resolve_config_path("configs/tiny.py" + variant))
+    p = synthetic.generate(str(tmp_path / "task"), **synthetic.config_args(c.data))
+    meta = json.load(open(p["meta"]))
+    lengths = meta["token_lengths"]
+    assert meta["task"] == (variant.strip(":").split("_")[0] or "arithmetic")
     assert c.data.pad_multiple == 1 and tuple(c.data.bucket_fractions) == (1.0,)
     assert (c.data.query_max_len, c.data.doc_max_len, c.data.explicit_max_len) == (
         lengths["query"]["max"], lengths["document"]["max"], lengths["explicit"]["max"])
     assert c.eval.max_length >= max(lengths["query"]["max"], lengths["document"]["max"])
+    assert lengths["vocab_size"] <= c.model.vocab_size

@@ -1,5 +1,6 @@
 """laser_jax.experiments.thoughts: the soft steps' top tokens of a tiny random model."""
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -61,3 +62,63 @@ def test_thoughts_command_on_a_domain_and_on_a_query(tokenizer, tmp_path, capsys
     text = capsys.readouterr().out
     assert "## Query 0" in text and "| 0 |" in text and "| 1 |" not in text
     assert thoughts.main(["thoughts", f"--model={model_dir}"]) == 2
+
+
+def _split_with_chains(root):
+    """A generated-task-like split: two domains, chains with their states."""
+    (root / "domains.json").write_text(json.dumps({"steps2": "Find the number.", "steps3": "Find the number."}))
+    rows = {"steps2": [("a", [24, 20]), ("b", [25, 30])], "steps3": [("c", [10, 12, 7])]}
+    for dom, items in rows.items():
+        d = root / dom
+        d.mkdir()
+        for name, row in (("queries", lambda i, st: {"id": i, "query": f"Query {i}.", "gold_ids": ["d1"]}),
+                          ("chains", lambda i, st: {"id": i, "states": st})):
+            d.joinpath(f"{name}.jsonl").write_text("".join(json.dumps(row(i, st)) + "\n" for i, st in items))
+        d.joinpath("documents.jsonl").write_text(json.dumps({"id": "d1", "content": "The number 7."}) + "\n")
+    return str(root)
+
+
+def test_the_figure_counts_soft_steps_that_land_on_their_hop(tokenizer, tmp_path, monkeypatch):
+    """Per soft step j: queries with >= j steps, top-1 = the hop-j state's first token, in the
+    top-k, and top-1 = hop i for every i (hand-made tops; the states' first tokens are digits)."""
+    assert thoughts.state_token(tokenizer, 24) == "2" and thoughts.state_token(tokenizer, 7) == "7"
+    split = _split_with_chains(tmp_path)
+    tops = {"a": [["2", "x"], ["2", "x"]], "b": [["9", "2"], ["3", "x"]], "c": [["1", "x"], ["7", "1"]]}
+
+    def fake_think(loaded, texts, **kw):
+        return [[[(" " + t, 0, 0.5) for t in step] for step in tops[text.rsplit(" ", 1)[-1][0]]] for text in texts]
+
+    monkeypatch.setattr(thoughts, "think", fake_think)
+    fig = thoughts.hop_figure(tiny_loaded(tokenizer, steps=3), split, batch_size=2, top_k=2)
+    assert fig["n"] == 3 and fig["K"] == 3 and [s["step"] for s in fig["steps"]] == [1, 2]
+    s1, s2 = fig["steps"]
+    assert (s1["n"], s1["top1"], s1["topk"]) == (3, round(2 / 3, 4), 1.0)
+    assert s1["top1_is_hop"] == [round(2 / 3, 4), round(2 / 3, 4), 0.0]  # "2" is also 20's first token
+    assert (s2["n"], s2["top1"], s2["topk"]) == (3, round(2 / 3, 4), 1.0)
+    assert s2["top1_is_hop"] == [round(1 / 3, 4), round(2 / 3, 4), 1.0]
+    md = thoughts.format_figure(fig)
+    assert "| 1 | 3 | 66.7 | 100.0 | 66.7 | 66.7 | 0.0 |" in md
+    tops = {k: v + [[{"a": "2", "b": "3", "c": "7"}[k], "x"]] for k, v in tops.items()}  # a third soft step
+    s3 = thoughts.hop_figure(tiny_loaded(tokenizer, steps=4), split, top_k=2)["steps"][2]
+    assert (s3["n"], s3["top1"]) == (1, 1.0)  # only query c has a third hop
+    assert s3["top1_is_hop"] == [round(1 / 3, 4), round(2 / 3, 4), 1.0]  # every query with hop i counts
+    only = thoughts.hop_figure(tiny_loaded(tokenizer, steps=3), os.path.join(split, "steps3"), top_k=2)
+    assert only["n"] == 1 and only["steps"][0]["top1"] == 1.0
+
+
+def test_the_figure_command_on_a_tiny_model(tokenizer, tmp_path, capsys):
+    from laser_jax.model.hf_io import save_pretrained
+
+    loaded = tiny_loaded(tokenizer, seed=4)
+    model_dir = save_pretrained(str(tmp_path / "m"), loaded.variables["params"], loaded.cfg, tokenizer,
+                                dtype="float32")
+    (tmp_path / "dev").mkdir()
+    split = _split_with_chains(tmp_path / "dev")
+    out = str(tmp_path / "fig.md")
+    assert thoughts.main(["thoughts", f"--model={model_dir}", f"--data={split}", "--figure", f"--output={out}"]) == 0
+    assert open(out).read().strip() == capsys.readouterr().out.strip()
+    fig = json.load(open(str(tmp_path / "fig.json")))
+    assert fig["n"] == 3 and len(fig["steps"]) == 2
+    assert all(0 <= s["top1"] <= s["topk"] <= 1 for s in fig["steps"])
+    assert thoughts.main(["thoughts", f"--model={model_dir}", "--query=x", "--figure"]) == 2
+    assert "--figure needs --data" in capsys.readouterr().err

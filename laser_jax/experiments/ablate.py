@@ -6,7 +6,17 @@ Every variant is trained by the project's trainer (`python -m laser_jax.train
 --config=configs/tiny.py` with `--config.*` overrides, as subprocesses, `--parallel` at a
 time, each on one CPU thread) at the same budget: the same steps, batch and data for every
 variant and seed; the seed (`train.seed`) sets the initialisation, dropout and data order.
-The task is generated once (seed `data.synthetic_seed`) into RUNS/data. Each trained model
+The task is generated once (`data.synthetic_task` with `data.synthetic_options`, seed
+`data.synthetic_seed`) into RUNS/data, or given (`--task_dir`).
+One pretrained LM, every variant from it: when the config has a pretraining stage
+(`pretrain.num_steps` > 0, as configs/tiny.py does), the LM is pretrained ONCE into RUNS/lm
+(laser_jax.experiments.pretrain_lm: the stage of `python -m laser_jax.train` alone, reused
+when its stage config and task are unchanged), as one job that every training job waits
+for (and under a lock on RUNS/lm.lock, so even two ablations on one RUNS never write it
+together); every trained variant (and the no-co-learning teacher) starts from it
+(`model.init_from`), and rewrite_then_retrieve's reasoning is written by it. `--lm=DIR`
+names an existing LM to use instead (nothing is pretrained); `--set=pretrain.num_steps=0`
+trains every variant from random weights (and leaves rewrite_then_retrieve out). Each trained model
 is scored on the held-out split (`--split=eval`, the default; `--split=dev` is the
 development split, for tuning). Variants:
 
@@ -17,11 +27,15 @@ development split, for tuning). Variants:
   no_output_distillation  laser.lambda_kl_out=0
   no_co_learning          a teacher trained on the explicit view alone (lambda_latent=0, no KL),
                           then a student distilled from it frozen (laser.teacher_from)
+  pause                   LaSER's losses, but every soft step is fed one learned vector
+                          (laser.soft_token=pause): the same K positions without the soft tokens'
+                          content, the control for "extra compute alone" (issue 23)
+  pause_latent_only       latent_only with pause steps
   explicit_upper          the trained `laser` models' explicit view fed the gold reasoning
                           (laser_jax.experiments.explicit_upper): an upper bound
-  rewrite_then_retrieve   the trained `laser` models' explicit view fed reasoning written by a
-                          pretrained language model (--lm; laser_jax.experiments.rewrite): the
-                          baseline LaSER replaces; the LM writes once for all seeds
+  rewrite_then_retrieve   the trained `laser` models' explicit view fed reasoning written by the
+                          pretrained language model (RUNS/lm or --lm; laser_jax.experiments.rewrite):
+                          the baseline LaSER replaces; the LM writes once for all seeds
 
 With --latency (the default) the per-query retrieval time of basic (K=1), LaSER (the latent
 view) and rewrite-then-retrieve (with --lm) is measured once, on the first seed's `laser`
@@ -46,12 +60,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from absl import flags
 
+from laser_jax import workdir_lock
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data import synthetic
 from laser_jax.experiments.jobs import REPO_ROOT, Job, child_env, cpu_slots, run_jobs
 from laser_jax.experiments.rewrite import lm_fingerprint
 from laser_jax.experiments.report import (load_average, machine_description, results_json, summarize_scores,
                                           write_markdown, write_plot)
+from laser_jax.experiments.start_lm import StartLM, config_flag_args, pretrained_lm_dir, start_lm
 
 DEFAULT_CONFIG = "configs/tiny.py"
 NO_EXPLICIT = {"laser.lambda_explicit": 0.0, "laser.lambda_kl_out": 0.0, "laser.lambda_kl_mid": 0.0}
@@ -63,6 +79,8 @@ VARIANTS: Dict[str, dict] = {
     "no_process_alignment": {"laser.lambda_kl_mid": 0.0},
     "no_output_distillation": {"laser.lambda_kl_out": 0.0},
     "no_co_learning": {},  # + laser.teacher_from=<its teacher's run>
+    "pause": {"laser.soft_token": "pause"},
+    "pause_latent_only": {"laser.soft_token": "pause", **NO_EXPLICIT},
 }
 TEACHER = {"laser.lambda_latent": 0.0, "laser.lambda_kl_out": 0.0, "laser.lambda_kl_mid": 0.0,
            "data.eval_dir": ""}
@@ -75,6 +93,8 @@ LABELS = {"basic": "basic contrastive (K=1)", "latent_only": "latent only (K=3, 
           "laser": "LaSER", "no_process_alignment": "w/o process alignment (lambda_kl_mid=0)",
           "no_output_distillation": "w/o output distillation (lambda_kl_out=0)",
           "no_co_learning": "w/o co-learning (frozen explicit teacher)",
+          "pause": "LaSER with pause steps (one learned vector per soft step)",
+          "pause_latent_only": "latent only with pause steps",
           "explicit_upper": "explicit view + gold reasoning (upper bound)",
           "rewrite_then_retrieve": "rewrite-then-retrieve (LM reasoning + explicit view)"}
 
@@ -116,20 +136,15 @@ def _parse_value(text: str):
     return text
 
 
-def _flag_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 # ----------------------------------------------------------------------------- jobs
 def train_argv(config: str, workdir: str, overrides: dict) -> List[str]:
     return [sys.executable, "-m", "laser_jax.train", f"--config={config}", f"--workdir={workdir}",
-            *[f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]]
+            *config_flag_args(overrides)]
 
 
 def derived_job(variant: str, seed: int, seeds: Sequence[int], variants: Sequence[str], runs_dir: str,
-                data: dict, split: str, eval_max_length: int, eval_batch_size: int, lm: str = "") -> Job:
+                data: dict, split: str, eval_max_length: int, eval_batch_size: int, lm: str = "",
+                start: Optional[StartLM] = None) -> Job:
     """The evaluation of a derived variant (DERIVED) on the seed's trained `laser` run."""
     laser_run = os.path.join(runs_dir, "laser", f"seed{seed}")
     out = os.path.join(laser_run, f"{variant}_{split}.json")
@@ -139,7 +154,11 @@ def derived_job(variant: str, seed: int, seeds: Sequence[int], variants: Sequenc
     config = None
     if variant == "rewrite_then_retrieve":
         argv += [f"--lm={lm}", f"--cache_dir={os.path.join(runs_dir, 'rewrite_cache', split)}"]
-        config = {"lm": lm_fingerprint(lm) if os.path.isdir(lm) else None}  # a rewritten LM reruns
+        if start is not None and start.path == lm:  # the LM the ablation pretrains (or was given)
+            config = {"lm": start.tag}
+            deps += [start.job] if start.job else []
+        else:
+            config = {"lm": lm_fingerprint(lm) if os.path.isdir(lm) else None}  # a rewritten LM reruns
         if seed != seeds[0]:  # the first seed's job writes the cache the others read
             deps.append(f"{variant}/seed{seeds[0]}")
     return Job(f"{variant}/seed{seed}", variant, seed, laser_run, argv, out, deps, config=config,
@@ -160,32 +179,38 @@ def latency_job(jobs: List[Job], seeds: Sequence[int], runs_dir: str, data: dict
 
 
 def plan_jobs(variants: Sequence[str], seeds: Sequence[int], config: str, runs_dir: str, data: dict,
-              split: str, base: dict, eval_max_length: int, eval_batch_size: int, lm: str = "") -> List[Job]:
-    """Jobs for every (variant, seed), with the teacher runs and the derived evaluations."""
+              split: str, base: dict, eval_max_length: int, eval_batch_size: int, lm: str = "",
+              start: Optional[StartLM] = None, first: Sequence[Job] = ()) -> List[Job]:
+    """Jobs for every (variant, seed), with the teacher runs and the derived evaluations,
+    after `first` (the LM's job); with `start`, every training job starts from that LM."""
     data_overrides = {"data.synthetic": False, "data.train_files": data["train"],
                       "model.tokenizer": data["tokenizer"], "data.eval_dir": data[split]}
-    jobs = []
+    if start is not None:
+        data_overrides["model.init_from"] = start.path
+    after = [start.job] if start is not None and start.job else []
+    tag = {"start_lm": start.tag} if start is not None else {}
+    jobs = list(first)
     for variant in variants:
         for seed in seeds:
             run = os.path.join(runs_dir, variant, f"seed{seed}")
             common = {**data_overrides, **base, "train.seed": seed}
             if variant in DERIVED:
                 jobs.append(derived_job(variant, seed, seeds, variants, runs_dir, data, split, eval_max_length,
-                                        eval_batch_size, lm))
+                                        eval_batch_size, lm, start))
                 continue
             overrides = {**common, **VARIANTS[variant]}
-            deps = []
+            deps = list(after)
             if variant == "no_co_learning":
                 teacher = os.path.join(runs_dir, "explicit_teacher", f"seed{seed}")
                 t_over = {**common, **TEACHER}
                 jobs.append(Job(f"explicit_teacher/seed{seed}", "explicit_teacher", seed, teacher,
                                 train_argv(config, teacher, t_over), os.path.join(teacher, "run_config.json"),
-                                config=resolved_config(config, t_over)))
+                                list(after), config={**resolved_config(config, t_over), **tag}))
                 overrides["laser.teacher_from"] = teacher
-                deps = [f"explicit_teacher/seed{seed}"]
+                deps.append(f"explicit_teacher/seed{seed}")
             jobs.append(Job(f"{variant}/seed{seed}", variant, seed, run, train_argv(config, run, overrides),
                             os.path.join(run, "eval_results.json"), deps,
-                            config=resolved_config(config, overrides)))
+                            config={**resolved_config(config, overrides), **tag}))
     return jobs
 
 
@@ -212,18 +237,13 @@ flags.DEFINE_multi_string("set", [], "extra config override FIELD=VALUE for ever
 flags.DEFINE_string("task_dir", "", "an already generated task (laser_jax.data.synthetic) to use instead of "
                     "generating the config's into RUNS/data", flag_values=FLAGS)
 flags.DEFINE_string("notes", "", "a markdown file appended to ablation.md", flag_values=FLAGS)
-flags.DEFINE_string("lm", "", "pretrained language model (HF directory) that writes the reasoning of "
-                    "rewrite_then_retrieve (and is timed by --latency)", flag_values=FLAGS)
+flags.DEFINE_string("lm", "", "an already pretrained language model (HF directory of the config's architecture) "
+                    "that every trained variant starts from and that writes the reasoning of "
+                    "rewrite_then_retrieve (and is timed by --latency); default: the config's pretraining stage "
+                    "run once into RUNS/lm", flag_values=FLAGS)
 flags.DEFINE_boolean("latency", True, "measure per-query retrieval time (basic, laser, rewrite_then_retrieve) "
                      "once, on the first seed's laser run", flag_values=FLAGS)
 define_help(FLAGS)
-
-
-def pretrained_lm_dir(f, runs_dir: str) -> str:
-    """The language model of rewrite_then_retrieve: --lm (absolute), or "" when there is none.
-    The one place a default LM (e.g. one pretrained into RUNS) is to be hooked in."""
-    del runs_dir  # no default LM yet
-    return os.path.abspath(f.lm) if f.lm else ""
 
 
 def _variants(f, lm: str) -> Optional[List[str]]:
@@ -252,9 +272,9 @@ def _task(f, runs_dir: str, cfg) -> Optional[dict]:
         if meta is None:
             print(f"error: {f.task_dir} holds no generated task (meta.json)", file=sys.stderr)
             return None
-        data = synthetic.paths(os.path.abspath(f.task_dir), meta["domains"], meta.get("dev_domains", ()))
+        data = synthetic.paths_from_meta(f.task_dir, meta)
     else:
-        data = synthetic.ensure_generated(os.path.join(runs_dir, "data"), seed=cfg.data.synthetic_seed)
+        data = synthetic.ensure_generated(os.path.join(runs_dir, "data"), **synthetic.config_args(cfg.data))
     if f.split not in data:
         print(f"error: the generated task has no {f.split}/ split", file=sys.stderr)
         return None
@@ -265,23 +285,25 @@ def _command(f, argv: Sequence[str]) -> int:
     t0, load0 = time.time(), load_average()
     seeds = [int(s) for s in f.seeds.split(",") if s.strip()]
     runs_dir = os.path.abspath(f.runs_dir)
-    lm = pretrained_lm_dir(f, runs_dir)
-    variants = _variants(f, lm)
-    if variants is None or not seeds:
-        if variants is not None:
-            print("error: no seeds", file=sys.stderr)
-        return 2
     config = resolve_config_path(f.config)
     base = {k: _parse_value(v) for k, v in (kv.split("=", 1) for kv in f.set)}
     if f.steps:
         base["train.num_steps"] = f.steps
     cfg = load_config(config, base)
+    lm = pretrained_lm_dir(f, runs_dir, cfg)
+    variants = _variants(f, lm)
+    if variants is None or not seeds or (f.lm and not os.path.isdir(lm)):
+        if variants is not None:
+            print("error: no seeds" if not seeds else f"error: --lm: {lm}: no such directory", file=sys.stderr)
+        return 2
     os.makedirs(runs_dir, exist_ok=True)
     data = _task(f, runs_dir, cfg)
     if data is None:
         return 2
+    start, first = start_lm(lm, bool(f.lm), config, runs_dir, data, base, cfg)
     max_length = max(cfg.eval.max_length, cfg.data.explicit_max_len)
-    jobs = plan_jobs(variants, seeds, config, runs_dir, data, f.split, base, max_length, cfg.eval.batch_size, lm)
+    jobs = plan_jobs(variants, seeds, config, runs_dir, data, f.split, base, max_length, cfg.eval.batch_size, lm,
+                     start, first)
     if f.latency and "laser" in variants:
         jobs.append(latency_job(jobs, seeds, runs_dir, data, f.split, lm, max_length))
     cpus = [] if f.no_pin else cpu_slots(f.parallel)
@@ -290,15 +312,19 @@ def _command(f, argv: Sequence[str]) -> int:
     command = "python -m laser_jax.experiments.ablate " + " ".join(shlex.quote(a) for a in argv[1:])
     failed = [j.name for j in jobs if j.returncode not in (0,)]
     timing = _timing(jobs, t0, load0, f.parallel, cpus) + (f"; FAILED: {', '.join(failed)}" if failed else "")
-    _write_results(f, summary, seeds, command, _budget(cfg, config, base), timing, read_latency(jobs))
+    _write_results(f, summary, seeds, command, _budget(cfg, config, base, start), timing, read_latency(jobs))
     return 1 if failed else 0
 
 
-def _budget(cfg, config: str, base: dict) -> str:
+def _budget(cfg, config: str, base: dict, start: Optional[StartLM] = None) -> str:
     m, t = cfg.model, cfg.train
+    origin = "from scratch"
+    if start is not None:
+        origin = f"from the pretrained LM {start.path}" + (
+            f", {cfg.pretrain.num_steps} LM steps x {cfg.pretrain.batch_size} rows" if start.job else "")
     return (f"{t.num_steps} steps x {t.batch_size} queries x {cfg.data.group_size} documents "
             f"(lr {t.learning_rate}, warm-up {t.warmup_ratio}), model {m.num_hidden_layers} layers x "
-            f"hidden {m.hidden_size} (from scratch), K={cfg.laser.num_thinking_steps}, "
+            f"hidden {m.hidden_size} ({origin}), K={cfg.laser.num_thinking_steps}, "
             f"lambda_kl_out={cfg.laser.lambda_kl_out}, lambda_kl_mid={cfg.laser.lambda_kl_mid}, "
             f"config {os.path.relpath(config.partition(':')[0], REPO_ROOT)}"
             + (f" with {', '.join(f'{k}={v}' for k, v in base.items())}" if base else ""))
@@ -349,7 +375,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry; argv[0] is the program name. Returns 0, 1 when a job failed, 2 on
     bad flags or task."""
     argv = list(sys.argv if argv is None else argv)
-    return run_cli(FLAGS, lambda f: _command(f, argv), argv, allow_arguments=False, expected_errors=())
+    return run_cli(FLAGS, lambda f: _locked(f.runs_dir, lambda: _command(f, argv)), argv, allow_arguments=False,
+                   expected_errors=())
+
+
+def _locked(runs_dir: str, body) -> int:
+    """body() while this process holds the runs directory's lock (issue 24: one ablation per
+    runs directory; its training jobs lock their own workdirs inside it)."""
+    try:
+        with workdir_lock.held(runs_dir, "--runs_dir"):
+            return body()
+    except workdir_lock.LockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

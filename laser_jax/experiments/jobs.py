@@ -3,7 +3,8 @@
 A `Job` is one command line with the JSON file it leaves behind when it succeeded; a job
 whose workdir already holds the same command's finished result (and, for a training run,
 the same resolved config) is reused instead of run again. With `cpus`, each running job is
-pinned to a CPU no other running job holds.
+pinned to a CPU no other running job holds; a job marked `alone` (one every other job waits
+for, such as the ablation's pretrained LM) runs by itself on every CPU.
 """
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ class Job:
     cpu: Optional[int] = None      # the CPU the running job is pinned to (run_jobs with cpus)
     owns_workdir: bool = True      # a training run (its workdir is cleared before it starts); False for
                                    # an evaluation writing into another job's workdir
+    stem: str = ""                 # names its marker and log in workdir; "" = the result file's name
+    alone: bool = False            # runs with no other job beside it, unpinned, with XLA's own threading
+                                   # (a job every other one waits for, e.g. the ablation's LM)
     log: str = ""
     returncode: Optional[int] = None
     seconds: float = 0.0
@@ -44,9 +48,12 @@ class Job:
     proc: Optional[subprocess.Popen] = None
 
     @property
+    def file_stem(self) -> str:
+        return self.stem or os.path.splitext(os.path.basename(self.result))[0]
+
+    @property
     def marker(self) -> str:
-        stem = os.path.splitext(os.path.basename(self.result))[0]
-        return os.path.join(self.workdir, f"ablation_command_{stem}.json")
+        return os.path.join(self.workdir, f"ablation_command_{self.file_stem}.json")
 
     def done_before(self) -> bool:
         """True when the workdir holds this exact command's finished result, trained with the
@@ -71,6 +78,14 @@ def child_env(parallel: int, cache_dir: str) -> dict:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PYTHONPATH"] = REPO_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+def _env_of(job: Job, env: dict) -> dict:
+    """A job running alone gets XLA's own threading back (parallel jobs run one thread each)."""
+    flags = env.get("XLA_FLAGS", "")
+    if not job.alone or SINGLE_THREAD not in flags:
+        return env
+    return {**env, "XLA_FLAGS": flags.replace(SINGLE_THREAD, "").strip()}
 
 
 def cpu_slots(parallel: int) -> List[int]:
@@ -106,7 +121,7 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print, cpus: Sequenc
             log(f"[ablate] {job.name}: {'done' if rc == 0 else f'FAILED (exit {rc}), see {job.log}'} "
                 f"in {job.seconds:.0f}s")
         for job in list(pending):
-            if len(running) >= parallel:
+            if len(running) >= parallel or any(j.alone for j in running):
                 break
             deps = [by_name[d] for d in job.deps if d in by_name]
             if any(d.returncode not in (None, 0) for d in deps):
@@ -116,6 +131,8 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print, cpus: Sequenc
                 continue
             if any(d.returncode is None for d in deps):
                 continue
+            if job.alone and running:
+                break  # it starts when the running jobs are done; nothing else starts before it
             pending.remove(job)
             if job.done_before():
                 job.returncode, job.reused = 0, True
@@ -126,14 +143,14 @@ def run_jobs(jobs: List[Job], parallel: int, env: dict, log=print, cpus: Sequenc
             if job.owns_workdir and os.path.isdir(job.workdir):
                 shutil.rmtree(job.workdir)  # stale or different run: start clean
             os.makedirs(job.workdir, exist_ok=True)
-            job.log = os.path.join(job.workdir, f"log_{os.path.splitext(os.path.basename(job.result))[0]}.txt")
-            job.cpu = next((c for c in cpus if c not in {j.cpu for j in running}), None)
+            job.log = os.path.join(job.workdir, f"log_{job.file_stem}.txt")
+            job.cpu = None if job.alone else next((c for c in cpus if c not in {j.cpu for j in running}), None)
             pin = None if job.cpu is None else functools.partial(os.sched_setaffinity, 0, {job.cpu})
             log(f"[ablate] {job.name}: starting" + (f" on cpu {job.cpu}" if pin else ""))
             with open(job.log, "w") as out:
                 out.write(" ".join(shlex.quote(a) for a in job.argv) + "\n")
                 out.flush()
-                job.proc = subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT, env=env,
+                job.proc = subprocess.Popen(job.argv, stdout=out, stderr=subprocess.STDOUT, env=_env_of(job, env),
                                             cwd=REPO_ROOT, preexec_fn=pin)
             job.started = time.time()
             running.append(job)

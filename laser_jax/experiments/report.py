@@ -62,7 +62,7 @@ def beats(summary: dict, a: str, b: str) -> Optional[bool]:
 
 def ordering_verdict(summary: dict) -> str:
     checks = [("laser", "latent_only"), ("latent_only", "basic"), ("explicit_upper", "laser"),
-              ("laser", "rewrite_then_retrieve")]
+              ("laser", "rewrite_then_retrieve"), ("laser", "pause"), ("latent_only", "pause_latent_only")]
     parts = []
     for a, b in checks:
         verdict = beats(summary, a, b)
@@ -154,7 +154,7 @@ def write_plot(path: str, summary: dict, title: str) -> None:
     stds = np.array([100 * summary[n]["std"] for n in names])
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4.2))
     x = np.arange(len(names))
-    ax.bar(x, means, yerr=stds, capsize=4, color=["#999999" if n in ("basic", "latent_only") else
+    ax.bar(x, means, yerr=stds, capsize=4, color=["#999999" if n in ("basic", "latent_only", "pause", "pause_latent_only") else
                                                    "#55a868" if n == "explicit_upper" else
                                                    "#dd8452" if n == "rewrite_then_retrieve" else "#4c72b0"
                                                    for n in names])

@@ -21,7 +21,6 @@ The parts, for other views of the model (`laser_jax.experiments.explicit_upper`)
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 from typing import Callable, Iterator, Optional, Sequence, Tuple
@@ -34,7 +33,8 @@ from tqdm import tqdm
 from laser_jax.data.formatting import TextFormat, chat_wrap, format_query
 from laser_jax.data.tokenize import INFERENCE_BUCKETING, Bucketing, left_pad, pad_token_id, tokenize_texts
 from laser_jax.inference.load import load_for_inference
-from laser_jax.method.views import latent_view, resolve_num_thinking_steps
+from laser_jax.inference.text_format import announce, apply_overrides, check_overrides, has_chat_template
+from laser_jax.method.views import check_soft_token_variables, latent_view, resolve_num_thinking_steps
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import Decoder
 
@@ -66,6 +66,15 @@ def check_positive(**values) -> None:
 
 def default_dtype() -> str:
     return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def check_dtype(dtype: str) -> None:
+    """ValueError for a parameter/compute dtype this machine cannot run: float16 on a CPU
+    (XLA's CPU backend has no float16 matrix product with float32 accumulation)."""
+    if dtype == "float16" and jax.default_backend() == "cpu":
+        raise ValueError("dtype float16 does not run on a CPU (XLA's CPU backend has no float16 matrix "
+                         "product accumulating in float32); use float32 or bfloat16 here (float16 is the "
+                         "LaSER authors' GPU setting)")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "num_steps"))
@@ -122,6 +131,7 @@ class LaserEncoder:
 
     def __init__(self, cfg: ModelConfig, variables, tokenizer, text_format: TextFormat = TextFormat(),
                  num_thinking_steps: int = 3, bucketing: Bucketing = INFERENCE_BUCKETING):
+        check_soft_token_variables(cfg, variables)  # a pause model (cfg.soft_token) needs its vector
         self.cfg = cfg
         self.variables = variables
         self.tokenizer = tokenizer
@@ -148,20 +158,29 @@ class LaserEncoder:
           path: HF directory (config.json, safetensors, tokenizer) or a training workdir
             (its latest checkpoint) or one checkpoint step directory.
           dtype: "float32", "bfloat16" or "float16" for parameters and compute (default:
-            float32 on CPU, bfloat16 on accelerators).
+            float32 on CPU, bfloat16 on accelerators; the LaSER authors evaluate in float16).
           chat_template, query_template, num_thinking_steps: override the text format and
-            default J (a training checkpoint carries its own; an HF directory defaults to
-            the spec's template without chat wrapping and J = 3).
+            default K. A training checkpoint and an HF directory with laser.json carry their
+            own; an HF directory without laser.json gets the LaSER authors' format when it
+            is a Qwen3 model with a chat template (their released checkpoints), else the
+            spec's default, and one line on stderr says which
+            (`laser_jax.inference.text_format`).
+
+        Raises:
+          ValueError: an override that cannot work (before loading), or chat wrapping asked
+            of a tokenizer without a chat template.
         """
         dtype = dtype or default_dtype()
-        if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
-            resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
+        check_dtype(dtype)
+        check_overrides(chat_template, query_template, num_thinking_steps)  # before the (slow) load
         loaded = load_for_inference(path, dtype)
-        fmt = loaded.text_format
-        fmt = dataclasses.replace(
-            fmt, **{k: v for k, v in dict(chat_template=chat_template, query_template=query_template).items()
-                    if v is not None})
-        steps = resolve_num_thinking_steps(num_thinking_steps, loaded.num_thinking_steps)
+        fmt, steps, overridden = apply_overrides(loaded.text_format, loaded.num_thinking_steps,
+                                                 chat_template=chat_template, query_template=query_template,
+                                                 num_thinking_steps=num_thinking_steps)
+        if fmt.chat_template and not has_chat_template(loaded.tokenizer):
+            raise ValueError(f"{path}: chat wrapping is on (chat_template) but the tokenizer has no chat "
+                             "template; use chat_template=False (--chat_template=false)")
+        announce(path, loaded.format_origin, fmt, steps, overridden)
         return cls(loaded.cfg, loaded.variables, loaded.tokenizer, fmt, steps)
 
     # ------------------------------------------------------------------ encoding

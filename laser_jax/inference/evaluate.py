@@ -1,12 +1,16 @@
 """BRIGHT-format evaluation: encode (or load) embeddings, exact search, nDCG/Recall.
 
-  python -m laser_jax.evaluate --model=PATH --data=DIR [--domains=a,b] [--output=RESULTS.json]
+  python -m laser_jax.evaluate --model=PATH --data=DIR [--domains=a,b] [--output=RESULTS.json] \
+      [--chat_template=true|false] [--query_template=...] [--num_thinking_steps=K] [--model_dtype=float16]
   python -m laser_jax.evaluate --data=DOMAIN_DIR --query_embeddings=Q.npy \
       --document_embeddings=D.npy [--output=RESULTS.json]
 
 DIR holds one sub-directory per domain (see laser_jax.retrieval.bright); with pre-computed
 embeddings DIR is one domain directory and each .npy has an ids file beside it
-(Q.npy -> Q.ids.txt, one id per line in row order).
+(Q.npy -> Q.ids.txt, one id per line in row order). The model's text format is its own
+(for a Hugging Face directory without laser.json the one `laser_jax.inference.text_format`
+chooses, said on stderr) unless --chat_template / --query_template / --num_thinking_steps
+say otherwise; the results JSON records the format and K used.
 
 The core takes callables, so any encoder (or a test's fake) can drive it:
   evaluate_domain(domain, encode_queries_fn, encode_documents_fn)   one domain
@@ -27,8 +31,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from absl import flags, logging
 
+from laser_jax import storage
 from laser_jax.cli import run_cli
 from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag, check_positive
+from laser_jax.inference.text_format import define_format_flags, format_flag_values
 from laser_jax.method.views import resolve_num_thinking_steps
 from laser_jax.retrieval import bright
 from laser_jax.retrieval.metrics import DEFAULT_METRICS, evaluate_run, run_from_topk
@@ -160,17 +166,8 @@ FINITE_CHECK_ROWS = 65536  # rows per block of the finiteness check of saved emb
 
 
 def _open_npy(npy_path: str) -> np.ndarray:
-    """np.load(mmap_mode="r") with errors that name the file (a truncated file otherwise
-    says only "mmap length is greater than file size")."""
-    try:
-        return np.load(npy_path, mmap_mode="r")
-    except ValueError as e:
-        if "mmap length is greater than file size" in str(e) or "cannot reshape" in str(e):
-            raise ValueError(f"{npy_path}: the file is shorter than its header says: it looks "
-                             f"truncated (an interrupted copy or export?) ({e})") from None
-        raise ValueError(f"{npy_path}: not a readable .npy file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{npy_path}: not a readable .npy file ({e})") from None
+    """np.load(mmap_mode="r") with errors that name the file (storage.load_npy)."""
+    return storage.load_npy(npy_path, mmap_mode="r")
 
 
 def check_finite_rows(emb, path: str, block_rows: int = FINITE_CHECK_ROWS) -> None:
@@ -296,6 +293,10 @@ flags.DEFINE_list("domains", None, "Comma-separated domains to evaluate (default
 flags.DEFINE_string("output", None, "Write the results JSON here.", flag_values=FLAGS)
 flags.DEFINE_integer("num_thinking_steps", None, "Latent steps K at inference (default: the model's "
                      "own, from laser.json or the checkpoint; 3 when neither says).", flag_values=FLAGS)
+define_format_flags(FLAGS)
+flags.DEFINE_enum("model_dtype", None, ["float32", "bfloat16", "float16"], "Parameter/compute dtype "
+                  "(default: float32 on CPU, bfloat16 on accelerators; the LaSER authors evaluate in "
+                  "float16).", flag_values=FLAGS)
 flags.DEFINE_integer("max_length", 8192, "Max tokens per query/document.", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 16, "Encoding batch size.", flag_values=FLAGS)
 flags.DEFINE_integer("block_size", DEFAULT_BLOCK_SIZE, "Corpus rows per search block.",
@@ -309,12 +310,13 @@ flags.DEFINE_boolean("progress", True, "Progress bars (stderr) while encoding qu
 flags.DEFINE_boolean("help", False, "Show this help.", flag_values=FLAGS, short_name="h")
 
 
-def _laser_encoder_fns(model_path: str, num_thinking_steps: Optional[int], max_length: int, batch_size: int,
-                       progress: bool = True):
-    """(encode_queries_fn, encode_documents_fn, K) backed by LaserEncoder; K is
-    `num_thinking_steps`, or the model's own when None (laser_jax.method.views.resolve_num_thinking_steps)."""
-    enc = LaserEncoder.from_pretrained(model_path, dtype=None)
-    num_thinking_steps = resolve_num_thinking_steps(num_thinking_steps, enc.num_thinking_steps)
+def _laser_encoder_fns(model_path: str, max_length: int, batch_size: int, progress: bool = True,
+                       dtype: Optional[str] = None, **overrides):
+    """(encode_queries_fn, encode_documents_fn, K, text format) backed by LaserEncoder;
+    `overrides`: the chat_template / query_template / num_thinking_steps given (K is the
+    model's own when none is given: laser_jax.method.views.resolve_num_thinking_steps)."""
+    enc = LaserEncoder.from_pretrained(model_path, dtype=dtype, **overrides)
+    num_thinking_steps = resolve_num_thinking_steps(overrides.get("num_thinking_steps"), enc.num_thinking_steps)
 
     def encode_queries(texts, instruction):
         return enc.encode_queries(texts, instruction, num_thinking_steps=num_thinking_steps,
@@ -326,7 +328,7 @@ def _laser_encoder_fns(model_path: str, num_thinking_steps: Optional[int], max_l
                                     max_length=max_length, batch_size=batch_size,
                                     show_progress_bar=progress, desc="documents")
 
-    return encode_queries, encode_documents, num_thinking_steps
+    return encode_queries, encode_documents, num_thinking_steps, getattr(enc, "text_format", None)
 
 
 def run(f: flags.FlagValues) -> dict:
@@ -335,15 +337,18 @@ def run(f: flags.FlagValues) -> dict:
         raise ValueError("--data is required")
     check_num_thinking_steps_flag(f.num_thinking_steps)
     check_positive(max_length=f.max_length, batch_size=f.batch_size, block_size=f.block_size)
-    steps = None
+    text_format = format_flag_values(f)
+    steps = fmt = None
     precomputed = (f.query_embeddings is not None, f.document_embeddings is not None)
     if any(precomputed):
         if not all(precomputed):
             raise ValueError("--query_embeddings and --document_embeddings go together")
         if f.model:
             raise ValueError("give either --model or pre-computed embeddings, not both")
-        if f.num_thinking_steps is not None:
-            raise ValueError("--num_thinking_steps does not apply to pre-computed embeddings")
+        given = [n for n, v in (("num_thinking_steps", f.num_thinking_steps), ("chat_template", f.chat_template),
+                                ("query_template", f.query_template), ("model_dtype", f.model_dtype)) if v is not None]
+        if given:
+            raise ValueError(f"--{given[0]} does not apply to pre-computed embeddings")
         if f.domains:
             raise ValueError("--domains does not apply to pre-computed embeddings (one domain "
                              "directory)")
@@ -352,10 +357,12 @@ def run(f: flags.FlagValues) -> dict:
     else:
         if not f.model:
             raise ValueError("--model is required (or --query_embeddings/--document_embeddings)")
-        q_fn, d_fn, steps = _laser_encoder_fns(f.model, f.num_thinking_steps, f.max_length, f.batch_size,
-                                               f.progress)
+        q_fn, d_fn, steps, fmt = _laser_encoder_fns(f.model, f.max_length, f.batch_size, f.progress, f.model_dtype,
+                                                    **text_format)
         results = evaluate_dir(f.data, q_fn, d_fn, domains=f.domains, block_size=f.block_size)
     summary = summarize(results, steps)
+    if dataclasses.is_dataclass(fmt):
+        summary["text_format"] = dataclasses.asdict(fmt)
     print(format_table(results, steps), flush=True)
     if f.output:
         write_summary(f.output, summary)

@@ -2,6 +2,7 @@
 
   python -m laser_jax.export --model=PATH --input=FILE.jsonl --output=OUT.npy \
       [--kind=document|query|raw] [--instruction=...] [--num_thinking_steps=K] \
+      [--chat_template=true|false] [--query_template=...] [--model_dtype=float16] \
       [--max_length=512] [--batch_size=32] [--dtype=float32|float16] [--chunk_size=N] \
       [--num_shards=N --shard_index=I] [--distributed=auto|on|off] [--overwrite]
   python -m laser_jax.export --output=OUT.npy --assemble --num_shards=N
@@ -15,7 +16,10 @@ Output: OUT.npy, float32 (or float16) [N, D], row i = the L2-normalised latent-v
 embedding of the i-th record, in input order; OUT.ids.txt, the ids in the same order;
 OUT.export.json, what was exported (settings, input fingerprint, model probe).
 `--kind=query` fills the model's query template with --instruction, `document` applies
-the document formatting (chat wrapping when the model uses it), `raw` none.
+the document formatting (chat wrapping when the model uses it), `raw` none. The model's
+text format is its own (checkpoint, laser.json; for a Hugging Face directory without
+laser.json the one `laser_jax.inference.text_format` chooses, said on stderr);
+--chat_template, --query_template and --num_thinking_steps override it.
 
 Streaming and resuming: the input is read chunk by chunk (`--chunk_size` records; only
 one chunk's texts are in memory), and rows are written into a memory-mapped part file
@@ -57,8 +61,9 @@ from laser_jax.cli import run_cli
 from laser_jax.inference.encoder import LaserEncoder, check_num_thinking_steps_flag, check_positive
 from laser_jax.inference.export_input import InputIndex, read_records, scan_input
 from laser_jax.inference.export_parts import (
-    assemble, check_other_shardings, cleanup_parts, final_paths, finished_export, output_base, part_paths,
-    read_json, resume_or_start, reuse_index, write_ids, write_json_atomic)
+    assemble, check_other_shardings, cleanup_parts, final_paths, finished_export, output_base, output_lock,
+    part_paths, shard_chunks, shard_range, read_json, resume_or_start, reuse_index, write_ids, write_json_atomic)
+from laser_jax.inference.text_format import define_format_flags, format_flag_values
 from laser_jax.method.views import resolve_num_thinking_steps
 
 __all__ = [
@@ -231,19 +236,6 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def shard_chunks(num_chunks: int, num_shards: int, shard_index: int) -> Tuple[int, int]:
-    """[first, stop) chunks of one shard: contiguous, whole chunks, sizes within one."""
-    return num_chunks * shard_index // num_shards, num_chunks * (shard_index + 1) // num_shards
-
-
-def _shard(index: InputIndex, num_shards: int, shard_index: int) -> dict:
-    """This shard's chunk and row ranges, as recorded in its progress file."""
-    c0, c1 = shard_chunks(index.num_chunks, num_shards, shard_index)
-    row0 = index.chunk_rows(c0)[0]
-    row1 = index.chunk_rows(c1 - 1)[1] if c1 > c0 else row0
-    return {"num_shards": num_shards, "shard_index": shard_index, "chunks": [c0, c1], "rows": [row0, row1]}
-
-
 # ------------------------------------------------------------------------------ export
 def run_export(encoder, input_path: str, output_path: str, settings: ExportSettings, *,
                index: Optional[InputIndex] = None, on_chunk: Optional[Callable[[int], None]] = None
@@ -263,6 +255,11 @@ def run_export(encoder, input_path: str, output_path: str, settings: ExportSetti
       ExportResult. The rows of OUT.npy are float [N, D], L2-normalised, in input order.
     """
     settings.check()
+    with output_lock(output_path, settings.num_shards, settings.shard_index or 0):  # issue 24 (nested in the CLI's)
+        return _run_export(encoder, input_path, output_path, settings, index, on_chunk)
+
+
+def _run_export(encoder, input_path: str, output_path: str, settings: ExportSettings, index, on_chunk):
     chunk_size = settings.resolved_chunk_size()
     by_process = settings.num_shards is None
     num_shards, shard_index = _process_info() if by_process else (settings.num_shards, settings.shard_index)
@@ -285,7 +282,7 @@ def run_export(encoder, input_path: str, output_path: str, settings: ExportSetti
         return ExportResult(final["npy"], done["num_rows"], done["dim"], 0, 0, 0, True)
     check_other_shardings(output_path, num_shards, settings.overwrite)
 
-    shard = _shard(index, num_shards, shard_index)
+    shard = shard_range(index, num_shards, shard_index)
     state = resume_or_start(part, state, recorded, shard, index, settings.overwrite)
     skipped, encoded = state["chunks_done"], 0
     if not state["complete"]:
@@ -329,11 +326,13 @@ flags.DEFINE_enum("kind", "document", KINDS, "Formatting: query template (query)
 flags.DEFINE_string("instruction", "", "Query instruction (--kind=query).", flag_values=FLAGS)
 flags.DEFINE_integer("num_thinking_steps", None, "Latent steps K (default: the model's, from laser.json "
                      "or the checkpoint; 3 when neither says).", flag_values=FLAGS)
+define_format_flags(FLAGS)
 flags.DEFINE_integer("max_length", 512, "Max tokens per text (right truncation).", flag_values=FLAGS)
 flags.DEFINE_integer("batch_size", 32, "Encoding batch size.", flag_values=FLAGS)
 flags.DEFINE_enum("dtype", "float32", DTYPES, "dtype of the written rows.", flag_values=FLAGS)
 flags.DEFINE_enum("model_dtype", None, ["float32", "bfloat16", "float16"], "Parameter/compute dtype "
-                  "(default: float32 on CPU, bfloat16 on accelerators).", flag_values=FLAGS)
+                  "(default: float32 on CPU, bfloat16 on accelerators; the LaSER authors evaluate in "
+                  "float16).", flag_values=FLAGS)
 flags.DEFINE_integer("chunk_size", None, f"Records per chunk, the resume unit (default "
                      f"{BATCHES_PER_CHUNK} x batch_size).", flag_values=FLAGS)
 flags.DEFINE_integer("num_shards", None, "Independent shard jobs: how many (default: one shard per "
@@ -357,12 +356,14 @@ def run(f: flags.FlagValues) -> ExportResult:
     if f.assemble:
         if f.num_shards is None or f.model or f.input:
             raise ValueError("--assemble takes --output and --num_shards only")
-        assemble(f.output, f.num_shards)
+        with output_lock(f.output):
+            assemble(f.output, f.num_shards)
         meta = read_json(final_paths(f.output)["meta"])
         return ExportResult(f.output, meta["num_rows"], meta["dim"], 0, 0, 0, True)
     if not f.model or not f.input:
         raise ValueError("--model and --input are required (or --assemble)")
     check_num_thinking_steps_flag(f.num_thinking_steps)
+    text_format = format_flag_values(f)
     settings = ExportSettings(
         kind=f.kind, instruction=f.instruction, num_thinking_steps=f.num_thinking_steps,
         max_length=f.max_length, batch_size=f.batch_size, dtype=f.dtype, chunk_size=f.chunk_size,
@@ -375,12 +376,13 @@ def run(f: flags.FlagValues) -> ExportResult:
         num_shards, shard_index = _process_info()
     else:
         num_shards, shard_index = f.num_shards, f.shard_index
-    # Validate the input before loading the model (a restart reuses its recorded scan).
-    state = read_json(part_paths(f.output, shard_index, num_shards)["progress"])
-    index = reuse_index(state, f.input, chunk_size) or scan_input(f.input, chunk_size)
-    logging.info("%s: %d records in %d chunk(s)", f.input, index.num_records, index.num_chunks)
-    encoder = LaserEncoder.from_pretrained(f.model, dtype=f.model_dtype)
-    return run_export(encoder, f.input, f.output, settings, index=index)
+    with output_lock(f.output, f.num_shards, shard_index):  # issue 24: one writer per output, before loading
+        # Validate the input before loading the model (a restart reuses its recorded scan).
+        state = read_json(part_paths(f.output, shard_index, num_shards)["progress"])
+        index = reuse_index(state, f.input, chunk_size) or scan_input(f.input, chunk_size)
+        logging.info("%s: %d records in %d chunk(s)", f.input, index.num_records, index.num_chunks)
+        encoder = LaserEncoder.from_pretrained(f.model, dtype=f.model_dtype, **text_format)
+        return run_export(encoder, f.input, f.output, settings, index=index)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

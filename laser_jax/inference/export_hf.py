@@ -10,6 +10,8 @@ adapters, when present, are folded into the base weights; then HF_DIR gets:
   config.json, model*.safetensors   loadable by transformers.AutoModelForCausalLM
   tokenizer files                   the model's tokenizer
   laser.json                        num_thinking_steps K, query_template, chat_template
+                                    (and soft_token "pause" for a model trained with it)
+  laser_pause.safetensors           the learned pause vector of such a model (pause_file)
   laser_st.py, modules.json,        a sentence-transformers module running the latent loop
   config_sentence_transformers.json  (`SentenceTransformer(HF_DIR, trust_remote_code=True)`;
                                     without trust_remote_code it refuses to load)
@@ -18,7 +20,10 @@ adapters, when present, are folded into the base weights; then HF_DIR gets:
 
 Everything is written into a temporary sibling of HF_DIR (`.HF_DIR.partial-<pid>`) that is
 renamed into place at the end (with --overwrite, its files replace those of HF_DIR); on any
-failure it is removed, so no partial model directory is left behind. A full disk is one
+failure it is removed, so no partial model directory is left behind (one left by a killed
+export is removed by the next). `manifest.json` (laser_jax.storage) is written last: the
+loaders check HF_DIR against it and name a damaged file. While it writes, the export holds
+HF_DIR's lock (`.HF_DIR.lock`, laser_jax.workdir_lock): a second export there is refused. A full disk is one
 "error: disk full: ..." line and exit status 4 (docs/faults.md).
 
 In process: `export_loaded(loaded_model, out_dir, dtype=...)` or `export_hf(path, out_dir)`.
@@ -36,11 +41,13 @@ from typing import Optional, Sequence
 
 from absl import flags, logging
 
+from laser_jax import storage, workdir_lock
 from laser_jax.cli import run_cli
-from laser_jax.inference import load, torch_encoder
+from laser_jax.inference import load, pause_file, torch_encoder
 from laser_jax.inference.encoder import check_num_thinking_steps_flag
-from laser_jax.method.views import resolve_num_thinking_steps
+from laser_jax.method.views import check_soft_token_variables, resolve_num_thinking_steps
 from laser_jax.model import hf_io
+from laser_jax.model.decoder import LATENT
 from laser_jax.storage import is_disk_full
 
 __all__ = ["export_loaded", "export_hf", "model_card", "main"]
@@ -72,7 +79,7 @@ def _move_into_place(partial: str, out_dir: str) -> None:
         os.replace(partial, out_dir)
         return
     for stale in os.listdir(out_dir):
-        if _WEIGHT_FILE.fullmatch(stale):
+        if _WEIGHT_FILE.fullmatch(stale) or stale == pause_file.PAUSE_FILE:
             os.remove(os.path.join(out_dir, stale))
     for name in os.listdir(partial):
         target = os.path.join(out_dir, name)
@@ -119,11 +126,17 @@ def export_loaded(loaded, out_dir: str, *, dtype: str = "bfloat16",
     if lora and not loaded.cfg.lora_rank:
         raise ValueError("the variables carry LoRA adapters but the config has lora_rank=0, so "
                          "their scale (lora_alpha / lora_rank) is unknown")
+    check_soft_token_variables(loaded.cfg, loaded.variables)
     partial = _partial_dir(out_dir)
-    shutil.rmtree(partial, ignore_errors=True)
     try:
-        _write(loaded, partial, dtype, steps, lora, source)
-        _move_into_place(partial, out_dir)
+        with workdir_lock.held(out_dir, "--out", inside=False):  # issue 24: one writer per output
+            _check_out_dir(out_dir, overwrite, source)  # again, now that no other export writes there
+            for left in storage.remove_leftovers(os.path.dirname(partial), f".{os.path.basename(out_dir)}.partial-",
+                                                 any_owner=True):
+                logging.warning("removed %s, left by an interrupted export", left)
+            _write(loaded, partial, dtype, steps, lora, source)
+            storage.write_manifest(partial)  # issue 27: what the export wrote, last
+            _move_into_place(partial, out_dir)
     except BaseException as e:
         shutil.rmtree(partial, ignore_errors=True)
         if isinstance(e, Exception) and is_disk_full(e):
@@ -153,7 +166,9 @@ def write_sentence_transformers_files(out_dir: str,
 def _write(loaded, out_dir: str, dtype: str, steps: int, lora, source: Optional[str]) -> None:
     hf_io.save_pretrained(out_dir, loaded.variables["params"], loaded.cfg, tokenizer=loaded.tokenizer,
                           lora=lora, dtype=dtype)
-    load.write_laser_meta(out_dir, loaded.text_format, steps)
+    load.write_laser_meta(out_dir, loaded.text_format, steps, loaded.cfg.soft_token)
+    if loaded.cfg.soft_token == "pause":
+        pause_file.write_pause(out_dir, loaded.variables[LATENT], dtype)
     write_sentence_transformers_files(out_dir)
     with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(loaded.cfg, loaded.text_format, steps, dtype=dtype, source=source,
@@ -172,14 +187,20 @@ def export_hf(model_path: str, out_dir: str, *, dtype: str = "bfloat16",
     if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
         resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
     _check_out_dir(out_dir, overwrite, model_path)  # fail before the (slow) load
-    loaded = load.load_for_inference(model_path, "float32")
-    return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
-                         overwrite=overwrite, source=model_path)
+    with workdir_lock.held(out_dir, "--out", inside=False):  # issue 24: before loading (export_loaded holds it on)
+        loaded = load.load_for_inference(model_path, "float32")
+        return export_loaded(loaded, out_dir, dtype=dtype, num_thinking_steps=num_thinking_steps,
+                             overwrite=overwrite, source=model_path)
 
 
-def _torch_snippet(steps: int) -> str:
-    functions = "\n\n".join(inspect.getsource(fn) for fn in (torch_encoder.format_texts,
-                                                              torch_encoder.latent_embed))
+def _torch_snippet(steps: int, pause: bool = False) -> str:
+    used = (torch_encoder.format_texts, torch_encoder.latent_embed) + ((torch_encoder.load_pause_embedding,)
+                                                                      if pause else ())
+    functions = "\n\n".join(inspect.getsource(fn) for fn in used)
+    # a pause model (soft_token "pause") feeds its learned vector at every soft step
+    kw = ", pause_embedding=pause" if pause else ""
+    load_pause = "pause = load_pause_embedding(model_dir, meta)  # the learned vector of every soft step\n" \
+        if pause else ""
     return f'''import json
 
 import torch
@@ -193,12 +214,12 @@ model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eva
 tokenizer = AutoTokenizer.from_pretrained(model_dir)
 with open(f"{{model_dir}}/laser.json") as f:
     meta = json.load(f)  # num_thinking_steps ({steps}), query_template, chat_template
-
+{load_pause}
 instruction = "Given a question, retrieve passages that answer it."
 queries = format_texts(tokenizer, ["What is 3 plus 4?"], meta, instruction=instruction)
 documents = format_texts(tokenizer, ["The number 7 is the sum of two smaller numbers."], meta)
-q = latent_embed(model, tokenizer, queries, num_thinking_steps=meta["num_thinking_steps"])
-d = latent_embed(model, tokenizer, documents, num_thinking_steps=meta["num_thinking_steps"])
+q = latent_embed(model, tokenizer, queries, num_thinking_steps=meta["num_thinking_steps"]{kw})
+d = latent_embed(model, tokenizer, documents, num_thinking_steps=meta["num_thinking_steps"]{kw})
 scores = q @ d.T  # cosine similarities
 '''
 
@@ -208,13 +229,18 @@ def model_card(cfg, text_format, num_thinking_steps: int, *, dtype: str = "bfloa
     """README.md text of an exported model (markdown with two runnable python blocks)."""
     origin = f" from `{source}`" if source else ""
     lora = " LoRA adapters were merged into the weights." if merged_lora else ""
+    pause = cfg.soft_token == "pause"
+    fed = ("the learned pause vector (`laser_pause.safetensors`; the model was trained with soft_token "
+           "\"pause\", the control whose soft steps carry no token distribution of their own)" if pause
+           else "the soft token softmax(lm_head(h)) @ E")
+    pause_row = "| soft steps fed | the learned pause vector (laser_pause.safetensors) |\n" if pause else ""
     return f'''# LaSER latent-view retriever ({cfg.family})
 
 Exported by `laser_jax.export_hf`{origin}; weights in {dtype}.{lora}
 
 A LaSER dense retriever (Jin et al., SIGIR 2026) "thinks" K soft tokens before pooling:
 one pass over the text keeps the KV cache, h_1 is the last token's final hidden state; then
-K-1 times the soft token softmax(lm_head(h)) @ E is appended as one new position; the
+K-1 times {fed} is appended as one new position; the
 embedding is the L2-normalised mean of h_1..h_K. Score with the dot product (cosine).
 
 | setting | value |
@@ -223,7 +249,7 @@ embedding is the L2-normalised mean of h_1..h_K. Score with the dot product (cos
 | query template | `{text_format.query_template!r}` |
 | chat template wrapping | {text_format.chat_template} |
 | hidden size | {cfg.hidden_size} |
-
+{pause_row}
 These settings are also in `laser.json`. Queries fill the template with a task
 instruction; documents are used as they are (both chat-wrapped when the flag is on).
 Texts are left padded; position ids are `cumsum(mask) - 1`.
@@ -265,7 +291,7 @@ scores = model.similarity(q, d)
 The same latent loop (`laser_jax/torch_encoder.py`):
 
 ```python
-{_torch_snippet(num_thinking_steps)}```
+{_torch_snippet(num_thinking_steps, pause)}```
 '''
 
 

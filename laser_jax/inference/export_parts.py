@@ -6,6 +6,9 @@
                                  replaced atomically after each chunk
   OUT.npy, OUT.ids.txt           the assembled result
   OUT.export.json                what was exported (settings, input fingerprint, model probe)
+                                 and the size / sha256 of OUT.npy and OUT.ids.txt: the export's
+                                 manifest, written last; a rerun that finds them damaged exports again
+  .OUT.npy.lock                  held while an export writes (laser_jax.workdir_lock)
 
 A progress file is reused only when its settings and shard are the same as the run's
 (`differences` lists what changed); `assemble` joins complete parts.
@@ -16,11 +19,12 @@ import glob
 import json
 import os
 import re
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from absl import logging
 
+from laser_jax import storage, workdir_lock
 from laser_jax.inference.export_input import InputIndex
 
 FORMAT = "laser_jax.export/1"
@@ -47,6 +51,14 @@ def part_paths(output_path: str, shard_index: int, num_shards: int) -> Dict[str,
     return {"npy": stem + ".npy", "ids": stem + ".ids.txt", "progress": stem + ".progress.json"}
 
 
+def output_lock(output_path: str, num_shards: Optional[int] = None, shard_index: int = 0):
+    """The lock of an export's output (laser_jax.workdir_lock, issue 24), beside it: OUT.npy
+    for a whole export or an assembly (held by process 0 of a multi-process export), the
+    shard's part for an independent shard job (--num_shards)."""
+    target = output_path if num_shards is None else part_paths(output_path, shard_index, num_shards)["npy"]
+    return workdir_lock.held(target, "--output", inside=False)
+
+
 def write_json_atomic(path: str, obj) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -58,10 +70,10 @@ def write_json_atomic(path: str, obj) -> None:
 
 
 def read_json(path: str) -> Optional[dict]:
+    """The JSON in `path`, None when there is none (a damaged one: storage.DamagedFileError)."""
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return storage.read_json(path)
 
 
 def remove_files(*paths: str) -> None:
@@ -135,8 +147,9 @@ def reuse_index(state: Optional[dict], input_path: str, chunk_size: int) -> Opti
 
 
 def finished_export(final: Dict[str, str], settings: dict, overwrite: bool) -> Optional[dict]:
-    """The OUT.export.json of a complete export with these settings, else None (or refuse)."""
-    meta = read_json(final["meta"])
+    """The OUT.export.json of a complete export with these settings, else None (or refuse);
+    a finished export whose files are damaged is removed (with a warning per file) and done again."""
+    meta = _intact_meta(final)
     if meta is not None and all(os.path.exists(final[k]) for k in ("npy", "ids")):
         diff = differences(meta.get("settings", {}), settings)
         if not diff:
@@ -150,6 +163,24 @@ def finished_export(final: Dict[str, str], settings: dict, overwrite: bool) -> O
         raise ValueError(f"{final['npy']} exists and was not written by laser_jax.export "
                          f"(no {os.path.basename(final['meta'])}); pass --overwrite to replace it")
     return None
+
+
+def _intact_meta(final: Dict[str, str]) -> Optional[dict]:
+    """OUT.export.json, or None when there is none or it or a file it lists is damaged
+    (then the export's files are removed: the export writes them again)."""
+    try:
+        meta = read_json(final["meta"])
+        damaged = [f"{os.path.join(os.path.dirname(final['npy']), name)}: damaged ({what})" for name, want in
+                   (meta or {}).get("files", {}).items()
+                   if (what := storage.verify_manifest_entry(os.path.join(os.path.dirname(final["npy"]), name), want))]
+    except storage.DamagedFileError as e:
+        damaged, meta = [str(e)], None
+    for line in damaged:
+        logging.warning("%s; exporting again", line)
+    if damaged:
+        remove_files(final["npy"], final["ids"], final["meta"])
+        return None
+    return meta
 
 
 def check_other_shardings(output_path: str, num_shards: int, overwrite: bool) -> None:
@@ -225,7 +256,8 @@ def assemble(output_path: str, num_shards: int, block_rows: int = 65536) -> str:
         _copy_parts(parts, states, final, settings, block_rows)
     arr = np.load(final["npy"], mmap_mode="r")
     meta = {"format": FORMAT, "settings": settings, "num_rows": int(arr.shape[0]), "dim": int(arr.shape[1]),
-            "num_shards": num_shards}
+            "num_shards": num_shards,  # issue 27: the files as written (this file is the export's manifest)
+            "files": {os.path.basename(final[k]): storage.manifest_entry(final[k]) for k in ("npy", "ids")}}
     del arr
     write_json_atomic(final["meta"], meta)
     for p in parts:
@@ -278,3 +310,15 @@ def cleanup_parts(output_path: str) -> None:
             remove_files(p)
 
 
+# ----------------------------------------------------------------------------- shards
+def shard_chunks(num_chunks: int, num_shards: int, shard_index: int) -> Tuple[int, int]:
+    """[first, stop) chunks of one shard: contiguous, whole chunks, sizes within one."""
+    return num_chunks * shard_index // num_shards, num_chunks * (shard_index + 1) // num_shards
+
+
+def shard_range(index: InputIndex, num_shards: int, shard_index: int) -> dict:
+    """This shard's chunk and row ranges, as recorded in its progress file."""
+    c0, c1 = shard_chunks(index.num_chunks, num_shards, shard_index)
+    row0 = index.chunk_rows(c0)[0]
+    row1 = index.chunk_rows(c1 - 1)[1] if c1 > c0 else row0
+    return {"num_shards": num_shards, "shard_index": shard_index, "chunks": [c0, c1], "rows": [row0, row1]}

@@ -9,10 +9,10 @@
     d = model.encode_document(["The number 7 is the sum of two smaller numbers."])
 
 gives the embeddings `laser_jax.LaserEncoder` gives. The file must stay self-contained: it
-runs where laser_jax is not installed, and imports only torch, transformers and
-sentence_transformers. Without `trust_remote_code=True` sentence-transformers refuses to
-load the directory (it will not import a module class from it), rather than falling back
-to another pooling.
+runs where laser_jax is not installed, and imports only torch, transformers,
+sentence_transformers and safetensors (which transformers needs). Without
+`trust_remote_code=True` sentence-transformers refuses to load the directory (it will not
+import a module class from it), rather than falling back to another pooling.
 
 Texts: a prompt given to `encode` (`prompt=...`, or `prompt_name="query"`, which
 `encode_query` uses; the "query" prompt saved with the model is a generic instruction) is
@@ -25,7 +25,9 @@ block, as in training.
 Encoding (the reference is laser_jax/inference/torch_encoder.py): tokenize (right
 truncation at `max_seq_length`), left pad; one prefill pass keeping the KV cache; h_1 =
 last-layer state of the last token; then K-1 times the soft token softmax(lm_head(h)) @ E
-is fed as one new position; the embedding is the L2-normalised mean of h_1..h_K.
+is fed as one new position; the embedding is the L2-normalised mean of h_1..h_K. A model
+whose laser.json says soft_token "pause" feeds instead its learned pause vector
+(laser_pause.safetensors beside the weights) at every soft step.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import os
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 try:  # sentence-transformers >= 5.4
@@ -46,6 +49,24 @@ LASER_META = "laser.json"
 DEFAULTS = {"num_thinking_steps": 3, "query_template": "Instruct: {instruction}\nQuery: {query}",
             "chat_template": False, "max_seq_length": 512}
 THINK_SUFFIX = "<think>\n\n</think>\n\n"
+SOFT_TOKENS = ("expected_embedding", "pause")
+PAUSE_FILE, PAUSE_TENSOR = "laser_pause.safetensors", "pause_embedding"  # as laser_jax.inference.pause_file
+
+
+def read_pause(model_dir: str, meta: dict, hidden_size: int):
+    """The learned pause vector [D] (float32) of a soft_token "pause" model, else None."""
+    soft_token = meta.get("soft_token", SOFT_TOKENS[0])
+    if soft_token not in SOFT_TOKENS:
+        raise ValueError(f"{os.path.join(model_dir, LASER_META)}: soft_token {soft_token!r} is not one of {SOFT_TOKENS}")
+    if soft_token != "pause":
+        return None
+    path = os.path.join(model_dir, PAUSE_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing; {LASER_META} says soft_token 'pause', whose vector it holds")
+    vector = load_file(path).get(PAUSE_TENSOR)
+    if vector is None or tuple(vector.shape) != (hidden_size,):
+        raise ValueError(f"{path}: expected a tensor {PAUSE_TENSOR!r} of shape [{hidden_size}]")
+    return vector.float()
 
 
 class LaserLatentEncoder(InputModule):
@@ -70,6 +91,9 @@ class LaserLatentEncoder(InputModule):
         self.max_seq_length = int(meta["max_seq_length"])
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, **(model_kwargs or {})).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, **(processor_kwargs or {}))
+        # None for the paper's soft token; a buffer moves with the module (.to(device))
+        self.register_buffer("pause_embedding", read_pause(model_dir, meta, self.model.config.hidden_size),
+                             persistent=False)
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
@@ -92,6 +116,9 @@ class LaserLatentEncoder(InputModule):
                     chat_template=self.chat_template, max_seq_length=self.max_seq_length)
         with open(os.path.join(output_path, LASER_META), "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2)
+        if self.pause_embedding is not None:
+            save_file({PAUSE_TENSOR: self.pause_embedding.detach().cpu().contiguous()},
+                      os.path.join(output_path, PAUSE_FILE), metadata={"format": "pt"})
 
     def get_embedding_dimension(self) -> int:
         return int(self.model.config.hidden_size)
@@ -140,8 +167,11 @@ class LaserLatentEncoder(InputModule):
         h = out.hidden_states[-1][:, -1]                                # [B, D]
         states, cache, last = [h], out[cache_kw], positions[:, -1:]
         for j in range(1, self.num_thinking_steps):
-            p = torch.softmax(head(h).float(), dim=-1)                  # [B, V]
-            soft = (p @ table.float()).to(table.dtype)[:, None]          # [B, 1, D]
+            if self.pause_embedding is None:
+                p = torch.softmax(head(h).float(), dim=-1)              # [B, V]
+                soft = (p @ table.float()).to(table.dtype)[:, None]      # [B, 1, D]
+            else:  # soft_token "pause": the same learned vector whatever h is
+                soft = self.pause_embedding.to(table.device, table.dtype).expand(h.shape[0], 1, -1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model(inputs_embeds=soft, attention_mask=mask, position_ids=last + j, use_cache=True,
                         output_hidden_states=True, **{cache_kw: cache})

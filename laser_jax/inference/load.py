@@ -8,7 +8,10 @@ On disk:
   WORKDIR/tokenizer                                the run's tokenizer
   HF_DIR/{config.json, *.safetensors, tokenizer}   a Hugging Face model; `laser.json` beside
                                                    them (written by `laser_jax.export_hf`) holds
-                                                   the text format and K it was trained with
+                                                   the text format and K it was trained with;
+                                                   without it the directory is foreign and gets
+                                                   the format `inference.text_format` chooses
+  HF_DIR/laser_pause.safetensors                   a soft_token "pause" model's vector (pause_file)
 
 The training side writes this layout (CHECKPOINTS, TOKENIZER, make_meta) and this module
 reads it, so both are defined here: train may import inference, never the other way.
@@ -24,20 +27,21 @@ from typing import Any, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from transformers import AutoTokenizer
 
+from laser_jax.storage import DamagedFileError, read_json, verify_manifest
+from laser_jax.storage import load_tokenizer as load_tokenizer_files
 from laser_jax.data.formatting import TextFormat
-from laser_jax.inference import lora_layout
+from laser_jax.inference import lora_layout, pause_file
 from laser_jax.inference.quiet import quiet_loading
+from laser_jax.inference.text_format import ORIGIN_METADATA, hf_dir_format
 from laser_jax.model import hf_io
 from laser_jax.model.config import ModelConfig, RopeScaling, from_hf_config, resolve_attention_impl
-from laser_jax.model.decoder import abstract_variables
+from laser_jax.model.decoder import LATENT, abstract_variables
 from laser_jax.model.layers import dtype_of
 
 CHECKPOINTS = "checkpoints"  # WORKDIR/checkpoints/<step>/
 TOKENIZER = "tokenizer"  # WORKDIR/tokenizer/
 LASER_META = "laser.json"  # HF_DIR/laser.json
-DEFAULT_NUM_THINKING_STEPS = 3  # K of an HF directory without laser.json (the spec's)
 
 log = logging.getLogger("laser_jax")
 
@@ -54,15 +58,25 @@ class LoadedModel:
     tokenizer: Any
     text_format: TextFormat
     num_thinking_steps: int
+    # ORIGIN_METADATA when the model says its format (checkpoint meta, laser.json); else
+    # where laser_jax.inference.text_format took it from (ORIGIN_AUTHORS, ORIGIN_SPEC)
+    format_origin: str = ORIGIN_METADATA
 
 
 def load_tokenizer(path: str):
-    """AutoTokenizer from `path`, with a clear error when the directory has none."""
-    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-    if not any(os.path.exists(os.path.join(path, n)) for n in names):
-        raise FileNotFoundError(f"{path}: no tokenizer files ({', '.join(names)}); save the tokenizer "
-                                "into the model directory (tokenizer.save_pretrained)")
-    return AutoTokenizer.from_pretrained(path)
+    """AutoTokenizer from `path`; FileNotFoundError when the directory has none, a
+    DamagedFileError naming a damaged file."""
+    return load_tokenizer_files(path)
+
+
+def require_intact(directory: str, only=None, fix: str = "") -> None:
+    """A model directory a stage of laser_jax wrote (its manifest.json) must be as written:
+    else one DamagedFileError naming the first damaged file (`fix`: what to do). A directory
+    without a manifest (downloaded, or a run that has not finished) is read as it is."""
+    damaged = verify_manifest(directory, only).damaged
+    if damaged:
+        more = f" (and {len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
+        raise DamagedFileError(f"{damaged[0]}{more}; {fix or 'write the directory again'}")
 
 
 # ------------------------------------------------------------------ Hugging Face directories
@@ -70,25 +84,31 @@ def read_laser_meta(path: str) -> dict:
     meta_path = os.path.join(path, LASER_META)
     if not os.path.exists(meta_path):
         return {}
-    with open(meta_path) as f:
-        return json.load(f)
+    return read_json(meta_path)
 
 
-def write_laser_meta(path: str, text_format: TextFormat, num_thinking_steps: int) -> None:
+def write_laser_meta(path: str, text_format: TextFormat, num_thinking_steps: int,
+                     soft_token: str = pause_file.DEFAULT_SOFT_TOKEN) -> None:
+    """laser.json; `soft_token` is written only when it is not the paper's (pause_file)."""
+    meta = {"num_thinking_steps": num_thinking_steps, "query_template": text_format.query_template,
+            "chat_template": text_format.chat_template}
+    if soft_token != pause_file.DEFAULT_SOFT_TOKEN:
+        meta["soft_token"] = soft_token
     with open(os.path.join(path, LASER_META), "w") as f:
-        json.dump({"num_thinking_steps": num_thinking_steps, "query_template": text_format.query_template,
-                   "chat_template": text_format.chat_template}, f, indent=2)
+        json.dump(meta, f, indent=2)
 
 
 def load_hf_dir(path: str, dtype: str) -> LoadedModel:
+    require_intact(path, fix="export or copy the model again")  # issue 27: e.g. written by export_hf
+    meta = read_laser_meta(path)
     cfg = from_hf_config(path, param_dtype=dtype, compute_dtype=dtype,
-                         attention_impl=resolve_attention_impl("auto", dtype))
+                         attention_impl=resolve_attention_impl("auto", dtype),
+                         soft_token=pause_file.soft_token_of(meta, path))
     tokenizer = load_tokenizer(path)
     params = hf_io.load_params(path, cfg)
-    meta = read_laser_meta(path)
-    fmt = TextFormat(**{k: meta[k] for k in ("query_template", "chat_template") if k in meta})
-    steps = int(meta.get("num_thinking_steps", DEFAULT_NUM_THINKING_STEPS))
-    return LoadedModel(cfg, {"params": params}, tokenizer, fmt, steps)
+    has_meta = os.path.exists(os.path.join(path, LASER_META))
+    fmt, steps, origin = hf_dir_format(meta if has_meta else None, cfg.family, tokenizer)  # no laser.json: foreign
+    return LoadedModel(cfg, {"params": params, **pause_file.read_pause(path, cfg)}, tokenizer, fmt, steps, origin)
 
 
 # ---------------------------------------------------------------------- training checkpoints
@@ -131,8 +151,7 @@ def read_meta(step_dir: str) -> dict:
     path = os.path.join(step_dir, "meta", "metadata")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{step_dir}: checkpoint has no meta item ({path})")
-    with open(path) as f:
-        return json.load(f)
+    return read_json(path)
 
 
 def model_config_from_meta(meta: dict, dtype: Optional[str] = None) -> ModelConfig:
@@ -156,6 +175,8 @@ def restore_variables(step_dir: str, cfg: ModelConfig) -> dict:
     lora = "lora" in abstract
     saved["trainable"] = {"lora": abstract["lora"]} if lora else {"params": abstract["params"]}
     saved["frozen"] = {"params": abstract["params"]} if lora else {}
+    if LATENT in abstract:  # the pause vector trains in both modes (train/step.py split_variables)
+        saved["trainable"][LATENT] = abstract[LATENT]
     # Shapes come from the model; stored dtypes may differ (frozen base in compute dtype).
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     item = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), saved)
@@ -197,6 +218,20 @@ def _failure(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def _require_intact_checkpoint(candidates: Sequence[str]) -> None:
+    """A finished run's workdir (its manifest.json, train/run_files.py) is checked where a load
+    reads it, the tokenizer and the newest candidate step: a damaged file is refused, never
+    replaced by an older step (that would be another model than the run's)."""
+    step_dir = candidates[0]
+    workdir = os.path.dirname(os.path.dirname(step_dir))
+    if os.path.basename(os.path.dirname(step_dir)) != CHECKPOINTS:
+        return
+    rebuild = f"rerun the run's training command on {workdir} to rebuild it"
+    require_intact(workdir, [TOKENIZER], rebuild)
+    earlier = f", or use an earlier step (--model={candidates[1]})" if len(candidates) > 1 else ""
+    require_intact(workdir, [f"{CHECKPOINTS}/{os.path.basename(step_dir)}"], rebuild + earlier)
+
+
 def load_newest_checkpoint(candidates: Sequence[str], dtype: str) -> LoadedModel:
     """The newest of `candidates` (step directories, newest first) that loads, as training
     resumes from the newest intact checkpoint: each one that fails is skipped with a
@@ -207,6 +242,7 @@ def load_newest_checkpoint(candidates: Sequence[str], dtype: str) -> LoadedModel
         step's failure).
     """
     candidates = [os.path.abspath(c) for c in candidates]
+    _require_intact_checkpoint(candidates)
     tokenizer = _checkpoint_tokenizer(candidates[0])  # one per workdir; its absence is not damage
     failed = []
     for i, step_dir in enumerate(candidates):

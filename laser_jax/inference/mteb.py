@@ -8,7 +8,10 @@
 
 Prompts follow the LaSER authors' BRIGHT evaluation: queries are the model's query
 template filled with a per-domain instruction (laser_jax.retrieval.bright.INSTRUCTIONS),
-documents get no prefix (both chat-wrapped when the model was trained that way). The
+documents get no prefix (both chat-wrapped when the model uses chat wrapping: a laser_jax
+model says so itself; the authors' released checkpoints, Hugging Face directories without
+laser.json, get their authors' format, see laser_jax.inference.text_format; the
+`chat_template`, `query_template` and `num_thinking_steps` arguments override it). The
 domain is the task's subset (BrightRetrieval, BrightLongRetrieval: hf_subset "biology",
 ...) or is read from the task name (BrightBiologyRetrieval, BrightProAopsRetrieval, ...).
 Other tasks use the task's own query prompt (`task_metadata.prompt`), then
@@ -21,6 +24,7 @@ mteb's PromptType or the strings "query" / "document".
 """
 from __future__ import annotations
 
+import copy
 import os
 import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional
@@ -29,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from laser_jax.inference.encoder import LaserEncoder
+from laser_jax.inference.text_format import apply_overrides, check_overrides
 from laser_jax.method.views import resolve_num_thinking_steps
 from laser_jax.retrieval import bright
 
@@ -95,6 +100,15 @@ def _label(model_name: Optional[str]) -> str:
     return "laser_jax/" + (os.path.basename(os.path.normpath(model_name)) or "laser")
 
 
+def _with_format(encoder, chat_template: Optional[bool], query_template: Optional[str]):
+    """A shallow copy of `encoder` (same weights) with its text format overridden."""
+    fmt, _, _ = apply_overrides(encoder.text_format, encoder.num_thinking_steps, chat_template=chat_template,
+                                query_template=query_template)
+    encoder = copy.copy(encoder)
+    encoder.text_format = fmt
+    return encoder
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -110,6 +124,8 @@ class LaserMtebEncoder:
       device: unused (JAX places the model); accepted for the protocol.
       encoder: an already loaded LaserEncoder (then model_name is only a label).
       num_thinking_steps: K at inference (default: the model's own).
+      chat_template, query_template: override the model's text format (default: its own;
+        see LaserEncoder.from_pretrained).
       max_length: max tokens per text (the spec evaluates with up to 8192).
       batch_size: rows per encoder batch (a fixed size keeps compiled shapes few).
       dtype: parameter/compute dtype for loading (default: float32 on CPU, bf16 otherwise).
@@ -121,14 +137,18 @@ class LaserMtebEncoder:
                  device: Optional[str] = None, encoder=None, num_thinking_steps: Optional[int] = None,
                  max_length: int = 8192, batch_size: int = 16, dtype: Optional[str] = None,
                  instructions: Optional[Mapping[str, str]] = None,
-                 default_instruction: str = DEFAULT_INSTRUCTION, **kwargs: Any):
+                 default_instruction: str = DEFAULT_INSTRUCTION, chat_template: Optional[bool] = None,
+                 query_template: Optional[str] = None, **kwargs: Any):
         del device, kwargs
-        if num_thinking_steps is not None:  # an invalid K fails before the (slow) load
-            resolve_num_thinking_steps(num_thinking_steps, num_thinking_steps)
+        check_overrides(chat_template, query_template, num_thinking_steps)  # before the (slow) load
+        text_format = {k: v for k, v in (("chat_template", chat_template), ("query_template", query_template),
+                                         ("num_thinking_steps", num_thinking_steps)) if v is not None}
         if encoder is None:
             if not model_name:
                 raise ValueError("give model_name (a model path) or an encoder")
-            encoder = LaserEncoder.from_pretrained(model_name, dtype=dtype)
+            encoder = LaserEncoder.from_pretrained(model_name, dtype=dtype, **text_format)
+        elif chat_template is not None or query_template is not None:
+            encoder = _with_format(encoder, chat_template, query_template)
         self.encoder = encoder
         self.model_name = _label(model_name)
         self.revision = revision

@@ -4,9 +4,11 @@
   template with the instruction, chat-wrapped when the format says so): the prompt.
 - `generate_reasonings`: greedy continuations of prompts (model/generate.py), as strings;
   rewrite-then-retrieve (experiments/rewrite.py) and the pretraining stage use it.
-- `end_number_accuracy`: on a split of the synthetic task, whether the LAST number of each
-  generated reasoning equals its chain's end state (`<split>/<domain>/chains.jsonl`
-  `states[-1]`), overall and per domain (train/stages.py reports it for the pretrained LM;
+- `end_state_accuracy`: on a split of a generated task, whether the ANSWER of each generated
+  reasoning (the last match of the task's answer pattern, meta.json "answer": the last number
+  for the arithmetic task, the last entity name for the hops task) equals its chain's end
+  state (`<split>/<domain>/chains.jsonl` `states[-1]`), overall and per domain (the end-number
+  or end-entity accuracy; train/stages.py reports it for the pretrained LM;
   `python -m laser_jax.experiments.lm_eval` is its command line).
 """
 from __future__ import annotations
@@ -15,13 +17,14 @@ import dataclasses
 import json
 import os
 import re
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from laser_jax.data.formatting import TextFormat, chat_wrap, format_query
+from laser_jax.data.tasks.layout import answer_spec, find_meta
 from laser_jax.data.jsonl import get_id, get_text, read_objects
 from laser_jax.data.tokenize import Bucketing, left_pad, pad_token_id, tokenize_texts
 from laser_jax.inference.load import LoadedModel
@@ -122,9 +125,8 @@ def default_max_new_tokens(tokenizer, data_dir: str, margin: int = DEFAULT_MARGI
     return max(len(ids) for ids in tokenize_texts(tokenizer, texts, 10 ** 9)) + margin
 
 
-# ------------------------------------------------------------------ end-number accuracy
-NUMBER = re.compile(r"-?\d+")
-LM_EVAL_MARGIN = 8  # tokens beyond the longest gold reasoning, for end_number_accuracy
+# ------------------------------------------------------------------- end-state accuracy
+LM_EVAL_MARGIN = 8  # tokens beyond the longest gold reasoning, for end_state_accuracy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +136,8 @@ class SplitQuery:
     query: str
     instruction: str
     reasoning: str  # gold reasoning ("" when the split has none)
-    end_state: Optional[int]  # the chain's last state (None without chains.jsonl)
+    end_state: Optional[Union[int, str]]  # the chain's last state (None without chains.jsonl)
+    states: tuple = ()  # every state of the chain, one per reasoning step (the hop-j entities)
 
 
 def _jsonl(path: str) -> List[dict]:
@@ -153,17 +156,21 @@ def load_split(split_dir: str) -> List[SplitQuery]:
         if os.path.exists(os.path.join(ddir, "reasoning.jsonl")):
             reasoning = {r["id"]: r["reasoning"] for r in _jsonl(os.path.join(ddir, "reasoning.jsonl"))}
         if os.path.exists(os.path.join(ddir, "chains.jsonl")):
-            chains = {c["id"]: c["states"][-1] for c in _jsonl(os.path.join(ddir, "chains.jsonl"))}
+            chains = {c["id"]: tuple(c["states"]) for c in _jsonl(os.path.join(ddir, "chains.jsonl"))}
         for q in _jsonl(os.path.join(ddir, "queries.jsonl")):
+            states = chains.get(q["id"], ())
             out.append(SplitQuery(dom, q["id"], q["query"], instruction, reasoning.get(q["id"], ""),
-                                  chains.get(q["id"])))
+                                  states[-1] if states else None, states))
     return out
 
 
-def end_number(text: str) -> Optional[int]:
-    """The last integer in `text` (the generator's reasoning ends with the end state), or None."""
-    found = NUMBER.findall(text)
-    return int(found[-1]) if found else None
+def end_answer(text: str, answer: dict):
+    """The answer of a reasoning text under a task's answer spec (tasks.layout.answer_spec):
+    its last match of the pattern, an int for kind "number"; None when nothing matches."""
+    found = re.findall(answer["pattern"], text)
+    if not found:
+        return None
+    return int(found[-1]) if answer["kind"] == "number" else found[-1]
 
 
 def split_prompts(tokenizer, queries: Sequence[SplitQuery], text_format: TextFormat) -> List[str]:
@@ -171,30 +178,33 @@ def split_prompts(tokenizer, queries: Sequence[SplitQuery], text_format: TextFor
     return [query_prefixes(text_format, tokenizer, [q.query], q.instruction)[0] for q in queries]
 
 
-def score(queries: Sequence[SplitQuery], generated: Sequence[str]) -> Dict:
-    """{"accuracy", "per_domain", "exact" (whole reasoning equals the gold), "n"} of
-    generated reasoning against the queries' end states."""
-    ok = np.array([end_number(g) == q.end_state for q, g in zip(queries, generated)], bool)
+def score(queries: Sequence[SplitQuery], generated: Sequence[str], answer: Optional[dict] = None) -> Dict:
+    """{"accuracy", "per_domain", "exact" (whole reasoning equals the gold), "n", "answer"
+    (its kind)} of generated reasoning against the queries' end states; `answer` is the
+    task's answer spec (default: the last number)."""
+    answer = answer or answer_spec(None)
+    ok = np.array([end_answer(g, answer) == q.end_state for q, g in zip(queries, generated)], bool)
     exact = np.array([g == q.reasoning for q, g in zip(queries, generated)], bool)
     per = {}
     for dom in sorted({q.domain for q in queries}):
         idx = [i for i, q in enumerate(queries) if q.domain == dom]
         per[dom] = float(ok[idx].mean())
     return {"accuracy": float(ok.mean()) if len(ok) else 0.0, "per_domain": per,
-            "exact": float(exact.mean()) if len(exact) else 0.0, "n": int(len(ok))}
+            "exact": float(exact.mean()) if len(exact) else 0.0, "n": int(len(ok)), "answer": answer["kind"]}
 
 
-def end_number_accuracy(lm: LoadedModel, split_dir: str, text_format: TextFormat = TextFormat(), *,
-                        max_new: int = 0, batch_size: int = 128, examples: int = 3) -> Dict:
-    """Greedy end-number accuracy of the language model `lm` on a split (module doc):
-    score() plus "max_new" and a few "examples" ({query, generated, gold})."""
+def end_state_accuracy(lm: LoadedModel, split_dir: str, text_format: TextFormat = TextFormat(), *,
+                       max_new: int = 0, batch_size: int = 128, examples: int = 3) -> Dict:
+    """Greedy end-state accuracy (end-number or end-entity, by the task's meta.json) of the
+    language model `lm` on a split (module doc): score() plus "max_new" and a few
+    "examples" ({query, generated, gold})."""
     queries = [q for q in load_split(split_dir) if q.end_state is not None]
     if not queries:
         raise FileNotFoundError(f"{split_dir}: no queries with chains.jsonl end states")
     max_new = max_new or default_max_new_tokens(lm.tokenizer, split_dir, LM_EVAL_MARGIN)
     generated = generate_reasonings(lm, split_prompts(lm.tokenizer, queries, text_format),
                                    max_new_tokens=max_new, batch_size=min(batch_size, len(queries)))
-    result = score(queries, generated)
+    result = score(queries, generated, answer_spec(find_meta(split_dir)))
     result["max_new"] = int(max_new)
     result["examples"] = [{"query": q.query, "generated": g, "gold": q.reasoning}
                           for q, g in zip(queries[:examples], generated[:examples])]
@@ -203,5 +213,6 @@ def end_number_accuracy(lm: LoadedModel, split_dir: str, text_format: TextFormat
 
 def format_result(result: Dict) -> str:
     per = ", ".join(f"{d} {100 * a:.1f}" for d, a in result["per_domain"].items())
-    return (f"greedy end-number accuracy {100 * result['accuracy']:.1f}% ({per}); exact reasoning "
+    kind = result.get("answer", "number")
+    return (f"greedy end-{kind} accuracy {100 * result['accuracy']:.1f}% ({per}); exact reasoning "
             f"{100 * result['exact']:.1f}%; {result['n']} queries")

@@ -8,14 +8,18 @@ functions). torch and transformers are imported inside the functions only.
     model, tokenizer, meta = torch_encoder.load("path/to/hf_export")
     q = torch_encoder.latent_embed(model, tokenizer, torch_encoder.format_texts(
             tokenizer, ["why is the sky blue?"], meta, instruction="Given a question, ..."),
-        num_thinking_steps=meta["num_thinking_steps"])
+        num_thinking_steps=meta["num_thinking_steps"],
+        pause_embedding=torch_encoder.load_pause_embedding("path/to/hf_export", meta))
+
+`load_pause_embedding` is None for the paper's models; a model trained with
+soft_token "pause" (laser.json) feeds its learned vector at every soft step instead.
 """
 from __future__ import annotations
 
 import json
 import os
 
-__all__ = ["load", "format_texts", "latent_embed"]
+__all__ = ["load", "load_pause_embedding", "format_texts", "latent_embed"]
 
 
 def load(model_dir: str, dtype: str = "float32", device: str = "cpu"):
@@ -44,6 +48,31 @@ def load(model_dir: str, dtype: str = "float32", device: str = "cpu"):
     return model, AutoTokenizer.from_pretrained(model_dir), meta
 
 
+def load_pause_embedding(model_dir, meta):
+    """The learned pause vector [D] (float32 torch tensor) of a model whose laser.json says
+    soft_token "pause" (from laser_pause.safetensors beside the weights); None otherwise.
+
+    Raises:
+      FileNotFoundError: laser.json says "pause" but laser_pause.safetensors is missing.
+      ValueError: laser.json's soft_token is neither "expected_embedding" nor "pause".
+    """
+    # Imported here: torch is an optional dependency, and this function's source is copied
+    # into a pause model's README as a standalone snippet (laser_jax.export_hf).
+    import os
+
+    from safetensors.torch import load_file
+
+    soft_token = meta.get("soft_token", "expected_embedding")
+    if soft_token not in ("expected_embedding", "pause"):
+        raise ValueError(f"{model_dir}/laser.json: soft_token {soft_token!r} is not expected_embedding or pause")
+    if soft_token != "pause":
+        return None
+    path = os.path.join(model_dir, "laser_pause.safetensors")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: missing; laser.json says soft_token 'pause', whose vector it holds")
+    return load_file(path)["pause_embedding"].float()
+
+
 def format_texts(tokenizer, texts, meta, instruction=None):
     """Model text of queries (instruction given) or documents (instruction None).
 
@@ -63,13 +92,15 @@ def format_texts(tokenizer, texts, meta, instruction=None):
     return list(texts)
 
 
-def latent_embed(model, tokenizer, texts, num_thinking_steps=3, max_length=512, batch_size=16):
+def latent_embed(model, tokenizer, texts, num_thinking_steps=3, max_length=512, batch_size=16,
+                 pause_embedding=None):
     """L2-normalised latent-view embeddings of already formatted texts.
 
     Per batch: tokenize (right truncation), LEFT pad, one prefill pass keeping the KV cache;
     h_1 = last-layer state of the last token. Then K-1 times: soft token
-    t = softmax(lm_head(h)) @ E (the expected input embedding) is fed as inputs_embeds
-    with the cache, one new position each (position ids continue cumsum(mask) - 1).
+    t = softmax(lm_head(h)) @ E (the expected input embedding), or the learned
+    `pause_embedding` when given, is fed as inputs_embeds with the cache, one new position
+    each (position ids continue cumsum(mask) - 1).
     The embedding is the L2-normalised mean of h_1..h_K.
 
     Args:
@@ -79,6 +110,8 @@ def latent_embed(model, tokenizer, texts, num_thinking_steps=3, max_length=512, 
       num_thinking_steps: K >= 1 (K = 1 is last-token pooling).
       max_length: truncation length in tokens.
       batch_size: rows per forward pass.
+      pause_embedding: None (the paper's soft token), or a [D] tensor fed at every soft step
+        (a soft_token "pause" model: see load_pause_embedding).
 
     Returns:
       numpy float32 [N, D].
@@ -113,8 +146,11 @@ def latent_embed(model, tokenizer, texts, num_thinking_steps=3, max_length=512, 
             h = out.hidden_states[-1][:, -1]                        # [B, D]
             states, cache, last = [h], out[cache_kw], positions[:, -1:]
             for j in range(1, num_thinking_steps):
-                p = torch.softmax(head(h).float(), dim=-1)          # [B, V]
-                soft = (p @ table.float()).to(table.dtype)[:, None]  # [B, 1, D]
+                if pause_embedding is None:
+                    p = torch.softmax(head(h).float(), dim=-1)          # [B, V]
+                    soft = (p @ table.float()).to(table.dtype)[:, None]  # [B, 1, D]
+                else:  # soft_token "pause": the same learned vector whatever h is
+                    soft = pause_embedding.to(device, table.dtype).expand(h.shape[0], 1, -1)
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 out = model(inputs_embeds=soft, attention_mask=mask, position_ids=last + j,
                             use_cache=True, output_hidden_states=True, **{cache_kw: cache})

@@ -6,7 +6,8 @@ L layers, K kv heads, H head dim.
 - `latent_view`: one prefill over the left-padded text, then `jax.lax.scan` over the J-1
   soft-token steps. Each step turns the last state into logits (one position only), a
   full-vocabulary softmax, and the expected input embedding, which is fed back as one
-  cached position. The prefill's keys/values are closed over by the step (a prefix
+  cached position (with the model's `soft_token` "pause": one learned vector instead,
+  `soft_step_input`). The prefill's keys/values are closed over by the step (a prefix
   cache); the scan carries only a tail cache of J-1 slots, so it neither copies nor
   saves the [L, B, T, K, H] prefill cache per step. With `unroll_soft_steps` each step
   runs the layer stack unrolled over per-layer weights and caches sliced once before the
@@ -21,7 +22,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from laser_jax.model.decoder import Decoder, cached_stack, positions_from_mask
+from laser_jax.model.decoder import LATENT, PAUSE, Decoder, cached_stack, positions_from_mask
 
 
 def resolve_num_thinking_steps(given: Optional[int], default: int) -> int:
@@ -57,6 +58,24 @@ def soft_token(model: Decoder, variables, h_BD):
     return model.apply(variables, h_BD, method=Decoder.expected_embedding)
 
 
+def check_soft_token_variables(cfg, variables) -> None:
+    """ValueError when a soft_token "pause" model's variables lack its pause vector."""
+    if getattr(cfg, "soft_token", None) == "pause" and PAUSE not in (variables or {}).get(LATENT, {}):
+        raise ValueError(f"the model's soft_token is 'pause' but its variables have no {LATENT}/{PAUSE} "
+                         f"(collections: {sorted(variables)}); load it with laser_jax.inference.load, "
+                         "which restores the vector from a checkpoint or an export")
+
+
+def soft_step_input(model: Decoder, variables, h_BD):
+    """What one soft step is fed [B, D], by `model.cfg.soft_token`: the expected embedding of
+    the previous state h (`soft_token`, the paper's), or "pause": the learned pause vector,
+    the same for every row and step (it never reads h, so no LM head runs)."""
+    if model.cfg.soft_token == "pause":
+        pause_D = model.apply(variables, method=Decoder.pause_embedding)
+        return jnp.broadcast_to(pause_D, h_BD.shape)
+    return soft_token(model, variables, h_BD)
+
+
 def latent_view(model: Decoder, variables, ids_BT, mask_BT, num_steps: int,
                 rng: Optional[jax.Array] = None) -> Tuple[jax.Array, jax.Array]:
     """Latent ("thinking") view of a left-padded batch (queries or documents).
@@ -73,6 +92,7 @@ def latent_view(model: Decoder, variables, ids_BT, mask_BT, num_steps: int,
        states [B, J, D] unnormalised, in the compute dtype).
     """
     num_steps = resolve_num_thinking_steps(num_steps, num_steps)
+    check_soft_token_variables(model.cfg, variables)
     B, T = ids_BT.shape
     extra = num_steps - 1
     positions_BT = positions_from_mask(mask_BT)
@@ -94,7 +114,7 @@ def latent_view(model: Decoder, variables, ids_BT, mask_BT, num_steps: int,
 
         def step(carry, j):
             tail, h_BD = carry
-            x_B1D = soft_token(model, variables, h_BD)[:, None]
+            x_B1D = soft_step_input(model, variables, h_BD)[:, None]
             hidden, tail = run_stack(tail, x_B1D, positions_BT=last_pos_B1 + 1 + j, kv_mask_BS=kv_mask_BS,
                                      cache_index=j, rngs=_rngs(rng, 1 + j))
             h_BD = hidden[:, 0]

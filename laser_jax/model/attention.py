@@ -17,6 +17,11 @@ mask then covers P + S slots (prefix first). Only the updated tail {"k", "v"} is
 returned, so a caller (LaSER's soft-token scan) can close over the prefix and carry the
 tail alone. See `prefix_tail_attention`.
 
+Packed rows (several documents per row, `segment_ids_BT`: each token's document id, 0 for
+padding; full-sequence calls only) attend within their own document: a block-diagonal
+causal mask (`segment_mask`) on the XLA path (also under "cudnn" / "xla_right_padded",
+whose lengths interface cannot express segments), segment ids on the splash path.
+
 Implementations (`ModelConfig.attention_impl`): None / "xla" pass the boolean
 [B, 1, T, S] mask to `jax.nn.dot_product_attention`. "cudnn" sends full-sequence
 (no-cache) calls to cuDNN's fused flash attention through `right_padded_attention`;
@@ -29,7 +34,6 @@ interpret mode (slow; for tests).
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional
 
@@ -48,6 +52,14 @@ from laser_jax.model.partitioning import ACTIVATION_BATCH, ACTIVATION_KV_HEADS, 
 def causal_mask(kv_mask_BS, q_slot_BT, k_slot_S):
     """[B, T, S] bool: key slot valid and not after the query's slot."""
     return (kv_mask_BS[:, None, :] > 0) & (k_slot_S[None, None, :] <= q_slot_BT[:, :, None])
+
+
+def segment_mask(segment_ids_BT):
+    """[B, T, T] bool for packed rows: a query sees the keys at or before it in its own
+    segment (ids > 0; 0 is padding, seen by nobody): a block-diagonal causal mask."""
+    T = segment_ids_BT.shape[1]
+    same_BTT = (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]) & (segment_ids_BT[:, None, :] > 0)
+    return same_BTT & (jnp.arange(T)[None, None, :] <= jnp.arange(T)[None, :, None])
 
 
 SEQ_MULTIPLE = 8  # right_padded_attention pads the time axis to a multiple of this
@@ -90,7 +102,7 @@ def _splash_kernel(t_padded: int, group: int, block: int, interpret: bool):
     return splash.make_splash_mqa_single_device(mask, block_sizes=sizes, interpret=interpret)
 
 
-def _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
+def _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, segment_ids_BT=None):
     B, T, N, H = q_BTNH.shape
     K = k_BTKH.shape[2]
     tp = -(-T // SPLASH_SEQ_MULTIPLE) * SPLASH_SEQ_MULTIPLE
@@ -101,19 +113,22 @@ def _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
         B, tp, K, N // K, H).transpose(0, 2, 3, 1, 4)
     k_BKTH = jnp.pad(k_BTKH.astype(q_BTNH.dtype), pad).transpose(0, 2, 1, 3)
     v_BKTH = jnp.pad(v_BTKH.astype(q_BTNH.dtype), pad).transpose(0, 2, 1, 3)
-    # Real tokens are segment 1, left and tail padding segment 0: with the causal mask a
-    # real token sees exactly the real tokens at or before it; a pad sees pads only.
-    seg_BT = jnp.pad((mask_BT > 0).astype(jnp.int32), ((0, 0), (0, tp - T)))
+    # Real tokens are segment 1 (or their packed document's id), left and tail padding
+    # segment 0: with the causal mask a real token sees exactly the real tokens of its own
+    # segment at or before it; a pad sees pads only.
+    seg_BT = (mask_BT > 0).astype(jnp.int32) if segment_ids_BT is None else segment_ids_BT.astype(jnp.int32)
+    seg_BT = jnp.pad(seg_BT, ((0, 0), (0, tp - T)))
     per_kv_head = jax.vmap(kernel, in_axes=(0, 0, 0, None))
     out_BKGTH = jax.vmap(per_kv_head)(q_BKGTH, k_BKTH, v_BKTH, splash.SegmentIds(q=seg_BT, kv=seg_BT))
     out_BTNH = out_BKGTH.transpose(0, 3, 1, 2, 4).reshape(B, tp, N, H)[:, :T]
     return jnp.where((mask_BT > 0)[:, :, None, None], out_BTNH, jnp.zeros_like(out_BTNH))
 
 
-def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
+def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, segment_ids_BT=None):
     """Causal self-attention over LEFT-padded rows with the Pallas splash kernel (TPU).
 
-    Padding is expressed as segment ids (real tokens 1, pads 0), which splash ands with
+    Padding is expressed as segment ids (real tokens 1, pads 0; packed rows pass their
+    documents' ids as `segment_ids_BT`), which splash ands with
     its static causal mask, so no rotation is needed; the time axis is zero-padded at the
     end to a multiple of `SPLASH_SEQ_MULTIPLE` (those slots come after every real query,
     so causality hides them). q is pre-scaled (the kernel takes no scale). Grouped
@@ -127,14 +142,16 @@ def splash_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale):
     it divides; without rules nothing is split and each device computes the whole call).
     """
     mesh = jax.sharding.get_abstract_mesh()
+    if segment_ids_BT is None:
+        segment_ids_BT = (mask_BT > 0).astype(jnp.int32)
     if mesh.empty or math.prod(mesh.axis_sizes) == 1:
-        return _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale)
+        return _splash_local(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, segment_ids_BT)
     batch = divisible_axes(ACTIVATION_BATCH, q_BTNH.shape[0])
     heads = divisible_axes(ACTIVATION_KV_HEADS, k_BTKH.shape[2])
-    spec = PartitionSpec(batch, None, heads, None)
-    fn = jax.shard_map(functools.partial(_splash_local, scale=scale), mesh=mesh,
-                       in_specs=(spec, spec, spec, PartitionSpec(batch, None)), out_specs=spec, check_vma=False)
-    return fn(q_BTNH, k_BTKH, v_BTKH, mask_BT)
+    spec, rows = PartitionSpec(batch, None, heads, None), PartitionSpec(batch, None)
+    fn = jax.shard_map(lambda q, k, v, m, seg: _splash_local(q, k, v, m, scale, seg), mesh=mesh,
+                       in_specs=(spec, spec, spec, rows, rows), out_specs=spec, check_vma=False)
+    return fn(q_BTNH, k_BTKH, v_BTKH, mask_BT, segment_ids_BT)
 
 
 def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementation):
@@ -210,7 +227,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache: Optional[dict], cache_index):
+    def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache: Optional[dict], cache_index, segment_ids_BT=None):
         cfg = self.cfg
         B, T, _ = x_BTD.shape
         N, K, H = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -230,6 +247,8 @@ class Attention(nn.Module):
         k_BTKH = checkpoint_name(apply_rope(k_BTKH, positions_BT, inv_freq), "key")
         v_BTKH = checkpoint_name(v_BTKH, "value")
 
+        if cache is not None and segment_ids_BT is not None:
+            raise ValueError("segment_ids_BT (packed rows) is for full-sequence calls, not with a cache")
         if cache is None:
             k_BSKH, v_BSKH = k_BTKH, v_BTKH
             q_slot_BT = jnp.broadcast_to(jnp.arange(T), (B, T))
@@ -249,16 +268,20 @@ class Attention(nn.Module):
                 q_BTNH, cache["prefix_k"], cache["prefix_v"], k_BSKH, v_BSKH,
                 mask_BTX[..., :P], mask_BTX[..., P:], H ** -0.5)
         elif cache is None and cfg.attention_impl == "splash":
-            out_BTNH = splash_attention(q_BTNH, k_BTKH, v_BTKH, kv_mask_BS, H ** -0.5)
-        elif cache is None and cfg.attention_impl in ("cudnn", "xla_right_padded"):
+            out_BTNH = splash_attention(q_BTNH, k_BTKH, v_BTKH, kv_mask_BS, H ** -0.5, segment_ids_BT)
+        elif cache is None and segment_ids_BT is None and cfg.attention_impl in ("cudnn", "xla_right_padded"):
             out_BTNH = right_padded_attention(
                 q_BTNH, k_BTKH, v_BTKH, kv_mask_BS, H ** -0.5,
                 "cudnn" if cfg.attention_impl == "cudnn" else "xla")
         else:
-            # cuDNN and splash cannot take this mask: cached calls always use XLA unless the
-            # config names the plain "xla" implementation or leaves it to JAX (None).
+            # cuDNN and splash cannot take this mask: cached calls (and, under cuDNN, packed
+            # rows: cuDNN takes lengths, not segments) use XLA unless the config names the
+            # plain "xla" implementation or leaves it to JAX (None).
             impl = cfg.attention_impl if cfg.attention_impl in (None, "xla") else "xla"
-            mask_BTS = causal_mask(kv_mask_BS, q_slot_BT, jnp.arange(k_BSKH.shape[1]))
+            if segment_ids_BT is not None:  # packed rows (no cache): a block-diagonal causal mask
+                mask_BTS = segment_mask(segment_ids_BT) & (kv_mask_BS[:, None, :] > 0)
+            else:
+                mask_BTS = causal_mask(kv_mask_BS, q_slot_BT, jnp.arange(k_BSKH.shape[1]))
             out_BTNH = jax.nn.dot_product_attention(
                 q_BTNH, k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype),
                 mask=mask_BTS[:, None], scale=H ** -0.5, implementation=impl)

@@ -17,6 +17,10 @@ DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "qkv_proj")
 ATTENTION_IMPLS = (None, "xla", "cudnn", "xla_right_padded", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
+# The input of each of the latent view's K-1 soft steps (method/views.py): the paper's expected
+# embedding softmax(W_lm h) @ E, or "pause": one learned vector (the Decoder's `latent`
+# collection), the same for every step and input (a control for "extra positions alone").
+SOFT_TOKENS = ("expected_embedding", "pause")
 SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "head_dim")
 
@@ -46,6 +50,7 @@ def field_problems(fields: Mapping[str, Any]) -> List[Tuple[str, str]]:
         need(lambda v: v in DTYPES, name, lambda v: f"{v!r} is not float32, bfloat16 or float16")
     need(lambda v: v in REMAT_POLICIES, "remat_policy", lambda v: f"{v!r} is not one of {REMAT_POLICIES}")
     need(lambda v: v in ATTENTION_IMPLS, "attention_impl", lambda v: f"{v!r} is not one of {ATTENTION_IMPLS}")
+    need(lambda v: v in SOFT_TOKENS, "soft_token", lambda v: f"{v!r} is not one of {SOFT_TOKENS}")
     need(lambda v: v >= 0, "lora_rank", lambda v: f"{v} must be >= 0")
     if fields.get("lora_rank", 0) > 0:
         need(lambda v: v and set(v) <= set(DEFAULT_LORA_TARGETS), "lora_targets",
@@ -101,6 +106,9 @@ class ModelConfig:
     # a straight-line program per step instead of a loop of L tiny iterations, while the
     # prefill keeps `scan_layers`. Same parameters, same results.
     unroll_soft_steps: bool = False
+    # What each soft step is fed (SOFT_TOKENS): "expected_embedding" (the paper's) or "pause"
+    # (a learned vector of its own, the variable latent/pause_embedding [D]).
+    soft_token: str = "expected_embedding"
     remat_policy: str = "none"
     # Attention kernel: None (JAX picks) or "xla" = masked jax.nn.dot_product_attention;
     # "cudnn" = cuDNN flash attention for full-sequence calls (left padding rotated to

@@ -5,7 +5,10 @@ L layers, K kv heads, H head dim.
 
 Layers are always stacked on a leading L axis (one parameter layout for import, export,
 LoRA and sharding); `scan_layers=False` unrolls the loop instead of scanning it.
-The backbone knows nothing about retrieval: a soft token is just an `x_BTD` input.
+The backbone knows nothing about retrieval: a soft token is just an `x_BTD` input. With
+`cfg.soft_token == "pause"` it also holds one learned input vector, `latent/pause_embedding`
+[D] (its own variable collection, so that it trains under LoRA too), which the latent view
+feeds at its soft steps (`Decoder.pause_embedding`).
 """
 from __future__ import annotations
 
@@ -20,6 +23,9 @@ from laser_jax.model.attention import Attention
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.layers import LORA, Proj, RMSNorm, dtype_of, with_lora
 from laser_jax.model.partitioning import constrain_batch_split
+
+LATENT = "latent"  # variable collection of the latent view's own inputs (cfg.soft_token == "pause")
+PAUSE = "pause_embedding"  # latent/pause_embedding [D]: the vector every soft step is fed
 
 _REMAT_POLICIES = {
     "full": None,
@@ -66,12 +72,12 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD, layer_cache, positions_BT, kv_mask_BS, cache_index):
+    def __call__(self, x_BTD, layer_cache, positions_BT, kv_mask_BS, cache_index, segment_ids_BT=None):
         cfg, pdt = self.cfg, dtype_of(self.cfg.param_dtype)
         x_BTD = constrain_batch_split(x_BTD)
         h = RMSNorm(cfg.rms_norm_eps, pdt, "embed", name="input_layernorm")(x_BTD)
         attn, new_cache = Attention(cfg, name="self_attn")(h, positions_BT, kv_mask_BS, layer_cache,
-                                                           cache_index)
+                                                           cache_index, segment_ids_BT)
         x_BTD = x_BTD + attn
         h = RMSNorm(cfg.rms_norm_eps, pdt, "embed", name="post_attention_layernorm")(x_BTD)
         x_BTD = x_BTD + MLP(cfg, name="mlp")(h)
@@ -90,7 +96,7 @@ def _layer_stack(cfg: ModelConfig):
         _layer_class(cfg, cfg.scan_layers),
         variable_axes={"params": 0, LORA: 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_hidden_layers,
         unroll=1 if cfg.scan_layers else cfg.num_hidden_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
@@ -127,6 +133,9 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.param_dtype), "embed")
         if not cfg.tie_word_embeddings:
             self.lm_head = Proj(cfg.vocab_size, ("embed", "vocab"), cfg)
+        if cfg.soft_token == "pause":
+            self.pause = self.variable(LATENT, PAUSE, lambda: nn.LogicallyPartitioned(
+                mean_embedding(self.embed_tokens.embedding, cfg), ("embed",)))
 
     def embed(self, tokens_BT):
         """Input embeddings [B, T, D] in the compute dtype."""
@@ -157,6 +166,12 @@ class Decoder(nn.Module):
         """The input embedding matrix E [V, D] in the compute dtype."""
         return self.embed_tokens.embedding.astype(dtype_of(self.cfg.compute_dtype))
 
+    def pause_embedding(self):
+        """The learned pause input [D] in the compute dtype (only with soft_token "pause")."""
+        if self.cfg.soft_token != "pause":
+            raise ValueError(f"soft_token={self.cfg.soft_token!r}: the model has no pause embedding")
+        return nn.unbox(self.pause.value).astype(dtype_of(self.cfg.compute_dtype))
+
     def logits(self, hidden_BTD):
         """LM-head logits [B, T, V] in float32 (W_lm tied to E when the config says so)."""
         cdt = dtype_of(self.cfg.compute_dtype)
@@ -166,7 +181,7 @@ class Decoder(nn.Module):
         return self.lm_head(hidden_BTD).astype(jnp.float32)
 
     def __call__(self, tokens_BT=None, *, x_BTD=None, positions_BT, kv_mask_BS, cache=None,
-                 cache_index=None, logits: str = "none") -> DecoderOutput:
+                 cache_index=None, logits: str = "none", segment_ids_BT=None) -> DecoderOutput:
         """Run the stack.
 
         Args:
@@ -182,6 +197,9 @@ class Decoder(nn.Module):
           cache_index: int slot where the T new keys/values are written (with a cache;
             counted within "k"/"v", i.e. within the tail of a prefix cache).
           logits: "none", "last" (last position only, [B, 1, V]) or "all".
+          segment_ids_BT: packed rows (no cache): each input's document id (0 = padding);
+            a token attends only to its own document's tokens (`attention.segment_mask`).
+            `positions_BT` then restart at 0 for each document (`positions_from_segments`).
 
         Returns:
           DecoderOutput(hidden [B, T, D] after the final norm, cache, logits).
@@ -191,7 +209,7 @@ class Decoder(nn.Module):
         x = self.embed(tokens_BT) if x_BTD is None else x_BTD.astype(dtype_of(self.cfg.compute_dtype))
         if cache is not None and cache_index is None:
             raise ValueError("cache_index is required with a cache")
-        x, new_cache = self.layers(x, cache, positions_BT, kv_mask_BS, cache_index)
+        x, new_cache = self.layers(x, cache, positions_BT, kv_mask_BS, cache_index, segment_ids_BT)
         hidden = self.norm(x)
         out_logits = None
         if logits == "last":
@@ -215,8 +233,28 @@ def positions_from_mask(mask_BT):
     return jnp.maximum(jnp.cumsum(mask_BT, axis=-1) - 1, 0).astype(jnp.int32)
 
 
+def mean_embedding(table_VD, cfg: ModelConfig):
+    """The initial pause vector: the mean row of the input embedding table [D] (float32 mean,
+    stored in the param dtype). It is the paper's soft token under a uniform LM-head
+    distribution, i.e. what a step would be fed knowing nothing about the input, so the pause
+    control starts inside the family of inputs it replaces; it needs no seed, and from a
+    pretrained model it lies among real token embeddings."""
+    return jnp.mean(nn.unbox(table_VD).astype(jnp.float32), axis=0).astype(dtype_of(cfg.param_dtype))
+
+
+def positions_from_segments(segment_ids_BT):
+    """RoPE positions of packed rows: 0 at the first token of each document (a run of equal
+    segment ids), counting up inside it (padding gets its run's count too; it is masked)."""
+    T = segment_ids_BT.shape[1]
+    t_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), segment_ids_BT.shape)
+    starts_BT = jnp.concatenate([jnp.ones_like(segment_ids_BT[:, :1], dtype=bool),
+                                 segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]], axis=1)
+    return t_BT - jax.lax.cummax(jnp.where(starts_BT, t_BT, 0), axis=1)
+
+
 def abstract_variables(cfg: ModelConfig) -> dict:
-    """Shapes and dtypes of the variables (`params`, and `lora` when lora_rank > 0),
+    """Shapes and dtypes of the variables (`params`, `lora` when lora_rank > 0, `latent` with
+    soft_token "pause"),
     without allocating them (partitioning boxes removed)."""
     return nn.unbox(jax.eval_shape(lambda: init_variables(cfg, jax.random.key(0), boxed=True)))
 

@@ -11,6 +11,7 @@ from typing import List
 import ml_collections
 
 from laser_jax.data.errors import ConfigError
+from laser_jax.data.tasks import DEFAULT_TASK, TASKS, parse_options
 from laser_jax.model.config import PRESET_ALIASES, PRESETS, field_problems, resolve_attention_impl
 
 ARCH_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -63,6 +64,8 @@ def _data_section() -> ml_collections.ConfigDict:
     d.train_files = ""           # JSONL path/glob, HF save_to_disk dir, ArrayRecord file or TFDS dir
     d.synthetic = False          # generate the embedded synthetic task into WORKDIR/data when needed
     d.synthetic_seed = 0         # seed of the generated task
+    d.synthetic_task = DEFAULT_TASK  # which generated task: arithmetic | hops (laser_jax/data/tasks/)
+    d.synthetic_options = ""     # its generator options, "key=value,..." (e.g. "facts=query"; "" = the task's defaults)
     d.eval_dir = ""              # BRIGHT-format directory evaluated at the end ("" = none)
     d.shuffle = True             # seeded shuffle and document choice per epoch; False = file order
     d.group_size = 2             # documents per query: 1 positive + (G-1) hard negatives
@@ -86,6 +89,9 @@ def _data_section() -> ml_collections.ConfigDict:
     d.lm_sort_batches = 1        # >1: rows length-sorted within windows of this many batches (less padding);
                                  # 1 = none. On the synthetic task grouping (32) cut the LM's greedy accuracy at
                                  # 1500 steps from 99.7% to 40.7%: batches of one length class learn much slower
+    d.lm_pack_len = 0            # >0: pack documents into rows of exactly this many tokens (attention and
+                                 # positions kept inside each document; data/lm_packing.py); 0 = one
+                                 # document per row, padded per batch (lm_num_widths, lm_sort_batches)
     d.lm_corpus = ""             # a corpus.jsonl whose passages (`content`) join the rows ("" = none; with
                                  # data.synthetic: the generated task's)
     return d
@@ -95,6 +101,9 @@ def _laser_section() -> ml_collections.ConfigDict:
     """The LaSER method: thinking steps, temperatures, loss weights, teacher."""
     la = ml_collections.ConfigDict()
     la.num_thinking_steps = 3    # K latent steps (1 = plain last-token retriever)
+    la.soft_token = "expected_embedding"  # what each of the K-1 soft steps is fed: the paper's
+                                 # softmax(W_lm h) @ E | pause (one learned vector, the same for every
+                                 # step and input: the "extra positions alone" control, issue 23)
     la.tau = 0.02                # contrastive temperature (both views)
     la.tau_kd = 0.02             # output-level KL temperature
     la.tau_mid = 0.05            # trajectory KL temperature (authors' code; paper: 0.02)
@@ -164,7 +173,7 @@ def _pretrain_section() -> ml_collections.ConfigDict:
     num_steps > 0, data.synthetic, train.objective=laser and no model.init_from: the decoder
     (this config's architecture, full training from random init) is trained as an LM on the
     task's queries + reasoning and passages, saved as a Hugging Face directory, scored
-    (greedy end-number accuracy on eval/), and LaSER then starts from it."""
+    (greedy end-state accuracy on eval/: end number or end entity), and LaSER then starts from it."""
     p = ml_collections.ConfigDict()
     p.num_steps = 0              # LM steps; 0 = no pretraining stage
     p.dir = ""                   # the LM's directory; "" = WORKDIR/lm (point several runs at one shared LM)
@@ -179,7 +188,7 @@ def _pretrain_section() -> ml_collections.ConfigDict:
     p.seed = 0                   # LM init and row order
     p.log_every = 100            # steps between progress lines / metrics rows
     p.checkpoint_every = 500     # checkpoint steps (an interrupted stage resumes from the newest)
-    p.eval = True                # report greedy end-number accuracy on the task's eval/ queries
+    p.eval = True                # report greedy end-state (number / entity) accuracy on eval/
     return p
 
 
@@ -205,7 +214,7 @@ class _Problems(list):
 _MODEL_FIELDS = {"param_dtype": "model.param_dtype", "compute_dtype": "model.compute_dtype",
                  "remat_policy": "model.remat_policy", "attention_impl": "model.attention_impl",
                  "lora_rank": "lora.rank", "lora_targets": "lora.targets", "lora_alpha": "lora.alpha",
-                 "lora_dropout": "lora.dropout"}
+                 "lora_dropout": "lora.dropout", "soft_token": "laser.soft_token"}
 
 
 def _model_problems(c: ml_collections.ConfigDict) -> List[str]:
@@ -222,7 +231,7 @@ def _model_problems(c: ml_collections.ConfigDict) -> List[str]:
                   # "auto" and "" (JAX picks) resolve to valid values on any machine
                   attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype, backend="cpu"),
                   lora_rank=lo.rank, lora_targets=lora_targets(lo.targets), lora_alpha=lo.alpha,
-                  lora_dropout=lo.dropout)
+                  lora_dropout=lo.dropout, soft_token=soft_token(c))
     p += [f"{_MODEL_FIELDS[name]}: {text}" for name, text in field_problems(fields)]
     return p
 
@@ -244,6 +253,13 @@ def _data_problems(c: ml_collections.ConfigDict) -> List[str]:
     p.need(d.segment_rule in ("linspace", "paper"), "data.segment_rule", "must be linspace or paper")
     p.need(d.split_mode in ("code", "any_double_newline"), "data.split_mode",
            "must be code or any_double_newline")
+    p.need(d.synthetic_task in TASKS, "data.synthetic_task",
+           f"unknown task {d.synthetic_task!r} (known: {', '.join(sorted(TASKS))})")
+    if d.synthetic_task in TASKS:
+        try:
+            parse_options(d.synthetic_task, d.synthetic_options)
+        except ValueError as e:
+            p.append(f"data.synthetic_options: {e}")
     return p
 
 
@@ -294,6 +310,12 @@ def _train_problems(c: ml_collections.ConfigDict) -> List[str]:
     p.need(d.lm_max_len >= 0, "data.lm_max_len", "must be >= 0 (0 = data.explicit_max_len + 1)")
     p.need(d.lm_num_widths >= 1, "data.lm_num_widths", "must be >= 1")
     p.need(d.lm_sort_batches >= 1, "data.lm_sort_batches", "must be >= 1")
+    pack, longest = d.get("lm_pack_len", 0), d.lm_max_len or d.explicit_max_len + 1
+    p.need(pack == 0 or pack >= longest, "data.lm_pack_len",
+           f"must be 0 (no packing) or hold the longest LM row (data.lm_max_len, else data.explicit_max_len + 1: "
+           f"{longest} tokens), got {pack}")
+    p.need(not (pack and d.lm_sort_batches > 1), "data.lm_sort_batches",
+           "length grouping is for padded LM batches; packed rows (data.lm_pack_len) have no padding to cut: use 1")
     return p
 
 
@@ -331,6 +353,11 @@ def _pretrain_problems(c: ml_collections.ConfigDict) -> List[str]:
     p.need(s.log_every >= 1, "pretrain.log_every", "must be >= 1")
     p.need(s.checkpoint_every >= 1, "pretrain.checkpoint_every", "must be >= 1")
     return p
+
+
+def soft_token(c: ml_collections.ConfigDict) -> str:
+    """`laser.soft_token` (the paper's expected embedding in configs written before it)."""
+    return c.laser.get("soft_token", "expected_embedding")
 
 
 def lora_targets(targets: str) -> tuple:

@@ -11,8 +11,8 @@ Two counts, both reported by the trainer (metrics.jsonl) and by `bench/bench_las
   through every projection (weight gradients only for what trains: the base in full
   fine-tuning, the adapters with LoRA), the LoRA adapters' own matmuls, the causal attention
   scores and mixing (the causal half, as flash kernels compute it), the soft-token LM-head
-  passes (logits and expected embedding per soft step), and the forward recomputed in the
-  backward pass under the remat policy. MFU is computed from this count.
+  passes (logits and expected embedding per soft step; none with soft_token "pause"), and the
+  forward recomputed in the backward pass under the remat policy. MFU is computed from this count.
 
 Peaks: the data-sheet dense bf16 rate per device kind (`DATASHEET_TFLOPS`), and where one was
 measured on this project's machines, the measured bf16 matmul rate (`MEASURED_TFLOPS`: 804
@@ -111,7 +111,7 @@ def train_step_flops(cfg: ModelConfig, shapes: Mapping[str, tuple], num_steps: i
     linear *= cfg.num_hidden_layers
     attn_fwd_per_key = 4.0 * cfg.num_attention_heads * cfg.head_dim * cfg.num_hidden_layers  # QK^T and PV
     attn_factor = 3.0 + (1.0 if remat == "full" else 0.0)  # forward, 2x backward, recompute
-    lm_head = 4.0 * cfg.vocab_size * cfg.hidden_size  # logits + expected embedding, per soft step
+    lm_head = soft_token_flops(cfg)  # logits + expected embedding, per soft step
     lm_factor = 2.0 + (0.0 if lora else 1.0)  # forward, activation grads, table grads when it trains
     executed = 0.0
     for b, length, soft in rows:
@@ -123,6 +123,12 @@ def train_step_flops(cfg: ModelConfig, shapes: Mapping[str, tuple], num_steps: i
     return StepFlops(model_6pt=train_flops(p, tokens), executed=executed)
 
 
+def soft_token_flops(cfg: ModelConfig) -> float:
+    """Forward FLOPs of one soft step's input per row: the LM-head logits and the expected
+    embedding (2VD each); none for a pause vector (soft_token "pause")."""
+    return 0.0 if cfg.soft_token == "pause" else 4.0 * cfg.vocab_size * cfg.hidden_size
+
+
 def encode_flops(cfg: ModelConfig, batch: int, length: int, num_steps: int) -> StepFlops:
     """FLOPs of one latent-view forward over `batch` rows of `length` tokens (no backward):
     model_6pt is the 2PT forward convention, executed adds attention and the LM head."""
@@ -131,7 +137,7 @@ def encode_flops(cfg: ModelConfig, batch: int, length: int, num_steps: int) -> S
     keys = _causal_context(length) + sum(length + j + 1 for j in range(soft))
     executed = batch * (2.0 * p * (length + soft)
                         + keys * 4.0 * cfg.num_attention_heads * cfg.head_dim * cfg.num_hidden_layers
-                        + soft * 4.0 * cfg.vocab_size * cfg.hidden_size)
+                        + soft * soft_token_flops(cfg))
     return StepFlops(model_6pt=2.0 * p * batch * (length + soft), executed=executed)
 
 

@@ -6,14 +6,18 @@ its data (data/lm_pipeline.py), its device batch, its token count and its progre
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import jax
 import numpy as np
 
 from laser_jax.data import lm_pipeline
+from laser_jax.data.tasks.layout import CORPUS_FILE, read_meta
 from laser_jax.method.lm_objective import LM_BATCH_KEYS
 from laser_jax.train.flops import StepFlops, train_step_flops
+
+log = logging.getLogger("laser_jax")
 
 
 def is_lm(config) -> bool:
@@ -22,10 +26,11 @@ def is_lm(config) -> bool:
 
 def open_source(config, paths, tokenizer) -> lm_pipeline.LMSource:
     """The LM rows of a run. The passages of data.lm_corpus (with data.synthetic by default
-    the generated task's corpus.jsonl) join the other rows."""
+    the generated task's LM corpus: meta.json "lm_corpus", e.g. corpus.jsonl) join the other rows."""
     corpus = config.data.lm_corpus
     if not corpus and config.data.synthetic:
-        corpus = os.path.join(os.path.dirname(paths.train_files), "corpus.jsonl")
+        task_dir = os.path.dirname(paths.train_files)
+        corpus = os.path.join(task_dir, (read_meta(task_dir) or {}).get("lm_corpus", CORPUS_FILE))
         corpus = corpus if os.path.isfile(corpus) else ""
     if corpus and not os.path.isfile(corpus):
         raise FileNotFoundError(f"data.lm_corpus: {corpus}: no such file")
@@ -33,8 +38,14 @@ def open_source(config, paths, tokenizer) -> lm_pipeline.LMSource:
 
 
 def options_and_steps(config, source, process_index: int, process_count: int):
-    """(LMOptions, total steps: train.num_steps or one epoch) of an LM run."""
+    """(LMOptions, total steps: train.num_steps or one epoch) of an LM run. Packed rows are
+    packed here once, so a document too long for data.lm_pack_len fails at set-up."""
     options = lm_pipeline.lm_options(config, process_index, process_count)
+    if options.pack_len:
+        packed = lm_pipeline.PackedStepBatcher(source, 0, options)  # the pad id plays no part in the count
+        log.info("packed %d LM rows into %d rows of %d tokens (%.1f%% real tokens)", len(source), len(packed.rows),
+                 options.pack_len, 100 * packed.fill)
+        return options, config.train.num_steps or packed.steps_per_epoch
     return options, config.train.num_steps or lm_pipeline.steps_per_epoch(len(source), options)
 
 
@@ -46,7 +57,7 @@ def global_batch(host_batch: dict, batch_sharding) -> dict:
     """Host-local LM batch -> global arrays (every host pads to the same width: the
     width comes from the global batch)."""
     out = {}
-    for key in LM_BATCH_KEYS:
+    for key in (k for k in LM_BATCH_KEYS if k in host_batch):  # "segments": packed batches
         local = host_batch[key]
         shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
         out[key] = jax.make_array_from_process_local_data(batch_sharding, local, shape)
@@ -71,6 +82,8 @@ def step_flops(cfg, shape) -> StepFlops:
 def describe(run) -> str:
     c, cfg = run.config, run.model_cfg
     start = f"from {c.model.init_from}" if c.model.init_from else "random init"
+    pack = c.data.get("lm_pack_len", 0)
+    rows = f"{len(run.source)} documents packed into rows of {pack} tokens" if pack else f"{len(run.source)} rows"
     return (f"causal LM: {cfg.family} {cfg.num_params() / 1e6:.1f}M params ({start}, "
             f"{'LoRA r=%d' % c.lora.rank if c.lora.rank else 'full training'}), mesh {dict(run.mesh.shape)}, "
-            f"{len(run.source)} rows, {run.total_steps} steps of {c.train.batch_size} rows")
+            f"{rows}, {run.total_steps} steps of {c.train.batch_size} rows")

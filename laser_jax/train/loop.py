@@ -24,7 +24,7 @@ from laser_jax.data.pipeline import train_iterator
 from laser_jax.data.tokenize import repad_left
 from laser_jax.model import hf_io
 from laser_jax.train import checkpoint as ckpt_lib
-from laser_jax.train import faults, lm
+from laser_jax.train import faults, lm, run_files
 from laser_jax.train.flops import StepFlops, peak_rates, throughput, train_step_flops
 from laser_jax.train.metrics import MetricsWriter
 from laser_jax.train.plot import plot_metrics
@@ -206,7 +206,7 @@ def save_run_files(run: Run) -> None:
         return
     target = os.path.join(run.workdir, ckpt_lib.TOKENIZER)
     if not os.path.exists(os.path.join(target, "tokenizer_config.json")):
-        run.tokenizer.save_pretrained(target)
+        run_files.save_tokenizer(run.tokenizer, target)
     with open(os.path.join(run.workdir, "run_config.json"), "w") as f:
         f.write(run.config.to_json(indent=2))
 

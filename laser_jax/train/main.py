@@ -4,7 +4,10 @@
     python -m laser_jax.train --config=configs/qwen3_0p6b.py --workdir=runs/q06 --check   # validate only
 
 Any config field can be overridden as `--config.a.b=value`. Rerunning with the same
-workdir resumes from its newest checkpoint. With `data.eval_dir` set, the trained model is
+workdir resumes from its newest checkpoint (a finished run of the same config is not redone;
+damaged files of a finished run are named and rebuilt: train/run_files.py). One run writes a
+workdir at a time (laser_jax.workdir_lock): a second one exits 2 naming the holder;
+`--force_unlock` takes a lock left by a run on another host. With `data.eval_dir` set, the trained model is
 evaluated at the end and a table printed (the embedded default does this).
 
 Exit codes (docs/faults.md): 0 done; 1 unexpected error (traceback); 2 invalid config,
@@ -23,12 +26,13 @@ from typing import Optional, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from laser_jax import distributed
+from laser_jax import distributed, workdir_lock
 from laser_jax.cli import define_help, run_cli
 from laser_jax.data import synthetic
 from laser_jax.data.errors import ConfigError, DataError
 from laser_jax.model.hf_io import CheckpointMismatchError
-from laser_jax.train import faults, stages
+from laser_jax.storage import DamagedFileError
+from laser_jax.train import faults, run_files, stages
 from laser_jax.train.checkpoint import CheckpointRestoreError, NonFiniteStateError
 from laser_jax.train.config import validate
 from laser_jax.train.final_eval import evaluate_trained
@@ -42,6 +46,8 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the
 flags.DEFINE_boolean("check", False, "Only check the config, the data and model paths it names, and (with "
                      "--workdir) the workdir; exit 0 when all is well, 2 naming every problem. Writes nothing and "
                      "needs no accelerator (launchers run it before submitting a job).", flag_values=FLAGS)
+flags.DEFINE_boolean("force_unlock", False, "Take WORKDIR's lock even when a run on another host holds it or left "
+                     "it (only when that run no longer runs: docs/faults.md).", flag_values=FLAGS)
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                   "Join a multi-process JAX cluster (auto: when launched by one).", flag_values=FLAGS)
 flags.mark_flag_as_required("config", flag_values=FLAGS)
@@ -68,8 +74,18 @@ def _command(f: flags.FlagValues) -> int:
     if f.check:
         return check_main(f.config, workdir, config_file)
     distributed.maybe_initialize(f.distributed)
-    # issue 15: with a pretrain section that asks for it, LM pretraining runs first (train/stages.py)
-    return stages.run(f.config, workdir, lambda config, directory: train_main(config, directory, config_file))
+    try:  # issue 24: one writer per workdir, from before anything is written until the end
+        with workdir_lock.held(workdir, "--workdir", force_unlock=f.force_unlock):
+            # issue 15: with a pretrain section that asks for it, LM pretraining runs first (train/stages.py)
+            return stages.run(f.config, workdir, lambda config, directory: train_main(config, directory, config_file))
+    except workdir_lock.LockError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return faults.EXIT_BAD_INPUT
+    except OSError as e:  # the lock file or a stage's files (the task, the LM) on a full disk
+        if not faults.is_disk_full(e):
+            raise
+        print(f"error: {faults.disk_full_error(workdir, 'run files')}", file=sys.stderr)
+        return faults.EXIT_DISK_FULL
 
 
 def _what_to_do(e: BaseException, config, config_file: Optional[str]) -> str:
@@ -89,15 +105,20 @@ def check_main(config, workdir: Optional[str], config_file: Optional[str] = None
     without writing anything or touching an accelerator; print one line, return 0 or 2."""
     try:
         validate(config)
+        note = workdir and workdir_lock.check(workdir)  # issue 24: a held lock is reported, not taken
         with tempfile.TemporaryDirectory() as scratch:  # the synthetic task when it is not in WORKDIR/data yet
             data_dir = None
             if config.data.synthetic and not (workdir and synthetic.is_current(
-                    os.path.join(workdir, "data"), config.data.synthetic_seed)):
+                    os.path.join(workdir, "data"), **synthetic.config_args(config.data))):
                 data_dir = scratch
             _, _, model_cfg, source = check_inputs(config, workdir, write=False, data_dir=data_dir)
-    except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError) as e:
+    except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError,
+            workdir_lock.LockError, DamagedFileError) as e:
         print(f"error: {e}{_what_to_do(e, config, config_file)}", file=sys.stderr)
         return faults.EXIT_BAD_INPUT
+    for line in ([note] if note else []) + (run_files.damage_notes(workdir, stages.lm_dir(config, workdir))
+                                           if workdir else []):
+        print(f"note: {line}", file=sys.stderr)
     print(f"config OK: {config_file or 'the config'}: {model_cfg.family} {model_cfg.num_params() / 1e6:.1f}M "
           f"params, {len(source)} training records" + (f", workdir {workdir}" if workdir else ""))
     return faults.EXIT_OK
@@ -116,17 +137,21 @@ def train_main(config, workdir: str, config_file: Optional[str] = None) -> int:
         log.info("setting up the run in %s", workdir)
         try:
             validate(config)
+            if run_files.finished(workdir, config):  # issue 27: a finished run is not redone
+                return faults.EXIT_OK
             run = set_up(config, workdir)
-        except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError) as e:
+        except (ConfigError, DataError, FileNotFoundError, NotADirectoryError, CheckpointMismatchError,
+                DamagedFileError) as e:
             print(f"error: {e}{_what_to_do(e, config, config_file)}", file=sys.stderr)
             return faults.EXIT_BAD_INPUT
         except OSError as e:
             return fail(faults.EXIT_DISK_FULL if faults.is_disk_full(e) else faults.EXIT_BAD_INPUT, e)
+        run_files.check_and_repair(workdir)  # issue 27: damaged files of a finished run, before rewriting
         try:
             trained = train(run, stop)
         except (faults.NonFiniteLossError, NonFiniteStateError) as e:
             return fail(faults.EXIT_NONFINITE, e)
-        except (CheckpointRestoreError, CheckpointMismatchError, DataError) as e:
+        except (CheckpointRestoreError, CheckpointMismatchError, DataError, DamagedFileError) as e:
             return fail(faults.EXIT_BAD_INPUT, e)
         except faults.DiskFullError as e:
             return fail(faults.EXIT_DISK_FULL, e)
@@ -139,6 +164,7 @@ def train_main(config, workdir: str, config_file: Optional[str] = None) -> int:
             return faults.exit_code_for_signal(stop.signum)
     if run.paths.eval_dir and config.train.objective == "laser":  # issue 15: no retrieval eval of an LM run
         evaluate_trained(trained)
+    run_files.finish(workdir, config)  # issue 27: the run's manifest, last
     return faults.EXIT_OK
 
 

@@ -1,7 +1,8 @@
 """Metrics to WORKDIR/metrics.jsonl (one JSON object per logged step) and TensorBoard.
 
 On resume from step k, rows after k (logged before a crash, then redone) are dropped first,
-so the file reads like one uninterrupted run.
+so the file reads like one uninterrupted run; TensorBoard likewise (a new event file whose
+purge step makes TensorBoard drop the older files' events after k).
 """
 from __future__ import annotations
 
@@ -14,11 +15,45 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def read_metrics(workdir: str) -> list:
+    """The rows of WORKDIR/metrics.jsonl; a line that is not a JSON object (cut short by a
+    crash or damaged) is left out with a warning naming the file and line."""
     path = os.path.join(workdir, METRICS_FILE)
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = []
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                log.warning("%s: line %d is not a metrics row (cut short or damaged: %d bytes); left out, the rows "
+                            "it held are lost", path, number, len(line))
+    return rows
+
+
+def keep_intact_rows(workdir: str) -> list:
+    """Rewrite WORKDIR/metrics.jsonl without its damaged lines (issue 27); returns the steps of
+    the rows kept."""
+    path = os.path.join(workdir, METRICS_FILE)
+    rows = []
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    os.replace(path + ".tmp", path)
+    return [r.get("step") for r in rows]
 
 
 class MetricsWriter:
@@ -35,7 +70,10 @@ class MetricsWriter:
         try:  # optional (and heavy): imported only by a process that writes metrics
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            # Resumed: TensorBoard drops the earlier files' events from the restored step on, as
+            # metrics.jsonl drops its rows (each step once).
+            self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                    purge_step=start_step + 1 if start_step else None)
         except ImportError:  # optional
             log.info("tensorboardX not installed: metrics go to %s only", self.path)
 

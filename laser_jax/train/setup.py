@@ -18,13 +18,15 @@ from laser_jax.data.errors import ConfigError
 from laser_jax.data.options import PipelineOptions
 from laser_jax.data.formatting import TextFormat
 from laser_jax.inference.load import load_tokenizer as load_tokenizer_dir
+from laser_jax.inference.load import require_intact
 from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig, from_hf_config, preset, resolve_attention_impl
-from laser_jax.train.config import ARCH_FIELDS, lora_targets
-from laser_jax.data.synthetic import ensure_generated
+from laser_jax.train.config import ARCH_FIELDS, lora_targets, soft_token
+from laser_jax.data.synthetic import config_args, ensure_generated
 from laser_jax.model.decoder import Decoder
 from laser_jax.model.hf_io import SafetensorsDir
 from laser_jax.retrieval import bright
+from laser_jax.storage import DamagedFileError
 from laser_jax.train import sharding
 from laser_jax.train.step import StepConfig, TrainState, init_state, jit_train_step, make_optimizer, \
     run_schedule
@@ -45,7 +47,7 @@ def resolve_data(config: ml_collections.ConfigDict, workdir: str, data_dir: Opti
     train_files, tokenizer, eval_dir = d.train_files, m.tokenizer or m.init_from, d.eval_dir
     field = "model.tokenizer" if m.tokenizer or not m.init_from else "model.init_from"
     if d.synthetic:
-        paths = ensure_generated(data_dir or os.path.join(workdir, "data"), seed=d.synthetic_seed)
+        paths = ensure_generated(data_dir or os.path.join(workdir, "data"), **config_args(d))
         train_files = train_files or paths["train"]
         tokenizer = tokenizer or paths["tokenizer"]
         eval_dir = eval_dir or paths["eval"]
@@ -61,7 +63,7 @@ def load_tokenizer(paths: DataPaths):
         raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: no such directory")
     try:
         return load_tokenizer_dir(paths.tokenizer)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DamagedFileError) as e:  # the latter names the damaged file
         raise ConfigError(f"{paths.tokenizer_field}: {e}") from None
     except (OSError, ValueError, TypeError) as e:  # transformers: unreadable or inconsistent files
         raise ConfigError(f"{paths.tokenizer_field}: {paths.tokenizer}: the tokenizer cannot be loaded "
@@ -76,7 +78,7 @@ def model_config(config: ml_collections.ConfigDict, tokenizer, training: bool = 
                    unroll_soft_steps=m.unroll_soft_steps, remat_policy=m.remat_policy,
                    attention_impl=resolve_attention_impl(m.attention_impl, m.compute_dtype),
                    lora_rank=lo.rank, lora_alpha=lo.alpha, lora_dropout=lo.dropout if training else 0.0,
-                   lora_targets=lora_targets(lo.targets))
+                   lora_targets=lora_targets(lo.targets), soft_token=soft_token(config))
     arch = {f: getattr(m, f) for f in ARCH_FIELDS if getattr(m, f)}
     try:
         if m.init_from:
@@ -111,6 +113,7 @@ def check_init_weights(config: ml_collections.ConfigDict) -> None:
     if not config.model.init_from:
         return
     try:
+        require_intact(config.model.init_from, fix="export or copy the model again")  # issue 27 (when it has a manifest)
         SafetensorsDir(config.model.init_from)
     except (FileNotFoundError, ValueError) as e:  # ValueError: hf_io.WeightsFileError, a bad index
         raise ConfigError(f"model.init_from: {e}") from None

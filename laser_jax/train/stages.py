@@ -10,10 +10,13 @@ pretraining stage (`pretrain.num_steps` > 0, `data.synthetic`, `train.objective=
    optimizer settings, full training from random init), with its checkpoints in
    LM_DIR/train, so an interrupted stage resumes; a finished LM whose stage fingerprint
    (the resolved stage config without its paths, plus the task's content hash) is
-   unchanged is reused, a stale one is replaced;
+   unchanged and whose files verify against LM_DIR/manifest.json is reused, a damaged one
+   rebuilt from LM_DIR/train (train/lm_stage_files.py), a stale one replaced; a
+   `pretrain.dir` outside WORKDIR is locked while the stage runs (laser_jax.workdir_lock);
 3. it is written as a Hugging Face directory into LM_DIR (float32 for a float32 model, the
-   task tokenizer, eos/pad ids in config.json) and its greedy end-number accuracy on the
-   task's eval/ queries goes to LM_DIR/lm_eval.json and the log;
+   task tokenizer, eos/pad ids in config.json) and its greedy end-state accuracy (the
+   end number, or end entity of the hops task) on the task's eval/ queries goes to
+   LM_DIR/lm_eval.json and the log;
 4. LaSER is trained with `model.init_from=LM_DIR` (architecture fields that restate the
    LM's values are accepted) and evaluated as before.
 
@@ -21,35 +24,36 @@ Any other config runs as one stage (`main.train_main`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
 import time
+from typing import Optional
 
 import jax
 import ml_collections
 
 from laser_jax.data.errors import ConfigError
 from laser_jax.data.formatting import TextFormat
-from laser_jax import distributed
+from laser_jax import distributed, workdir_lock
+from laser_jax.data import synthetic
 from laser_jax.data.synthetic import ensure_generated, read_meta
 from laser_jax.inference import reasoning
-from laser_jax.inference.load import load_for_inference, load_tokenizer
+from laser_jax.inference.load import load_for_inference, load_tokenizer, write_laser_meta
 from laser_jax.model.hf_io import save_pretrained
-from laser_jax.train import faults
+from laser_jax.storage import DamagedFileError
+from laser_jax.train import faults, lm_stage_files
 from laser_jax.train.config import validate
 
 log = logging.getLogger("laser_jax")
 
-STAGE_FILE = "stage.json"
-EVAL_FILE = "lm_eval.json"
-TRAIN_SUBDIR = "train"
+STAGE_FILE, EVAL_FILE, TRAIN_SUBDIR = lm_stage_files.STAGE_FILE, lm_stage_files.EVAL_FILE, lm_stage_files.TRAIN_SUBDIR
 # What of the stage config decides the LM (the fingerprint): paths are replaced by the
 # task's content hash; logging, checkpoint cadence, devices and the LaSER-only fields are left out.
 _FINGERPRINT_DATA = ("query_template", "chat_template", "lm_format", "lm_max_len", "explicit_max_len",
-                     "lm_num_widths", "lm_sort_batches", "pad_multiple", "shuffle")
+                     "lm_num_widths", "lm_sort_batches", "lm_pack_len", "pad_multiple", "shuffle")
 _NOT_FINGERPRINTED_TRAIN = ("log_every", "peak_tflops")
 
 
@@ -80,9 +84,10 @@ def stage_config(config, task: dict) -> ml_collections.ConfigDict:
     s.model.init_from = ""
     s.model.tokenizer = task["tokenizer"]
     d = s.data
-    d.synthetic, d.train_files, d.eval_dir, d.lm_corpus, d.lm_format = False, task["train"], "", task["corpus"], "reasonemb"
+    d.synthetic, d.train_files, d.eval_dir, d.lm_corpus, d.lm_format = False, task["train"], "", task["lm_corpus"], "reasonemb"
     d.shuffle = True
     s.laser.teacher_from = ""
+    s.laser.soft_token = "expected_embedding"  # an LM has no latent view (no pause vector to carry)
     s.checkpoint.every_steps = p.checkpoint_every
     s.pretrain.num_steps = 0  # the stage itself is one stage
     return s
@@ -100,14 +105,6 @@ def fingerprint(stage: ml_collections.ConfigDict, task_dir: str) -> dict:
             "task_sha256": meta.get("content_sha256"), "task_seed": meta.get("seed")}
 
 
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def _write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -116,35 +113,14 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _has_weights(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json")) and any(
-        n.endswith(".safetensors") for n in os.listdir(path))
-
-
 def _decide(out: str, want: dict) -> str:
-    """"reuse" (a finished LM of this fingerprint), "resume" (an unfinished one), "stale"
-    (an LM of another fingerprint) or "fresh" (nothing there). Reads only."""
-    if not os.path.isdir(out) or not os.listdir(out):
-        return "fresh"
-    stage = _read_json(os.path.join(out, STAGE_FILE))
-    if stage is None:
-        raise ConfigError(f"pretrain.dir: {out} exists, is not empty and holds no {STAGE_FILE}: not a pretraining "
-                          "stage's directory; choose another one (or empty it)")
-    if stage.get("fingerprint") == want:
-        return "reuse" if stage.get("done") and _has_weights(out) else "resume"
-    return "stale"
+    """"reuse", "resume", "stale" or "fresh" (lm_stage_files.decide). Reads only."""
+    return lm_stage_files.decide(out, want).state
 
 
 def _prepare_dir(out: str, want: dict) -> str:
     """_decide, then a stale LM is removed (and "fresh" returned)."""
-    state = _decide(out, want)
-    if state == "stale":
-        log.warning("the LM in %s was trained with another stage config or task: training a new one", out)
-        for name in os.listdir(out):
-            path = os.path.join(out, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        state = "fresh"
-    return state
+    return lm_stage_files.prepare(out, lm_stage_files.decide(out, want))
 
 
 def _sync(name: str) -> None:
@@ -157,61 +133,93 @@ def _sync(name: str) -> None:
 
 def export_lm(train_dir: str, out: str, tokenizer_dir: str, param_dtype: str) -> None:
     """The stage's final checkpoint as a Hugging Face directory (weights in the model's
-    parameter dtype, the task tokenizer, eos/pad ids in config.json)."""
+    parameter dtype, the task tokenizer, eos/pad ids in config.json, and laser.json with the
+    text format it was trained with, so loading it never takes a foreign model's format)."""
 
     loaded = load_for_inference(train_dir, "float32")
     variables = jax.device_get(loaded.variables)
     save_pretrained(out, variables["params"], loaded.cfg, load_tokenizer(tokenizer_dir), lora=variables.get("lora"),
                     dtype=param_dtype)
+    write_laser_meta(out, loaded.text_format, loaded.num_thinking_steps)
 
 
 def evaluate_lm(config, out: str, eval_dir: str) -> dict:
-    """Greedy end-number accuracy of the LM in `out` on `eval_dir`, into out/lm_eval.json."""
+    """Greedy end-state accuracy (end number / end entity) of the LM in `out` on `eval_dir`,
+    into out/lm_eval.json."""
     started = time.time()
     loaded = load_for_inference(out, "float32")
     fmt = TextFormat(query_template=config.data.query_template, chat_template=config.data.chat_template)
-    result = reasoning.end_number_accuracy(loaded, eval_dir, fmt)
+    result = reasoning.end_state_accuracy(loaded, eval_dir, fmt)
     result["split_dir"] = eval_dir
     result["seconds"] = round(time.time() - started, 1)
     _write_json(os.path.join(out, EVAL_FILE), result)
     return result
 
 
-def pretrain(config, workdir: str, train_main) -> tuple:
-    """Stage 1 (module doc). Returns (exit code, LM directory)."""
-    task = ensure_generated(os.path.join(workdir, "data"), seed=config.data.synthetic_seed)
+def pretrain(config, workdir: str, train_main, task: Optional[dict] = None) -> tuple:
+    """Stage 1 (module doc) on `task` (a generated task's paths; default: WORKDIR/data,
+    generated when missing). Returns (exit code, LM directory)."""
+    task = task or ensure_generated(os.path.join(workdir, "data"), **synthetic.config_args(config.data))
     stage = stage_config(config, task)
     out = lm_dir(config, workdir)
     want = fingerprint(stage, os.path.dirname(task["train"]))
     writer = jax.process_index() == 0
-    state = _decide(out, want)  # every process reads before any writes
-    _sync("decided")
-    if state == "reuse":
-        log.info("stage 1/2: reusing the pretrained LM in %s (same stage config and task)", out)
-    else:
-        log.info("stage 1/2: %s causal-LM pretraining into %s (%d steps)",
-                 "resuming" if state == "resume" else "starting", out, stage.train.num_steps)
-        if writer:
-            _prepare_dir(out, want)
-            os.makedirs(out, exist_ok=True)
-            _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": False})
-        _sync("prepared")
-        started = time.time()
-        code = train_main(stage, os.path.join(out, TRAIN_SUBDIR))
+    # issue 24: an LM directory outside the workdir is another directory this run writes
+    with workdir_lock.held(out, "pretrain.dir") if not _inside(out, workdir) else contextlib.nullcontext():
+        decision = lm_stage_files.decide(out, want)  # every process reads before any writes
+        _sync("decided")
+        code = _build_lm(stage, task, out, want, decision, train_main) if decision.state != "reuse" else 0
         if code != 0:
             return code, out
-        if writer:
-            export_lm(os.path.join(out, TRAIN_SUBDIR), out, task["tokenizer"], stage.model.param_dtype)
-            _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": True,
-                                                        "train_seconds": round(time.time() - started, 1)})
-            log.info("stage 1/2: wrote the LM to %s (%.0f s)", out, time.time() - started)
-    if writer and config.pretrain.eval and (state != "reuse" or not os.path.exists(os.path.join(out, EVAL_FILE))):
-
-        result = evaluate_lm(config, out, task["eval"])
-        log.info("stage 1/2: LM %s on %s (%.0f s)", reasoning.format_result(result), task["eval"], result["seconds"])
-        print(f"pretrained LM: {reasoning.format_result(result)}", flush=True)
-    _sync("exported")
+        if decision.state == "reuse":
+            log.info("stage 1/2: reusing the pretrained LM in %s (same stage config and task)", out)
+        evaluate = writer and config.pretrain.eval and not os.path.exists(os.path.join(out, EVAL_FILE))
+        if evaluate:
+            result = evaluate_lm(config, out, task["eval"])
+            log.info("stage 1/2: LM %s on %s (%.0f s)", reasoning.format_result(result), task["eval"],
+                     result["seconds"])
+            print(f"pretrained LM: {reasoning.format_result(result)}", flush=True)
+        if writer and (decision.state != "reuse" or evaluate):
+            lm_stage_files.finish(out, want)  # issue 27: the stage's manifest, last
+        _sync("exported")
     return 0, out
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([os.path.abspath(path), os.path.abspath(directory)]) == os.path.abspath(directory)
+
+
+def _build_lm(stage, task: dict, out: str, want: dict, decision, train_main) -> int:
+    """Train the LM (or resume its training) and export it into `out` (the stage's
+    manifest is removed first and written after, by `pretrain`)."""
+    writer = jax.process_index() == 0
+    log.info("stage 1/2: %s causal-LM pretraining into %s (%d steps)",
+             "resuming" if decision.state == "resume" else "starting", out, stage.train.num_steps)
+    if writer:
+        lm_stage_files.prepare(out, decision)
+        os.makedirs(out, exist_ok=True)
+        _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": False})
+    _sync("prepared")
+    started = time.time()
+    if decision.state == "resume" and lm_stage_files.training_finished(out):
+        log.info("stage 1/2: the LM's training in %s is finished and intact: exporting it again",
+                 os.path.join(out, TRAIN_SUBDIR))
+    else:
+        code = train_main(stage, os.path.join(out, TRAIN_SUBDIR))
+        if code != 0:
+            return code
+    if writer:
+        export_lm(os.path.join(out, TRAIN_SUBDIR), out, task["tokenizer"], stage.model.param_dtype)
+        _write_json(os.path.join(out, STAGE_FILE), {"fingerprint": want, "done": True})
+        log.info("stage 1/2: wrote the LM to %s (%.0f s)", out, time.time() - started)
+        if not lm_stage_files.evaluation_still_valid(out, decision.recorded):
+            _remove(os.path.join(out, EVAL_FILE))  # evaluated again below
+    return 0
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def finetune_config(config, out: str) -> ml_collections.ConfigDict:
@@ -229,7 +237,7 @@ def run(config, workdir: str, train_main) -> int:
     try:
         validate(config)  # a bad fine-tuning config fails before the LM is trained
         code, out = pretrain(config, workdir, train_main)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, FileNotFoundError, DamagedFileError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return faults.EXIT_BAD_INPUT
     if code != 0:

@@ -21,7 +21,7 @@ import optax
 from laser_jax.train import sharding
 from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig
-from laser_jax.model.decoder import Decoder, init_variables
+from laser_jax.model.decoder import LATENT, PAUSE, Decoder, init_variables, mean_embedding
 from laser_jax.model.layers import LORA, dtype_of
 from laser_jax.model.lora import adapters_for_compute
 from laser_jax.method.objective import laser_objective
@@ -34,8 +34,9 @@ BATCH_KEYS = ("q_ids", "q_mask", "d_ids", "d_mask", "e_ids", "e_mask", "e_seg")
 
 @flax.struct.dataclass
 class TrainState:
-    """step: int32 []; trainable: {"params"} (full fine-tuning) or {"lora"} (LoRA);
-    frozen: {"params"} in LoRA mode (stored in the compute dtype) else {};
+    """step: int32 []; trainable: {"params"} (full fine-tuning) or {"lora"} (LoRA), plus
+    {"latent"} (the pause vector) with soft_token "pause" either way; frozen: {"params"}
+    in LoRA mode (stored in the compute dtype) else {};
     opt_state: optax state of `trainable`; rng: uint32 [2] base key."""
 
     step: jax.Array
@@ -99,20 +100,28 @@ def make_optimizer(train_cfg, total_steps: int) -> optax.GradientTransformation:
 
 def split_variables(cfg: ModelConfig, variables: dict):
     """(trainable, frozen): LoRA adapters train and the base is frozen (cast to the compute
-    dtype, as it is only ever used in it); without LoRA every parameter trains."""
+    dtype, as it is only ever used in it); without LoRA every parameter trains. The pause
+    vector (`latent`, soft_token "pause") trains in both modes."""
+    latent = {LATENT: variables[LATENT]} if LATENT in variables else {}
     if cfg.lora_rank:
         cdt = dtype_of(cfg.compute_dtype)
         frozen = jax.tree_util.tree_map(lambda x: x.astype(cdt), {"params": variables["params"]})
-        return {LORA: variables[LORA]}, frozen
-    return {"params": variables["params"]}, {}
+        return {LORA: variables[LORA], **latent}, frozen
+    return {"params": variables["params"], **latent}, {}
 
 
 def init_state(cfg: ModelConfig, tx, rng, base_params=None, boxed: bool = False) -> TrainState:
-    """A fresh state: random init (or `base_params` from a checkpoint plus fresh LoRA)."""
+    """A fresh state: random init (or `base_params` from a checkpoint plus fresh LoRA; a
+    pause vector then starts as the mean of those params' embedding table)."""
     init_rng, state_rng = jax.random.split(rng)
     variables = init_variables(cfg, init_rng, boxed=True)
     if base_params is not None:
         variables = {**variables, "params": base_params}
+        if LATENT in variables:
+            pause = variables[LATENT][PAUSE]
+            value = mean_embedding(base_params["embed_tokens"]["embedding"], cfg)
+            variables[LATENT] = {PAUSE: pause.replace_boxed(value) if isinstance(pause, nn.Partitioned)
+                                 else value}
     trainable, frozen = split_variables(cfg, variables)
     state = TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen,
                        opt_state=tx.init(trainable), rng=jax.random.key_data(state_rng))

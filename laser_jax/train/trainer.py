@@ -221,7 +221,8 @@ def make_writable_workdir(workdir: str) -> None:
 # that sets each ("" = the architecture source, model.init_from or model.preset).
 _STRUCTURE_FIELDS = {**{f: f"model.{f}" for f in ARCH_FIELDS}, "family": "", "tie_word_embeddings": "",
                      "attention_bias": "", "qk_norm": "", "scan_layers": "model.scan_layers",
-                     "lora_rank": "lora.rank", "lora_targets": "lora.targets"}
+                     "lora_rank": "lora.rank", "lora_targets": "lora.targets",
+                     "soft_token": "laser.soft_token"}
 
 
 def check_resume(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -266,6 +267,9 @@ def load_teacher(path: str, program: setup.Program) -> Optional[dict]:
         raise ConfigError(f"laser.teacher_from: {path} has hidden/vocab "
                           f"{loaded.cfg.hidden_size}/{loaded.cfg.vocab_size}, the student "
                           f"{student.hidden_size}/{student.vocab_size}")
+    if loaded.cfg.soft_token != student.soft_token:  # the teacher encodes documents with the student's latent view
+        raise ConfigError(f"laser.teacher_from: {path} was trained with soft_token={loaded.cfg.soft_token!r}, "
+                          f"this run has laser.soft_token={student.soft_token!r}; train the teacher with the same")
     variables = loaded.variables
     if loaded.cfg.lora_rank != student.lora_rank or loaded.cfg.lora_targets != student.lora_targets:
         params = variables["params"]

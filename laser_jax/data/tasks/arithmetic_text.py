@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 import re
 
-from laser_jax.data.synthetic_chains import ADD, MUL, SUB, Chain, Op, World, iter_steps
+from laser_jax.data.tasks.arithmetic_chains import ADD, MUL, SUB, Chain, Op, World, iter_steps
 
 SEGMENT_SEP = "\n\n"
 
