@@ -239,7 +239,7 @@ def summary(args, bench, medians: dict, rat: dict) -> dict:
     out = {"machine": args.machine or f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
            "shapes": {k: getattr(bench, k) for k in ("arch", "dtype", "queries", "group", "q_len", "d_len", "e_len",
                                                      "K", "lora_r", "lora_alpha", "lora_dropout", "remat",
-                                                     "enc_len")}}
+                                                     "unroll_soft_steps", "enc_len")}}
     if "train_lora" in ours:
         out["train"] = {"lora_ms": ours["train_lora"], "full_ms": ours["train_full"]}
     encode = {}
