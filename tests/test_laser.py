@@ -81,19 +81,20 @@ def recompute_latent(model, v, ids, mask, K):
     return jnp.stack(states, axis=1)
 
 
-def test_unrolled_soft_steps_equal_full_recompute(pair, tokenizer):
-    """States and embeddings of the soft steps with `unroll_soft_steps` (layers in line over
-    per-layer slices taken once) equal the spec's rollout that reruns the whole sequence at
-    every step, for K = 1, 2, 3, 5 (the scanned steps: test_latent_view_equals_oracle)."""
+def test_soft_steps_equal_full_recompute_scanned_and_unrolled(pair, tokenizer):
+    """States and embeddings of the cached soft steps (prefix cache read in place, the soft
+    token with the vocabulary axis leading), with the layer stack scanned and with
+    `unroll_soft_steps` (layers in line over per-layer slices taken once), equal the spec's
+    rollout that reruns the whole sequence at every step, for K = 1, 2, 3, 5 (one compile)."""
     _, model, v, _ = pair
-    model = Decoder(model.cfg.replace(unroll_soft_steps=True))
+    models = {unroll: Decoder(model.cfg.replace(unroll_soft_steps=unroll)) for unroll in (False, True)}
     ids, mask = tokens(tokenizer, TEXTS, width=40)
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
-    ks = (1, 2, 3, 5)
-    outs, full = jax.jit(lambda v: ([latent_view(model, v, ids, mask, K) for K in ks],
-                                    recompute_latent(model, v, ids, mask, 5)))(v)  # one compile
-    for K, (emb, cached) in zip(ks, outs):
-        assert cached.shape[1] == K
+    cases = [(unroll, K) for unroll in (False, True) for K in (1, 2, 3, 5) if K > 1 or unroll]  # K=1: no soft step
+    outs, full = jax.jit(lambda v: ([latent_view(models[u], v, ids, mask, K) for u, K in cases],
+                                    recompute_latent(model, v, ids, mask, 5)))(v)
+    for (unroll, K), (emb, cached) in zip(cases, outs):
+        assert cached.shape[1] == K, (unroll, K)
         scaled_close(cached, full[:, :K], 1e-5)
         ref = full[:, :K].astype(jnp.float32).mean(axis=1)
         scaled_close(emb, ref / jnp.linalg.norm(ref, axis=-1, keepdims=True), 1e-5)
