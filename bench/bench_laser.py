@@ -43,7 +43,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 ARCHS = {"tiny": "tiny_qwen3", "qwen3-0.6b": "qwen3_0_6b", "qwen3-4b": "qwen3_4b", "qwen3-8b": "qwen3_8b",
-         "qwen2.5-7b": "qwen2_5_7b", "llama3-8b": "llama3_1_8b"}
+         "qwen2.5-7b": "qwen2_5_7b", "llama3-8b": "llama3_1_8b", "cpu-4x256": "tiny_qwen3"}
+# Architectures that are a preset with other sizes. "cpu-4x256" is the CPU side-by-side's model
+# (bench/side_by_side.py gives the PyTorch baseline the same one): Qwen3-style, 4 layers x 256,
+# vocabulary 32768, tied embeddings.
+ARCH_OVERRIDES = {"cpu-4x256": dict(vocab_size=32768, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                                    max_position_embeddings=4096)}
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
@@ -173,7 +179,7 @@ def model_config(args, remat: str):
                    scan_layers=not args.unroll_layers, unroll_soft_steps=args.unroll_soft_steps)
     if args.gguf:
         return gguf_io.config_from_gguf(gguf_path(args), **options)
-    return preset(ARCHS[args.arch], **options)
+    return preset(ARCHS[args.arch], **ARCH_OVERRIDES.get(args.arch, {}), **options)
 
 
 def base_params(args, cfg):
@@ -230,7 +236,10 @@ def flops_fields(flops, seconds: float) -> dict:
             **throughput(flops, seconds, 1, peaks)}
 
 
-def bench_train(args, remat: str, sink) -> dict:
+def train_program(args, remat: str) -> types.SimpleNamespace:
+    """The jitted, compiled train step of these flags, its state and batch: `.run()` takes one
+    step (the state is donated and replaced) and returns the loss; `.metrics()` the last
+    step's metrics as floats; `.compiled` is the compiled program (for its HLO)."""
     import jax
     import jax.numpy as jnp
 
@@ -250,59 +259,82 @@ def bench_train(args, remat: str, sink) -> dict:
     step = jax.jit(functools.partial(train_step, Decoder(cfg), tx, step_cfg), donate_argnums=(0,))
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
-    holder = {"state": state, "metrics": None}
+    program = types.SimpleNamespace(cfg=cfg, batch=batch, compiled=compiled, compile_s=time.perf_counter() - t0,
+                                    state=state, last=None)
 
     def run():
-        holder["state"], holder["metrics"] = compiled(holder["state"], batch)
-        return holder["metrics"]["loss"]
+        program.state, program.last = compiled(program.state, batch)
+        return program.last["loss"]
 
-    median, times = _median_time(run, args.warmup, args.iters)
+    program.run = run
+    program.metrics = lambda: {key: float(v) for key, v in jax.device_get(program.last).items()}
+    return program
+
+
+def bench_train(args, remat: str, sink) -> dict:
     from laser_jax.train.flops import step_tokens, train_step_flops
 
+    program = train_program(args, remat)
+    cfg, batch = program.cfg, program.batch
+    median, times = _median_time(program.run, args.warmup, args.iters)
     shapes = {key: tuple(v.shape) for key, v in batch.items()}
     tokens = step_tokens(shapes, args.K, True)
     flops = train_step_flops(cfg, shapes, args.K, explicit=True)
-    metrics = {key: float(v) for key, v in jax.device_get(holder["metrics"]).items()}
     row = {"workload": "train", "arch": os.path.basename(gguf_path(args)) if args.gguf else args.arch, "mode": "full" if args.full else f"lora_r{args.lora_r}",
            "remat": remat, "step_ms": 1e3 * median, "times_ms": [1e3 * t for t in times],
-           "compile_s": compile_s, "tokens_per_s": tokens / median, **flops_fields(flops, median),
+           "compile_s": program.compile_s, "tokens_per_s": tokens / median, **flops_fields(flops, median),
            "flops_convention": "flops_6pt = 6*P*T, P=non-embedding params, T=N(Lq+K-1)+NG(Ld+K-1)+N(Le+1); "
                                "flops_executed = the matmuls this LoRA/remat setting runs (laser_jax.train.flops)",
-           "P": cfg.num_params(include_embeddings=False), "T": tokens, "peak_bytes": peak_bytes(), "losses": metrics}
+           "P": cfg.num_params(include_embeddings=False), "T": tokens, "peak_bytes": peak_bytes(),
+           "losses": program.metrics()}
     sink(row)
-    add_profile(row, run, args, f"train_{'full' if args.full else 'lora'}_{remat}", sink)
+    add_profile(row, program.run, args, f"train_{'full' if args.full else 'lora'}_{remat}", sink)
     return row
 
 
-def bench_encode(args, sink) -> list:
+def encode_model(args):
+    """(model config, Decoder, random variables) of the encoding benchmark: the base model
+    without adapters, parameters in the compute dtype."""
     import jax
-    import jax.numpy as jnp
-    import numpy as np
 
-    from laser_jax.method.views import latent_view
     from laser_jax.model.decoder import Decoder, init_variables
-
-    from laser_jax.train.flops import encode_flops
 
     cfg = model_config(args, "none").replace(lora_rank=0, param_dtype=DTYPES[args.dtype])
     params = base_params(args, cfg)
     variables = {"params": params} if params is not None else jax.jit(lambda r: init_variables(cfg, r))(
         jax.random.key(args.seed))
-    model = Decoder(cfg)
+    return cfg, Decoder(cfg), variables
+
+
+def encode_program(args, model, variables, batch: int, k: int) -> types.SimpleNamespace:
+    """The compiled latent view of `batch` random rows of --enc-len tokens with K = `k`:
+    `.run()` encodes them once; `.compiled` is the compiled program."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from laser_jax.method.views import latent_view
+
+    ids = jnp.asarray(np.random.RandomState(k).randint(10, model.cfg.vocab_size, (batch, args.enc_len)), jnp.int32)
+    mask = jnp.ones_like(ids)
+    fn = jax.jit(lambda v, i, m: latent_view(model, v, i, m, k)[0])
+    t0 = time.perf_counter()
+    compiled = fn.lower(variables, ids, mask).compile()
+    return types.SimpleNamespace(compiled=compiled, compile_s=time.perf_counter() - t0,
+                                 run=functools.partial(compiled, variables, ids, mask))
+
+
+def bench_encode(args, sink) -> list:
+    from laser_jax.train.flops import encode_flops
+
+    cfg, model, variables = encode_model(args)
     rows = []
     for b in [int(x) for x in args.enc_batches.split(",")]:
         per_k = {}
         for k in [int(x) for x in args.enc_K.split(",")]:
             try:  # one (batch, K) failing (e.g. out of memory) is recorded; the others still run
-                ids = jnp.asarray(np.random.RandomState(k).randint(10, cfg.vocab_size, (b, args.enc_len)), jnp.int32)
-                mask = jnp.ones_like(ids)
-                fn = jax.jit(lambda v, i, m, k=k: latent_view(model, v, i, m, k)[0])
-                t0 = time.perf_counter()
-                compiled = fn.lower(variables, ids, mask).compile()
-                compile_s = time.perf_counter() - t0
-                run = functools.partial(compiled, variables, ids, mask)
-                median, _ = _median_time(run, args.warmup, args.iters)
+                program = encode_program(args, model, variables, b, k)
+                median, _ = _median_time(program.run, args.warmup, args.iters)
             except Exception as e:
                 rows.append({"workload": "encode", "arch": args.arch, "batch": b, "K": k,
                              "error": f"{type(e).__name__}: {str(e)[:500]}"})
@@ -310,10 +342,10 @@ def bench_encode(args, sink) -> list:
                 continue
             per_k[k] = median
             rows.append({"workload": "encode", "arch": args.arch, "batch": b, "K": k, "len": args.enc_len,
-                         "ms_per_batch": 1e3 * median, "docs_per_s": b / median, "compile_s": compile_s,
+                         "ms_per_batch": 1e3 * median, "docs_per_s": b / median, "compile_s": program.compile_s,
                          **flops_fields(encode_flops(cfg, b, args.enc_len, k), median)})
             sink(rows[-1])
-            add_profile(rows[-1], run, args, f"encode_b{b}_k{k}", sink)
+            add_profile(rows[-1], program.run, args, f"encode_b{b}_k{k}", sink)
         if 1 in per_k and 3 in per_k:
             rows.append({"workload": "encode_ratio", "arch": args.arch, "batch": b, "K3_over_K1": per_k[3] / per_k[1]})
             sink(rows[-1])

@@ -7,13 +7,15 @@
 #   bash bench/run_device.sh BASELINE.py OUTDIR [PHASE] [SECONDS]
 #
 # PHASE q06 (default, 540 s): the Qwen3-0.6B pairs - LoRA step, full fine-tuning step, encode at
-#   batch 8 and 64 with K=1 and K=3 (profiled) - then the loss agreement if time is left.
+#   batch 8 and 64 with K=1 and K=3 (profiled) - then our encode with unrolled soft steps
+#   (model.unroll_soft_steps), then the loss agreement if time is left.
 # PHASE q8b (300 s): the Qwen3-8B pairs - our LoRA step against the baseline with --ckpt views
 #   (it keeps the KV cache, as ours does: like for like), and encoding at batch 8 and 64.
 # BASELINE.py is the shared torch_baseline.py (not part of this project; copy it into the
 # git-ignored .bench_shared/ and carry that). OUTDIR gets one JSON per step plus log.txt.
 # SECONDS overrides the phase's budget. PROF=DIR: profiler traces (default /tmp/laser_profiles;
-# the JSON rows hold their summaries).
+# the JSON rows hold their summaries). DRY=1: print each step's cap and command, run nothing
+# (checks the plan on any machine: tests/test_bench.py runs it).
 set -u
 BASELINE=$1
 OUT=$2
@@ -32,13 +34,14 @@ step() {  # step NAME CAP_SECONDS COMMAND...
   local left=$(( BUDGET - ($(date +%s) - START) ))
   if (( left < 20 )); then echo "[skip] $name: ${left}s left" | tee -a "$OUT/log.txt"; return; fi
   (( cap > left )) && cap=$left
+  if [[ -n ${DRY:-} ]]; then echo "[dry] $name (cap ${cap}s): $*" | tee -a "$OUT/log.txt"; return; fi
   echo "[run] $name (cap ${cap}s): $*" | tee -a "$OUT/log.txt"
   local t0=$(date +%s)
   timeout "$cap" "$@" >>"$OUT/log.txt" 2>&1
   echo "[done] $name rc=$? in $(( $(date +%s) - t0 ))s" | tee -a "$OUT/log.txt"
 }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/log.txt" 2>&1
+[[ -z ${DRY:-} ]] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >>"$OUT/log.txt" 2>&1
 # Caps: the measured durations of the 2026-11-27 H200 calls (bench/results/h200_2026-11-27_cudnn/
 # call*_log.txt) plus about 40% for the profile; they add up to the phase budget.
 if [[ $PHASE == q06 ]]; then
@@ -53,7 +56,9 @@ if [[ $PHASE == q06 ]]; then
     --profile "$PROF/enc" --out "$OUT/jax_q06_enc.json"
   step torch_q06_enc 45 python "$BASELINE" $Q06 --only encode --enc-batches 8,64 --enc-K 1,3 \
     --out "$OUT/torch_q06_enc.json"
-  step loss_agreement_q06 150 python bench/loss_agreement.py "$BASELINE" --arch qwen3-0.6b --attn cudnn \
+  step jax_q06_enc_unrolled 60 python bench/bench_laser.py $Q06 --only encode --attn cudnn --enc-batches 8,64 \
+    --enc-K 1,3 --unroll-soft-steps --out "$OUT/jax_q06_enc_unrolled.json"
+  step loss_agreement_q06 90 python bench/loss_agreement.py "$BASELINE" --arch qwen3-0.6b --attn cudnn \
     --remat full --out "$OUT/loss_agreement_q06.json"
 else
   Q8="--arch qwen3-8b --warmup 1 --iters 3"

@@ -1,7 +1,9 @@
-"""bench/profile_summary.py: device time accounting from a Chrome-format profiler trace."""
+"""bench/: profile summaries (profile_summary.py), the device-call plan and its dry run (run_device.sh),
+the side-by-side summary (side_by_side.py) and the loop-aware HLO accounting (hlo_account.py)."""
 import gzip
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -139,3 +141,57 @@ def test_rows_reach_the_json_the_moment_they_are_measured_and_a_failed_profile_k
     assert len(saved) == 1 and saved[0]["step_ms"] == 12.5
     assert "profiler unavailable" in saved[0]["profile_error"]
     bench_laser.add_profile(row, broken_trace, types.SimpleNamespace(profile=""), "train", sink)  # off: no-op
+
+
+def test_dry_run_of_the_device_call_lists_every_step_and_runs_nothing(tmp_path):
+    for phase in ("q06", "q8b"):
+        out = tmp_path / phase
+        done = subprocess.run(["bash", os.path.join(BENCH, "run_device.sh"), "BASELINE.py", str(out), phase],
+                              env={**os.environ, "DRY": "1"}, capture_output=True, text=True, check=True)
+        listed = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("[dry] ")]
+        assert listed == [name for name, _, _ in _phase_steps(phase)]
+        assert sorted(os.listdir(out)) == ["log.txt"]  # nothing ran, nothing measured
+
+
+def test_side_by_side_summary_has_the_issue_shape_and_per_round_ratios():
+    import types
+
+    import side_by_side
+
+    work = [types.SimpleNamespace(name=n, kind=k, batch=b) for n, k, b in (
+        ("train_lora", "train", None), ("train_full", "train", None), ("encode_b8_k1", "encode", 8),
+        ("encode_b8_k3", "encode", 8), ("encode_b64_k1", "encode", 64), ("encode_b64_k3", "encode", 64))]
+    times = {"ours": {"train_lora": [9, 10, 30], "train_full": [10, 11, 20], "encode_b8_k1": [10, 20, 10],
+                      "encode_b8_k3": [12, 26, 13], "encode_b64_k1": [100, 100, 200], "encode_b64_k3": [110, 120, 210]},
+             "baseline": {"train_lora": [1, 1, 1], "train_full": [1, 1, 1], "encode_b8_k1": [10, 10, 10],
+                          "encode_b8_k3": [15, 15, 16], "encode_b64_k1": [10, 10, 10], "encode_b64_k3": [12, 12, 12]}}
+    rat = side_by_side.ratios(times, work)
+    assert rat["ours"]["batch8_k3_over_k1"]["per_round"] == [1.2, 1.3, 1.3]
+    assert rat["ours"]["lora_over_full"]["median"] == pytest.approx(10 / 11)
+    args = types.SimpleNamespace(machine="2-core CPU, shared with other jobs")
+    bench = side_by_side.parse_args(["BASELINE.py", "OUT"])[1]
+    medians = {impl: {w: sorted(v)[1] for w, v in t.items()} for impl, t in times.items()}
+    summary = side_by_side.summary(args, bench, medians, rat)
+    assert set(summary) == {"machine", "shapes", "train", "encode"}
+    assert summary["train"] == {"lora_ms": 10, "full_ms": 11}
+    assert summary["encode"] == {"batch8": {"ours_k3_over_k1": 1.3, "baseline_k3_over_k1": 1.5},
+                                 "batch64": {"ours_k3_over_k1": pytest.approx(1.1), "baseline_k3_over_k1": 1.2}}
+    assert summary["shapes"]["arch"] == "cpu-4x256" and summary["machine"] == args.machine
+
+
+def test_hlo_account_multiplies_loop_bodies_by_their_trip_count():
+    import jax
+    import jax.numpy as jnp
+
+    import hlo_account
+
+    def program(steps):
+        def f(w, x):
+            return jax.lax.scan(lambda h, _: (jnp.tanh(h @ w), None), x, None, length=steps)[0]
+        return jax.jit(f).lower(jnp.ones((16, 16)), jnp.ones((4, 16))).compile().as_text()
+
+    five, ten = hlo_account.account(program(5)), hlo_account.account(program(10))
+    assert five["dot_flops"] == 5 * 2 * 4 * 16 * 16 and ten["dot_flops"] == 10 * 2 * 4 * 16 * 16
+    per_step = hlo_account.difference(ten, five, 5)
+    assert per_step["kernels"] >= 1 and per_step["kernels"] == (ten["kernels"] - five["kernels"]) / 5
+    assert per_step["bytes"] >= 4 * 16 * 4  # at least the step's [4, 16] float32 output

@@ -27,7 +27,7 @@ def lora_run(task, tmp_path_factory):  # noqa: F811
 def test_encoder_from_workdir_equals_the_trained_state(lora_run):
     trainer, workdir = lora_run
     assert float(jax.tree_util.tree_reduce(lambda a, x: a + float(np.abs(x).sum()),
-                                           trainer.state.trainable["lora"]["layers"]["mlp"]["up_proj"]["b"], 0.0)) > 0
+                                           trainer.state.trainable["lora"]["layers"]["mlp"]["lora_gate_up"]["b"], 0.0)) > 0
     in_memory = encoder_from_trainer(trainer).encode(TEXTS)
     from_disk = LaserEncoder.from_pretrained(workdir, dtype="float32")
     assert from_disk.num_thinking_steps == 3 and "lora" in from_disk.variables

@@ -147,9 +147,10 @@ def test_checkpoint_path_goes_through_load_for_inference_in_float32(lora_model, 
     with safe_open(os.path.join(out, "model.safetensors"), "np") as f:
         merged = f.get_tensor("model.layers.0.self_attn.q_proj.weight")
     params, lora = lora_model.variables["params"], lora_model.variables["lora"]
-    q = lora["layers"]["self_attn"]["q_proj"]
-    want = (np.asarray(params["layers"]["self_attn"]["q_proj"]["kernel"][0])
-            + np.asarray(q["a"][0]) @ np.asarray(q["b"][0]) * (8.0 / 4)).T
+    qkv = lora["layers"]["self_attn"]["lora_q_k_v"]  # q's adapter: the first rank-4 / q-width column blocks
+    kernel = np.asarray(params["layers"]["self_attn"]["q_proj"]["kernel"][0])
+    q_a, q_b = np.asarray(qkv["a"][0])[:, :4], np.asarray(qkv["b"][0])[:, :kernel.shape[1]]
+    want = (kernel + q_a @ q_b * (8.0 / 4)).T
     np.testing.assert_allclose(merged, want, atol=1e-6)
 
 

@@ -162,7 +162,7 @@ def test_lora_targets_select_projections():
     cfg = preset("tiny_qwen3", lora_rank=2, lora_targets=("q_proj", "down_proj"))
     lora = init_variables(cfg, jax.random.key(0))["lora"]["layers"]
     assert set(lora) == {"self_attn", "mlp"}
-    assert set(lora["self_attn"]) == {"q_proj"} and set(lora["mlp"]) == {"down_proj"}
+    assert set(lora["self_attn"]) == {"lora_q"} and set(lora["mlp"]) == {"lora_down"}  # model/lora.py names
     with pytest.raises(ValueError, match="lora_targets"):
         preset("tiny_qwen3", lora_rank=2, lora_targets=("qkv",))
 

@@ -33,7 +33,7 @@ import orbax.checkpoint as ocp
 from laser_jax.storage import DamagedFileError, read_json, verify_manifest
 from laser_jax.storage import load_tokenizer as load_tokenizer_files
 from laser_jax.data.formatting import TextFormat
-from laser_jax.inference import pause_file
+from laser_jax.inference import lora_layout, pause_file
 from laser_jax.inference.quiet import quiet_loading
 from laser_jax.inference.text_format import FOREIGN_NUM_THINKING_STEPS, ORIGIN_METADATA, hf_dir_format
 from laser_jax.model import gguf_io, hf_io
@@ -197,11 +197,16 @@ def restore_variables(step_dir: str, cfg: ModelConfig) -> dict:
     # Shapes come from the model; stored dtypes may differ (frozen base in compute dtype).
     sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     item = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), saved)
+    state_dir = os.path.abspath(os.path.join(step_dir, "state"))  # Orbax wants an absolute path
+    old_layout = lora and lora_layout.stored_per_projection(state_dir)  # LoRA saved before issue 22
+    target = lora_layout.per_projection_item(item, cfg) if old_layout else item
     restore_args = jax.tree_util.tree_map(
-        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype), item)
-    with quiet_loading(), ocp.PyTreeCheckpointer() as ckptr:  # Orbax wants an absolute path
-        restored = ckptr.restore(os.path.abspath(os.path.join(step_dir, "state")), args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
+        lambda x: ocp.ArrayRestoreArgs(sharding=sharding, dtype=x.dtype), target)
+    with quiet_loading(), ocp.PyTreeCheckpointer() as ckptr:
+        restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=restore_args, partial_restore=True))
+    if old_layout:
+        restored = lora_layout.fuse_restored(restored, item)
     pdt = dtype_of(cfg.param_dtype)
     variables = {**restored["frozen"], **restored["trainable"]}
     return jax.tree_util.tree_map(lambda x: jnp.asarray(x, pdt), variables)

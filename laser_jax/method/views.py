@@ -10,7 +10,8 @@ L layers, K kv heads, H head dim.
   `soft_step_input`). The prefill's keys/values are closed over by the step (a prefix
   cache); the scan carries only a tail cache of J-1 slots, so it neither copies nor
   saves the [L, B, T, K, H] prefill cache per step. With `unroll_soft_steps` each step
-  runs the layer stack unrolled (the prefill keeps the model's `scan_layers`).
+  runs the layer stack unrolled over per-layer weights and caches sliced once before the
+  scan (`decoder.cached_stack`; the prefill keeps the model's `scan_layers`).
 - `explicit_view`: one pass over query + reasoning with an appended EOS embedding; the
   EOS state and the states at the (pre-computed, downsampled) segment ends.
 """
@@ -21,7 +22,7 @@ from typing import Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from laser_jax.model.decoder import LATENT, PAUSE, Decoder, positions_from_mask
+from laser_jax.model.decoder import LATENT, PAUSE, Decoder, cached_stack, positions_from_mask
 
 
 def resolve_num_thinking_steps(given: Optional[int], default: int) -> int:
@@ -51,14 +52,10 @@ def _rngs(rng, step):
 def soft_token(model: Decoder, variables, h_BD):
     """Expected input embedding under the LM head's distribution: softmax(W_lm h) @ E.
 
-    Logits are computed for this one position only, the softmax in float32.
-    Returns [B, D] in the compute dtype.
+    Logits are computed for this one position only, the softmax in float32
+    (`Decoder.expected_embedding`). Returns [B, D] in the compute dtype.
     """
-    logits_BV = model.apply(variables, h_BD[:, None], method=Decoder.logits)[:, 0]
-    p_BV = jax.nn.softmax(logits_BV.astype(jnp.float32), axis=-1)
-    table_VD = model.apply(variables, method=Decoder.embedding_table)
-    return jnp.einsum("bv,vd->bd", p_BV.astype(table_VD.dtype), table_VD,
-                      preferred_element_type=jnp.float32).astype(table_VD.dtype)
+    return model.apply(variables, h_BD, method=Decoder.expected_embedding)
 
 
 def check_soft_token_variables(cfg, variables) -> None:
@@ -108,22 +105,20 @@ def latent_view(model: Decoder, variables, ids_BT, mask_BT, num_steps: int,
         # The prefill's keys/values [L, B, T, K, H] are a constant prefix for every step
         # (closed over, not carried); soft token j is written to tail slot j, and
         # causality in slot order hides the tail slots not yet written.
-        prefix = {"prefix_k": out.cache["k"], "prefix_v": out.cache["v"]}
         tail = jax.tree_util.tree_map(
             lambda kv: jnp.zeros(kv.shape[:2] + (extra,) + kv.shape[3:], kv.dtype), out.cache)
+        tail, run_stack = cached_stack(model, variables, {"prefix_k": out.cache["k"], "prefix_v": out.cache["v"],
+                                                          **tail})
         kv_mask_BS = jnp.concatenate([mask_BT, jnp.ones((B, extra), mask_BT.dtype)], axis=1)
         last_pos_B1 = positions_BT[:, -1:]
-        cfg = model.cfg
-        step_model = Decoder(cfg.replace(scan_layers=False)) if cfg.unroll_soft_steps else model
 
         def step(carry, j):
             tail, h_BD = carry
-            x_B1D = soft_step_input(step_model, variables, h_BD)[:, None]
-            o = step_model.apply(variables, x_BTD=x_B1D, positions_BT=last_pos_B1 + 1 + j,
-                                 kv_mask_BS=kv_mask_BS, cache={**prefix, **tail}, cache_index=j,
-                                 rngs=_rngs(rng, 1 + j))
-            h_BD = o.hidden[:, 0]
-            return (o.cache, h_BD), h_BD
+            x_B1D = soft_step_input(model, variables, h_BD)[:, None]
+            hidden, tail = run_stack(tail, x_B1D, positions_BT=last_pos_B1 + 1 + j, kv_mask_BS=kv_mask_BS,
+                                     cache_index=j, rngs=_rngs(rng, 1 + j))
+            h_BD = hidden[:, 0]
+            return (tail, h_BD), h_BD
 
         _, hs_JBD = jax.lax.scan(step, (tail, h1_BD), jnp.arange(extra))
         states_BJD = jnp.concatenate([h1_BD[:, None], hs_JBD.transpose(1, 0, 2)], axis=1)

@@ -45,7 +45,7 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec
 
 from laser_jax.model.config import ModelConfig
-from laser_jax.model.layers import Proj, RMSNorm, apply_rope, dtype_of, rope_inv_freq
+from laser_jax.model.layers import Proj, RMSNorm, apply_rope, dtype_of, rope_inv_freq, with_lora
 from laser_jax.model.partitioning import ACTIVATION_BATCH, ACTIVATION_KV_HEADS, divisible_axes
 
 
@@ -189,34 +189,36 @@ def right_padded_attention(q_BTNH, k_BTKH, v_BTKH, mask_BT, scale, implementatio
 
 def prefix_tail_attention(q_BTNH, prefix_k_BPKH, prefix_v_BPKH, tail_k_BSKH, tail_v_BSKH,
                           prefix_mask_BTP, tail_mask_BTS, scale):
-    """Attention of T queries over a prefix cache and a tail cache, kept apart.
+    """Attention of T queries (a soft step: T = 1) over a prefix cache and a tail cache, kept apart.
 
     Equal to attention over the concatenated keys/values, but the keys/values are never
-    concatenated: that would copy the whole prefix cache at every soft-token step (and,
-    under `lax.scan`'s autodiff, save it per step). Only the [B, K, G, T, P + S] scores
-    are concatenated (small: T is 1 for a soft step), so one float32 softmax normalises
-    over both parts; probabilities @ values is then summed over the two parts.
+    concatenated, copied or re-laid out: each part is read by a multiply-and-sum (scores:
+    over the head dim; mixing: over the key slots) written elementwise, which XLA compiles to
+    reduction kernels that read the caches where they lie, a layer's slice of the stacked
+    [L, B, P, K, H] prefix included. A dot would want [B, K, ...]-major operands and copy
+    the prefix into them at every layer of every step (seen in the compiled program; for a
+    few query rows a matrix product has nothing to gain anyway). Scores and the softmax are
+    float32; only the [B, T, P + S, K, G] scores are concatenated, so one softmax
+    normalises over both parts.
     """
     B, T, N, H = q_BTNH.shape
     K = prefix_k_BPKH.shape[2]
     P = prefix_k_BPKH.shape[1]
-    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    q_BT1KGH = q_BTNH.astype(jnp.float32).reshape(B, T, 1, K, N // K, H) * scale
     neg = jnp.finfo(jnp.float32).min
 
     def scores(k_BSKH, mask_BTS):
-        s = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH.astype(q_BTNH.dtype),
-                       preferred_element_type=jnp.float32) * scale
-        return jnp.where(mask_BTS[:, None, None], s, neg)
+        s_BTSKG = jnp.sum(q_BT1KGH * k_BSKH.astype(jnp.float32)[:, None, :, :, None, :], axis=-1)
+        return jnp.where(mask_BTS[:, :, :, None, None], s_BTSKG, neg)
 
-    s_BKGTX = jnp.concatenate([scores(prefix_k_BPKH, prefix_mask_BTP),
-                               scores(tail_k_BSKH, tail_mask_BTS)], axis=-1)
-    p_BKGTX = jax.nn.softmax(s_BKGTX, axis=-1).astype(q_BTNH.dtype)
+    s_BTXKG = jnp.concatenate([scores(prefix_k_BPKH, prefix_mask_BTP), scores(tail_k_BSKH, tail_mask_BTS)], axis=2)
+    p_BTXKG = jax.nn.softmax(s_BTXKG, axis=2)
 
-    def mix(p_BKGTS, v_BSKH):
-        return jnp.einsum("bkgts,bskh->btkgh", p_BKGTS, v_BSKH.astype(q_BTNH.dtype))
+    def mix(p_BTSKG, v_BSKH):
+        return jnp.sum(p_BTSKG[..., None] * v_BSKH.astype(jnp.float32)[:, None, :, :, None, :], axis=2)
 
-    out_BTKGH = mix(p_BKGTX[..., :P], prefix_v_BPKH) + mix(p_BKGTX[..., P:], tail_v_BSKH)
-    return out_BTKGH.reshape(B, T, N, H)
+    out_BTKGH = mix(p_BTXKG[:, :, :P], prefix_v_BPKH) + mix(p_BTXKG[:, :, P:], tail_v_BSKH)
+    return out_BTKGH.reshape(B, T, N, H).astype(q_BTNH.dtype)
 
 
 class Attention(nn.Module):
@@ -224,19 +226,19 @@ class Attention(nn.Module):
 
     cfg: ModelConfig
 
-    def _proj(self, name, features, axes, bias):
-        return Proj(features, axes, self.cfg, use_bias=bias,
-                    lora=bool(self.cfg.lora_rank) and name in self.cfg.lora_targets, name=name)
-
     @nn.compact
     def __call__(self, x_BTD, positions_BT, kv_mask_BS, cache: Optional[dict], cache_index, segment_ids_BT=None):
         cfg = self.cfg
         B, T, _ = x_BTD.shape
         N, K, H = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        bias = cfg.attention_bias
-        q_BTNH = self._proj("q_proj", N * H, ("embed", "q_heads"), bias)(x_BTD).reshape(B, T, N, H)
-        k_BTKH = self._proj("k_proj", K * H, ("embed", "kv_heads"), bias)(x_BTD).reshape(B, T, K, H)
-        v_BTKH = self._proj("v_proj", K * H, ("embed", "kv_heads"), bias)(x_BTD).reshape(B, T, K, H)
+        shapes = {"q_proj": (N * H, ("embed", "q_heads")), "k_proj": (K * H, ("embed", "kv_heads")),
+                  "v_proj": (K * H, ("embed", "kv_heads"))}
+        qkv = with_lora(cfg, x_BTD, {name: Proj(width, axes, cfg, use_bias=cfg.attention_bias, name=name)(x_BTD)
+                                     for name, (width, axes) in shapes.items()},
+                        {name: axes for name, (_, axes) in shapes.items()})
+        q_BTNH = qkv["q_proj"].reshape(B, T, N, H)
+        k_BTKH = qkv["k_proj"].reshape(B, T, K, H)
+        v_BTKH = qkv["v_proj"].reshape(B, T, K, H)
         if cfg.qk_norm:
             q_BTNH = RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.param_dtype), "head_dim", name="q_norm")(q_BTNH)
             k_BTKH = RMSNorm(cfg.rms_norm_eps, dtype_of(cfg.param_dtype), "head_dim", name="k_norm")(k_BTKH)
@@ -283,7 +285,8 @@ class Attention(nn.Module):
             out_BTNH = jax.nn.dot_product_attention(
                 q_BTNH, k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype),
                 mask=mask_BTS[:, None], scale=H ** -0.5, implementation=impl)
-        out_BTNH = checkpoint_name(out_BTNH, "attention")
-        out_BTD = self._proj("o_proj", cfg.hidden_size, ("q_heads", "embed"), False)(
-            out_BTNH.reshape(B, T, N * H))
+        out_BTNH = checkpoint_name(out_BTNH, "attention").reshape(B, T, N * H)
+        out_BTD = with_lora(cfg, out_BTNH, {"o_proj": Proj(cfg.hidden_size, ("q_heads", "embed"), cfg,
+                                                           name="o_proj")(out_BTNH)},
+                            {"o_proj": ("q_heads", "embed")})["o_proj"]
         return out_BTD, new_cache

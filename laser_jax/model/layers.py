@@ -1,4 +1,4 @@
-"""Small base layers: RMSNorm, linear projections with optional LoRA, rotary embeddings.
+"""Small base layers: RMSNorm, linear projections, fused LoRA adapters, rotary embeddings.
 
 Parameter names follow Hugging Face (`kernel` is HF's `weight` transposed), so import and
 export are a transpose/stack. Every parameter carries logical axis names for sharding.
@@ -7,7 +7,7 @@ Axis letters: B batch, T length, D hidden, N heads, H head dim, R LoRA rank.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from laser_jax.model.config import ModelConfig, RopeScaling
+from laser_jax.model.lora import block_plan, group_name, target_groups
 
 LORA = "lora"  # variable collection holding LoRA adapters
 
@@ -40,18 +41,13 @@ class RMSNorm(nn.Module):
 
 
 class Proj(nn.Module):
-    """y = x @ kernel (+ bias) (+ LoRA: dropout(x) @ a @ b * alpha / rank).
-
-    The kernel is [in, out] (HF weight transposed). LoRA adapters live in the separate
-    `lora` collection, so training can differentiate them alone while the base is frozen.
-    LoRA dropout is active only when a "dropout" rng is passed to `apply`.
-    """
+    """y = x @ kernel (+ bias). The kernel is [in, out] (HF weight transposed). LoRA updates
+    are added by the caller (`with_lora`), one fused adapter pair per group of projections."""
 
     features: int
     axes: Tuple[str, str]
     cfg: ModelConfig
     use_bias: bool = False
-    lora: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -63,21 +59,76 @@ class Proj(nn.Module):
             bias = self.param("bias", nn.with_logical_partitioning(
                 nn.initializers.zeros, (self.axes[1],)), (self.features,), pdt)
             y = y + bias.astype(cdt)
-        if self.lora:
-            r = self.cfg.lora_rank
-            a = self.variable(LORA, "a", lambda: nn.with_logical_partitioning(
-                nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
-                (self.axes[0], "lora_rank"))(self.make_rng("params"), (x.shape[-1], r), pdt)).value
-            b = self.variable(LORA, "b", lambda: nn.with_logical_partitioning(
-                nn.initializers.zeros, ("lora_rank", self.axes[1]))(
-                    self.make_rng("params"), (r, self.features), pdt)).value
-            a, b = nn.unbox(a), nn.unbox(b)
-            h = x.astype(cdt)
-            if self.cfg.lora_dropout > 0 and self.has_rng("dropout"):
-                h = nn.Dropout(self.cfg.lora_dropout, deterministic=False)(h)
-            h = jnp.einsum("...i,ir->...r", h, a.astype(cdt))
-            y = y + jnp.einsum("...r,ro->...o", h, b.astype(cdt)) * (self.cfg.lora_alpha / r)
         return y
+
+
+class LoRA(nn.Module):
+    """The low-rank updates of a group of projections reading the same input (model/lora.py):
+    one a [in, n R] and one b [R, sum(out_i)] in the `lora` collection; returns the n updates
+    dropout_i(x) @ a_i @ b_i * alpha / R.
+
+    Both sides are one matmul: x @ a gives every member's [.., R] activation at once, and b
+    is applied as a batched matmul over blocks of width gcd(out_i) (q's heads as G blocks of
+    k's width, so q, k and v share one call), each block reading its member's activation.
+    Dropout (only with a "dropout" rng and lora_dropout > 0; no mask otherwise) draws an
+    independent mask per member, as one adapter per projection would.
+    """
+
+    widths: Tuple[int, ...]
+    in_axis: str
+    out_axis: str
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        cdt, pdt = dtype_of(cfg.compute_dtype), dtype_of(cfg.param_dtype)
+        n, r, d_in = len(self.widths), cfg.lora_rank, x.shape[-1]
+        a = self.variable(LORA, "a", lambda: nn.with_logical_partitioning(
+            nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+            (self.in_axis, "lora_rank"))(self.make_rng("params"), (d_in, n * r), pdt)).value
+        b = self.variable(LORA, "b", lambda: nn.with_logical_partitioning(
+            nn.initializers.zeros, ("lora_rank", self.out_axis))(
+                self.make_rng("params"), (r, sum(self.widths)), pdt)).value
+        a, b = nn.unbox(a).astype(cdt), nn.unbox(b).astype(cdt)
+        x = x.astype(cdt)
+        lead = x.shape[:-1]
+        with jax.named_scope("lora"):
+            if cfg.lora_dropout > 0 and self.has_rng("dropout"):
+                keep = 1.0 - cfg.lora_dropout
+                mask = jax.random.bernoulli(self.make_rng("dropout"), keep, lead + (n, d_in))
+                x_n = jnp.where(mask, x[..., None, :] / jnp.asarray(keep, cdt), jnp.zeros((), cdt))
+                h = jnp.einsum("...ni,inr->...nr", x_n, a.reshape(d_in, n, r))
+            else:
+                h = jnp.einsum("...i,ir->...r", x, a).reshape(lead + (n, r))
+            h = h * jnp.asarray(cfg.lora_alpha / r, cdt)
+            width, sources = block_plan(self.widths)
+            if sources != tuple(range(n)):  # a member wider than the block feeds several blocks
+                h = jnp.concatenate([jnp.broadcast_to(h[..., i:i + 1, :], lead + (sources.count(i), r))
+                                     for i in range(n)], axis=-2)
+            if len(sources) == 1:
+                delta = jnp.einsum("...r,ro->...o", h[..., 0, :], b)
+            else:
+                delta = jnp.einsum("...jr,rjo->...jo", h, b.reshape(r, len(sources), width)).reshape(
+                    lead + (sum(self.widths),))
+            ends = np.cumsum(self.widths)
+            return tuple(delta[..., end - w:end] for w, end in zip(self.widths, ends))
+
+
+def with_lora(cfg: ModelConfig, x, outputs: Dict[str, jax.Array], shapes: Dict[str, Tuple[str, str]]) -> dict:
+    """`outputs` (projection name -> x @ kernel) plus the LoRA updates of the configured
+    targets among them, one `LoRA` module per group (named as model/lora.py names it).
+    `shapes` maps each projection to its kernel's logical axes (in, out). Call it from a
+    compact method: the adapters become its submodules."""
+    if not cfg.lora_rank:
+        return outputs
+    outputs = dict(outputs)
+    for members in target_groups(cfg.lora_targets, outputs):
+        widths = tuple(outputs[m].shape[-1] for m in members)
+        deltas = LoRA(widths, shapes[members[0]][0], shapes[members[0]][1], cfg, name=group_name(members))(x)
+        for member, delta in zip(members, deltas):
+            outputs[member] = outputs[member] + delta
+    return outputs
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from laser_jax.method.losses import laser_loss
 from laser_jax.model.decoder import Decoder
+from laser_jax.model.lora import adapters_for_compute
 from laser_jax.method.objective import student_representations, teacher_representations
 from laser_jax.train.microbatches import split_microbatches
 
@@ -65,7 +66,8 @@ def cached_gradients(model: Decoder, step_cfg, trainable, frozen, batch: Mapping
 
     def student(params, chunk, i):
         key = None if rng is None else jax.random.fold_in(rng, i)
-        return student_representations(model, {**frozen, **params}, chunk, loss_cfg=step_cfg.loss, rng=key,
+        variables = {**frozen, **adapters_for_compute(params, model.cfg)}
+        return student_representations(model, variables, chunk, loss_cfg=step_cfg.loss, rng=key,
                                        explicit=teacher_variables is None, **kw)
 
     # Pass 1: representations of every chunk, no activations kept.

@@ -32,6 +32,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 # The checkpoint layout and meta format are defined with their reader (inference/load.py).
+from laser_jax.inference import lora_layout
 from laser_jax.inference.load import CHECKPOINTS, TOKENIZER, make_meta, step_dirs  # noqa: F401
 from laser_jax.train import faults
 
@@ -188,12 +189,15 @@ class Checkpointer:
     def _complete_steps(self) -> list:
         return [int(s) for s in step_dirs(self.directory)] if "://" not in self.directory else []
 
-    def restore(self, abstract_state, data_iterator=None) -> Optional[Tuple[Any, int]]:
+    def restore(self, abstract_state, data_iterator=None, model_cfg=None) -> Optional[Tuple[Any, int]]:
         """Restore the newest readable checkpoint onto `abstract_state`'s shardings.
 
         Args:
           abstract_state: the state's pytree of jax.ShapeDtypeStruct with `sharding` set.
           data_iterator: a grain iterator to reposition (restored in place).
+          model_cfg: the model's config; with it, a checkpoint holding LoRA adapters in the
+            per-projection layout of before issue 22 restores into the fused layout
+            (`laser_jax.inference.lora_layout`); without it such a checkpoint fails to restore.
 
         Returns:
           (state, step), or None if there is no checkpoint.
@@ -205,8 +209,11 @@ class Checkpointer:
         failed = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                old_layout = model_cfg is not None and lora_layout.stored_per_projection(
+                    os.path.join(self.directory, str(step), "state"))
+                item = lora_layout.per_projection_item(abstract_state, model_cfg) if old_layout else abstract_state
                 items = {"state": ocp.args.PyTreeRestore(
-                    item=abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))}
+                    item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item))}
                 data_state = None
                 if data_iterator is not None:
                     data_state = self._other_process_count_data(step)
@@ -222,6 +229,10 @@ class Checkpointer:
                 failed.append((step, reason))
                 continue
             self._move_aside([s for s, _ in failed])
+            if old_layout:
+                log.info("checkpoint step %d holds LoRA adapters in the per-projection layout; restored "
+                         "into the fused layout", step)
+                return lora_layout.fuse_restored(restored["state"], abstract_state), step
             return restored["state"], step
         if failed:
             raise CheckpointRestoreError(

@@ -61,7 +61,7 @@ def _loop(run: Run, stop: faults.StopSignals, last_step: int) -> Trained:
     c, program = run.config, run.program
     iterator = (lm.iterator if lm.is_lm(c) else train_iterator)(run.source, run.tokenizer, run.options)  # issue 15
     checkpointer = run.checkpointer()
-    restored = checkpointer.restore(run.abstract_state, iterator)
+    restored = checkpointer.restore(run.abstract_state, iterator, run.model_cfg)
     save_run_files(run)  # once the workdir's checkpoints (if any) restored: the config that trains
     if restored is None:
         state, start = fresh_state(run), 0

@@ -23,6 +23,7 @@ from laser_jax.method.losses import LossConfig
 from laser_jax.model.config import ModelConfig
 from laser_jax.model.decoder import LATENT, PAUSE, Decoder, init_variables, mean_embedding
 from laser_jax.model.layers import LORA, dtype_of
+from laser_jax.model.lora import adapters_for_compute
 from laser_jax.method.objective import laser_objective
 from laser_jax.method.lm_objective import LM_BATCH_KEYS, causal_lm_objective  # issue 15: train.objective
 from laser_jax.train.cached_step import cached_gradients
@@ -143,7 +144,7 @@ def train_step(model: Decoder, tx, step_cfg: StepConfig, state: TrainState, batc
     batch = {k: v for k, v in batch.items() if k in (LM_BATCH_KEYS if lm else BATCH_KEYS)}
 
     def loss_fn(trainable, micro, key):
-        variables = {**state.frozen, **trainable}
+        variables = {**state.frozen, **adapters_for_compute(trainable, model.cfg)}
         if lm:
             return causal_lm_objective(model, variables, micro, key)
         return laser_objective(model, variables, micro, num_steps=step_cfg.num_thinking_steps,
