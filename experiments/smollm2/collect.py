@@ -1,7 +1,7 @@
 """Write experiments/smollm2/results.{json,md} from the outputs of experiments/smollm2/run.sh.
 
     python experiments/smollm2/collect.py [--runs=runs/smollm2_study] [--out=experiments/smollm2]
-        [--ablation=runs/smollm2_study/ablation_steps6]
+        [--ablation=runs/smollm2_study/ablation_steps12]
 
 Reads, from OUT: zeroshot_k1.json and zeroshot_k3.json (laser_jax.inference.evaluate on the
 GGUF file), ablation.json (laser_jax.experiments.ablate: basic, latent_only, laser),
@@ -125,7 +125,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", default="runs/smollm2_study")
     p.add_argument("--out", default=HERE)
-    p.add_argument("--ablation", default="runs/smollm2_study/ablation_steps6", help="the ablation's runs directory")
+    p.add_argument("--ablation", default="runs/smollm2_study/ablation_steps12", help="the ablation's runs directory")
     a = p.parse_args()
     results = collect(a.runs, a.out, a.ablation)
     with open(os.path.join(a.out, "results.json"), "w") as f:

@@ -38,10 +38,10 @@ for K in 1 3; do
       --output="$OUT/zeroshot_k$K.json"
 done
 
-# 3. basic contrastive, latent only and LaSER, seed 0, one at a time, STEPS steps each (6: the
-#    machine was shared; the :cpu config's own 12 did not fit), each scored on eval/steps3
-#    (the 100 3-hop queries; the zero-shot rows have that domain too)
-STEPS=${STEPS:-6}
+# 3. basic contrastive, latent only and LaSER, seed 0, one at a time, STEPS steps each (the
+#    :cpu config's 12 by default), each scored on eval/steps3 (the 100 3-hop queries; the
+#    zero-shot rows have that domain too)
+STEPS=${STEPS:-12}
 mkdir -p "$RUNS/eval_steps3" && ln -sfn ../data/eval/steps3 "$RUNS/eval_steps3/steps3"
 $PY -c "import json, sys; d = json.load(open(sys.argv[1])); json.dump({'steps3': d['steps3']}, open(sys.argv[2], 'w'))" \
     "$RUNS/data/eval/domains.json" "$RUNS/eval_steps3/domains.json"  # the domain's instruction
