@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from laser_jax.model.config import ModelConfig, RopeScaling
+from laser_jax.model.dropout import keep_mask
 from laser_jax.model.lora import block_plan, group_name, target_groups
 
 LORA = "lora"  # variable collection holding LoRA adapters
@@ -71,7 +72,8 @@ class LoRA(nn.Module):
     is applied as a batched matmul over blocks of width gcd(out_i) (q's heads as G blocks of
     k's width, so q, k and v share one call), each block reading its member's activation.
     Dropout (only with a "dropout" rng and lora_dropout > 0; no mask otherwise) draws an
-    independent mask per member, as one adapter per projection would.
+    independent mask per member, as one adapter per projection would (model/dropout.py: 16
+    random bits per element, the keep probability rounded to a multiple of 1/65536).
     """
 
     widths: Tuple[int, ...]
@@ -94,14 +96,18 @@ class LoRA(nn.Module):
         x = x.astype(cdt)
         lead = x.shape[:-1]
         with jax.named_scope("lora"):
+            scale = cfg.lora_alpha / r
             if cfg.lora_dropout > 0 and self.has_rng("dropout"):
-                keep = 1.0 - cfg.lora_dropout
-                mask = jax.random.bernoulli(self.make_rng("dropout"), keep, lead + (n, d_in))
-                x_n = jnp.where(mask, x[..., None, :] / jnp.asarray(keep, cdt), jnp.zeros((), cdt))
-                h = jnp.einsum("...ni,inr->...nr", x_n, a.reshape(d_in, n, r))
+                # Members lead the masked input [n, .., in] so the n matmuls are one batched
+                # dot over a leading batch axis (no re-layout of the masked input), and the
+                # inverted-dropout 1/keep joins alpha/R on the [.., n, R] result.
+                mask, keep = keep_mask(self.make_rng("dropout"), cfg.lora_dropout, (n,) + lead + (d_in,))
+                x_n = jnp.where(mask, x[None], jnp.zeros((), cdt))
+                h = jnp.moveaxis(jnp.einsum("n...i,nir->n...r", x_n, a.reshape(d_in, n, r).transpose(1, 0, 2)), 0, -2)
+                scale /= keep
             else:
                 h = jnp.einsum("...i,ir->...r", x, a).reshape(lead + (n, r))
-            h = h * jnp.asarray(cfg.lora_alpha / r, cdt)
+            h = h * jnp.asarray(scale, cdt)
             width, sources = block_plan(self.widths)
             if sources != tuple(range(n)):  # a member wider than the block feeds several blocks
                 h = jnp.concatenate([jnp.broadcast_to(h[..., i:i + 1, :], lead + (sources.count(i), r))
