@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from laser_jax.model.dropout import keep_mask, rounded_keep
+from laser_jax.model.dropout import keep_mask, random_halfwords, rounded_keep
 
 
 def test_keep_probability_is_rounded_to_sixteen_bits_and_bad_rates_are_refused():
@@ -16,16 +16,29 @@ def test_keep_probability_is_rounded_to_sixteen_bits_and_bad_rates_are_refused()
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])
-def test_masks_keep_at_the_rounded_rate_with_independent_halves(rate):
-    mask, keep = jax.jit(lambda k: keep_mask(k, rate, (64, 4, 1001)), static_argnums=())(jax.random.key(0))
+def test_masks_keep_at_the_rounded_rate(rate):
+    mask, keep = keep_mask(jax.random.key(0), rate, (64, 4, 1001))
     m = np.asarray(mask, np.float64)
     assert m.shape == (64, 4, 1001) and keep == rounded_keep(rate)
-    n = m.size
-    assert abs(m.mean() - keep) < 5 * np.sqrt(keep * (1 - keep) / n)  # five standard errors
-    # the two halves of one word, and neighbours in the other axes, are uncorrelated
-    lo, hi = m[..., :500].ravel(), m[..., 501:1001].ravel()
-    for a, b in ((lo, hi), (m[:, 0].ravel(), m[:, 1].ravel()), (m[:32].ravel(), m[32:].ravel())):
-        assert abs(np.corrcoef(a, b)[0, 1]) < 0.02
+    assert abs(m.mean() - keep) < 5 * np.sqrt(keep * (1 - keep) / m.size)  # five standard errors
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_halfwords_are_uniform_and_the_four_draws_of_one_hash_uncorrelated(impl):
+    shape = (32, 3, 1001)  # the last axis is not a multiple of four
+    w = np.asarray(jax.jit(random_halfwords, static_argnums=1)(jax.random.key(1, impl=impl), shape), np.float64)
+    assert w.shape == shape and w.min() >= 0 and w.max() < 65536
+    n = w.size
+    assert abs(w.mean() - 32767.5) < 5 * 65536 / np.sqrt(12 * n)
+    assert abs(w.std() - 65536 / np.sqrt(12)) < 0.01 * 65536 / np.sqrt(12)
+    m = -(-shape[-1] // 4)  # elements i, i + m, i + 2m, i + 3m share a hash
+    quarters = [w[..., k * m:(k + 1) * m][..., :shape[-1] - 3 * m].ravel() for k in range(4)]
+    for a in range(4):
+        for b in range(a + 1, 4):
+            assert abs(np.corrcoef(quarters[a], quarters[b])[0, 1]) < 0.02
+    # neighbours along the other axes (other counters) are uncorrelated too
+    assert abs(np.corrcoef(w[:, 0].ravel(), w[:, 1].ravel())[0, 1]) < 0.02
+    assert abs(np.corrcoef(w[:16].ravel(), w[16:].ravel())[0, 1]) < 0.02
 
 
 def test_masks_are_a_function_of_the_key():
