@@ -202,3 +202,17 @@ def test_preset_sizes_match_published_counts():
     assert round(preset("llama3_1_8b").num_params() / 1e9, 2) == 8.03
     with pytest.raises(ValueError, match="unknown model preset"):
         preset("qwen9_1b")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_expected_embedding_is_the_same_in_either_orientation_of_the_vocabulary(tied):
+    """Batches from VOCAB_LEADS_BELOW rows up take the [B, V] orientation, narrower ones the
+    [V, B] one (tied tables only): every row equals its value in a narrow batch."""
+    from laser_jax.model.decoder import VOCAB_LEADS_BELOW
+    cfg = preset("tiny_qwen3", tie_word_embeddings=tied)
+    variables = init_variables(cfg, jax.random.key(0))
+    h = jax.random.normal(jax.random.key(1), (VOCAB_LEADS_BELOW + 6, cfg.hidden_size))
+    expected = jax.jit(lambda v, x: Decoder(cfg).apply(v, x, method=Decoder.expected_embedding))
+    wide = expected(variables, h)
+    narrow = jnp.concatenate([expected(variables, h[i:i + 2]) for i in range(0, h.shape[0], 2)])
+    np.testing.assert_allclose(np.asarray(wide), np.asarray(narrow), rtol=1e-5, atol=1e-6)

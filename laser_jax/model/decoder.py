@@ -117,6 +117,10 @@ class Embedder(nn.Module):
         return jnp.take(self.embedding, tokens_BT, axis=0).astype(dtype_of(self.cfg.compute_dtype))
 
 
+# Rows of soft states below which `Decoder.expected_embedding` puts the vocabulary axis first.
+VOCAB_LEADS_BELOW = 24
+
+
 class Decoder(nn.Module):
     """Qwen3 / Qwen2 / Llama 3 decoder LLM (one code path, chosen by `cfg`).
 
@@ -145,13 +149,15 @@ class Decoder(nn.Module):
         """softmax(W_lm h) @ E for single states [B, D]: the LM head's distribution over the
         vocabulary (float32 logits and softmax) and the expected input embedding under it,
         [B, D] in the compute dtype. With tied embeddings the vocabulary axis leads both
-        matmuls ([V, D] @ [D, B], then [B, V]-transposed @ [V, D]): the table is read in its
-        stored layout and the [V, B] probabilities never need a transposed copy (on a CPU
-        25% faster than the [B, V] orientation at B = 8 and 64, 32768 x 256 table)."""
+        matmuls ([V, D] @ [D, B], then [B, V]-transposed @ [V, D]) for fewer than
+        VOCAB_LEADS_BELOW rows: the table is read in its stored layout and the [V, B]
+        probabilities never need a transposed copy (on a CPU faster than the [B, V] orientation
+        up to B = 16, slower from B = 32: 32768 x 256 table, bench/NOTES.md 2026-12-08), so
+        wider batches take the [B, V] orientation."""
         cdt = dtype_of(self.cfg.compute_dtype)
         table_VD = self.embedding_table()
         h_BD = hidden_BD.astype(cdt)
-        if self.cfg.tie_word_embeddings:
+        if self.cfg.tie_word_embeddings and h_BD.shape[0] < VOCAB_LEADS_BELOW:
             logits_VB = jnp.einsum("vd,bd->vb", table_VD, h_BD, preferred_element_type=jnp.float32)
             p_VB = jax.nn.softmax(logits_VB, axis=0)
             return jnp.einsum("vb,vd->bd", p_VB.astype(cdt), table_VD, preferred_element_type=jnp.float32).astype(cdt)
