@@ -195,3 +195,20 @@ def test_hlo_account_multiplies_loop_bodies_by_their_trip_count():
     per_step = hlo_account.difference(ten, five, 5)
     assert per_step["kernels"] >= 1 and per_step["kernels"] == (ten["kernels"] - five["kernels"]) / 5
     assert per_step["bytes"] >= 4 * 16 * 4  # at least the step's [4, 16] float32 output
+
+
+def test_the_bench_programs_build_and_run_on_a_tiny_model():
+    """bench_laser's train and encode programs, as side_by_side.py builds them (a lost import
+    once broke them with no test noticing): one LoRA step and one K=2 encoding on tiny shapes."""
+    import math
+
+    import bench_laser
+
+    args = bench_laser.parse_args(["--arch", "tiny", "--dtype", "fp32", "--queries", "2", "--group", "2",
+                                   "--q-len", "8", "--d-len", "8", "--e-len", "12", "--K", "2", "--segments", "2",
+                                   "--remat", "none", "--enc-len", "8", "--unroll-soft-steps"])
+    train = bench_laser.train_program(args, "none")
+    assert math.isfinite(float(train.run())) and train.metrics()["finite"] == 1.0
+    _, model, variables = bench_laser.encode_model(args)
+    encode = bench_laser.encode_program(args, model, variables, batch=2, k=2)
+    assert encode.run().shape == (2, model.cfg.hidden_size)
