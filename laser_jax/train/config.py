@@ -53,7 +53,7 @@ def _lora_section() -> ml_collections.ConfigDict:
     lo = ml_collections.ConfigDict()
     lo.rank = 64                 # LoRA rank; 0 = full fine-tuning
     lo.alpha = 32.0              # LoRA scale alpha (update scaled by alpha / rank)
-    lo.dropout = 0.1             # dropout on the adapter input during training
+    lo.dropout = 0.1             # dropout on the adapter input during training (keep rounded to 1/65536)
     lo.targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # adapted projections
     return lo
 
