@@ -32,7 +32,8 @@ from laser_jax.data import bpe
 from laser_jax.data.tasks.arithmetic_chains import Chain, World, make_world, near_misses, sample_chains, states
 from laser_jax.data.tasks.arithmetic_docs import build_corpus
 from laser_jax.data.tasks.arithmetic_text import instruction, render_query, render_reasoning
-from laser_jax.data.tasks.layout import TaskData, split_lengths
+from laser_jax.data.tasks.layout import TaskData
+from laser_jax.data.tasks.sampling import random_negatives, train_chains
 
 NAME = "arithmetic"
 VERSION = 2  # 2: dev/ split (its chains are also held out of training)
@@ -84,27 +85,12 @@ def _held_out_chains(opts: Options, seed: int, world: World):
     return eval_chains, dev_chains, rng_eval, rng_dev
 
 
-def _train_chains(opts: Options, world: World, rng: random.Random, eval_chains, dev_chains) -> List[Chain]:
-    chains = []
-    shortfall = 0  # short chains may be too few for their share: longer ones make it up
-    lengths = list(range(opts.train_min_steps, opts.max_steps + 1))
-    for n, count in split_lengths(opts.n_train, lengths).items():
-        held_out = set(eval_chains.get(n, ())) | set(dev_chains.get(n, ()))
-        got = sample_chains(rng, count + shortfall, n, world, exclude=held_out, allow_fewer=n < opts.max_steps)
-        shortfall = count + shortfall - len(got)
-        chains += got
-    rng.shuffle(chains)
-    return chains
-
-
 def _train_records(opts: Options, world: World, chains: List[Chain], rng: random.Random, by_number, instr: str):
     train, train_meta = [], []
     for chain in chains:
         end = states(chain, world)[-1]
         misses = near_misses(chain, world, rng)
-        hard = {m.end for m in misses}
-        others = [x for x in range(opts.size) if x != end and x not in hard]
-        randoms = rng.sample(others, min(opts.n_random_negatives, len(others)))
+        randoms = random_negatives(rng, end, {m.end for m in misses}, opts.size, opts.n_random_negatives)
         positives = [d.content for d in by_number[end]]
         rng.shuffle(positives)
         train.append({
@@ -144,7 +130,8 @@ def build(opts: Options, seed: int) -> TaskData:
     instr = instruction(world)
     eval_chains, dev_chains, rng_eval, rng_dev = _held_out_chains(opts, seed, world)
     rng_train = random.Random(f"{seed}/train")
-    chains = _train_chains(opts, world, rng_train, eval_chains, dev_chains)
+    chains = train_chains(rng_train, opts.n_train, range(opts.train_min_steps, opts.max_steps + 1), world,
+                          sample_chains, (eval_chains, dev_chains))
     train, train_meta = _train_records(opts, world, chains, rng_train, by_number, instr)
     return TaskData(
         instruction=instr,

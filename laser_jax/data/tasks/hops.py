@@ -48,7 +48,8 @@ from transformers import AutoTokenizer
 from laser_jax.data import bpe
 import laser_jax.data.tasks.hops_text as text
 from laser_jax.data.tasks.hops_world import Chain, World, facts_used, make_world, near_misses, sample_chains, states
-from laser_jax.data.tasks.layout import SEGMENT_SEP, TaskData, split_lengths
+from laser_jax.data.tasks.layout import SEGMENT_SEP, TaskData
+from laser_jax.data.tasks.sampling import random_negatives, train_chains
 
 NAME = "hops"
 VERSION = 1
@@ -164,25 +165,12 @@ def _held_out_chains(opts: Options, seed: int, world: World):
     return eval_chains, dev_chains, rng_eval, rng_dev
 
 
-def _train_chains(opts: Options, world: World, rng: random.Random, eval_chains, dev_chains) -> List[Chain]:
-    chains, shortfall = [], 0  # short chains may be too few for their share: longer ones make it up
-    for n, count in split_lengths(opts.n_train, list(range(opts.train_min_hops, opts.max_hops + 1))).items():
-        held_out = set(eval_chains.get(n, ())) | set(dev_chains.get(n, ()))
-        got = sample_chains(rng, count + shortfall, n, world, exclude=held_out, allow_fewer=n < opts.max_hops)
-        shortfall = count + shortfall - len(got)
-        chains += got
-    rng.shuffle(chains)
-    return chains
-
-
 def _train_records(opts: Options, world: World, chains: List[Chain], rng: random.Random, by_entity, instr: str):
     train, train_meta = [], []
     for chain in chains:
         end = states(chain, world)[-1]
         misses = near_misses(chain, world, rng)
-        hard = {m.end for m in misses}
-        others = [x for x in range(len(world.names)) if x != end and x not in hard]
-        randoms = rng.sample(others, min(opts.n_random_negatives, len(others)))
+        randoms = random_negatives(rng, end, {m.end for m in misses}, len(world.names), opts.n_random_negatives)
         positives = [d["content"] for d in by_entity[end]]
         rng.shuffle(positives)
         train.append({"query": _query(chain, world, opts, rng), "prompt": instr,
@@ -237,7 +225,8 @@ def build(opts: Options, seed: int) -> TaskData:
     instr = text.instruction(opts.facts)
     eval_chains, dev_chains, rng_eval, rng_dev = _held_out_chains(opts, seed, world)
     rng_train = random.Random(f"{seed}/train")
-    chains = _train_chains(opts, world, rng_train, eval_chains, dev_chains)
+    chains = train_chains(rng_train, opts.n_train, range(opts.train_min_hops, opts.max_hops + 1), world,
+                          sample_chains, (eval_chains, dev_chains))
     train, train_meta = _train_records(opts, world, chains, rng_train, by_entity, instr)
     facts = _facts_rows(world)
     weights = opts.facts == "weights"
