@@ -66,6 +66,19 @@ def add_batch_shape_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segments", type=int, default=8)
 
 
+def load_baseline(path: str):
+    """The shared PyTorch baseline script (torch_baseline.py) as a module; its own sys.path
+    set-up finds its ../reference. SystemExit naming the path when there is no such file."""
+    import importlib.util
+
+    if not os.path.isfile(path):
+        raise SystemExit(f"{path}: no such file (pass the shared bench/torch_baseline.py)")
+    spec = importlib.util.spec_from_file_location("torch_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def write_json(path: str, obj) -> None:
     """obj as indented JSON at path, creating its directory."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

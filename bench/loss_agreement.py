@@ -31,7 +31,6 @@ directory holding the HF weights (safetensors), the batch (npz) and the JAX loss
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
@@ -41,7 +40,7 @@ import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_laser import add_batch_shape_args, write_json  # noqa: E402 (also puts the repo root on sys.path)
+from bench_laser import add_batch_shape_args, load_baseline, write_json  # noqa: E402 (also puts the repo root on sys.path)
 
 LOSSES = ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid")
 JAX_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -61,15 +60,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="")
     return p.parse_args(argv)
-
-
-def import_baseline(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such file (pass the shared bench/torch_baseline.py)")
-    spec = importlib.util.spec_from_file_location("torch_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def torch_losses(B, model, batch, K, split_id, eos_id):
@@ -175,7 +165,7 @@ def main(argv=None) -> dict:
     unknown = sorted(set(dtypes) - set(JAX_DTYPES))
     if unknown:
         raise SystemExit(f"--dtypes: {unknown} not in {sorted(JAX_DTYPES)}")
-    B = import_baseline(a.baseline)
+    B = load_baseline(a.baseline)
     import numpy as np
     import torch
 

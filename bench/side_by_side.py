@@ -22,7 +22,6 @@ OUTDIR/summary.json (the shape issue 22 asks for: machine, shapes, train, encode
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -55,16 +54,6 @@ def parse_args(argv=None):
     args, rest = p.parse_known_args(argv)
     bench = bench_laser.parse_args(DEFAULTS + rest)  # later flags win
     return args, bench
-
-
-def load_baseline(path: str):
-    """The baseline script as a module (its own sys.path set-up finds ../reference)."""
-    if not os.path.isfile(path):
-        raise SystemExit(f"{path}: no such file (the shared torch_baseline.py)")
-    spec = importlib.util.spec_from_file_location("torch_baseline", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def baseline_arch(baseline, bench) -> None:
@@ -264,7 +253,7 @@ def pin(cpus: int) -> int:
 def main(argv=None):
     args, bench = parse_args(argv)
     cores = pin(args.cpus)  # before JAX or torch make their thread pools
-    baseline = load_baseline(args.baseline)
+    baseline = bench_laser.load_baseline(args.baseline)
     import torch
 
     torch.set_num_threads(cores)
