@@ -228,3 +228,16 @@ def test_parallel_runs_are_pinned_to_distinct_cpus(tmp_path):
     assert all(j.returncode == 0 for j in jobs)
     assert all(len(s) == 1 and s[0] in cpus for s in seen)
     assert seen[0] != seen[1]  # the first two ran at the same time
+
+
+def test_a_narrowed_eval_dir_narrows_every_scored_job_and_names_itself():
+    from laser_jax.experiments import ablation_views
+    from laser_jax.experiments.ablation_views import scored_split
+
+    data = {"train": "/t/train", "eval": "/t/eval", "tokenizer": "/t/tok"}
+    assert scored_split(data, "eval", {"train.num_steps": 3}) == (data, "eval")
+    narrowed, label = scored_split(data, "eval", {"data.eval_dir": "/t/eval/steps3"})
+    assert narrowed == {**data, "eval": "/t/eval/steps3"} and label == "eval/steps3"
+    jobs = [ablation_views.thoughts_job("/runs", 0, narrowed, "eval", 64),
+            ablation_views.lm_reasoning_job("/runs/lm", None, [], narrowed, "eval")]
+    assert all(any(a.endswith("=/t/eval/steps3") for a in job.argv) for job in jobs)

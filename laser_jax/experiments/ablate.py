@@ -67,7 +67,8 @@ from laser_jax.experiments.jobs import REPO_ROOT, Job, child_env, cpu_slots, run
 from laser_jax.experiments.rewrite import lm_fingerprint
 from laser_jax.experiments.report import (load_average, machine_description, results_json, summarize_scores,
                                           write_markdown, write_plot)
-from laser_jax.experiments.ablation_views import lm_reasoning_job, read_latency, read_views, thoughts_job, view_lines
+from laser_jax.experiments.ablation_views import (lm_reasoning_job, read_latency, read_views, scored_split, thoughts_job,
+                                                  view_lines)
 from laser_jax.experiments.start_lm import StartLM, config_flag_args, pretrained_lm_dir, start_lm
 
 DEFAULT_CONFIG = "configs/tiny.py"
@@ -301,6 +302,7 @@ def _command(f, argv: Sequence[str]) -> int:
     data = _task(f, runs_dir, cfg)
     if data is None:
         return 2
+    data, scored = scored_split(data, f.split, base)
     start, first = start_lm(lm, bool(f.lm), config, runs_dir, data, base, cfg)
     max_length = max(cfg.eval.max_length, cfg.data.explicit_max_len)
     jobs = plan_jobs(variants, seeds, config, runs_dir, data, f.split, base, max_length, cfg.eval.batch_size, lm,
@@ -319,7 +321,7 @@ def _command(f, argv: Sequence[str]) -> int:
     failed = [j.name for j in jobs if j.returncode not in (0,)]
     timing = _timing(jobs, t0, load0, f.parallel, cpus) + (f"; FAILED: {', '.join(failed)}" if failed else "")
     _write_results(f, summary, seeds, command, _budget(cfg, config, base, start), timing, read_latency(jobs),
-                   read_views(jobs))
+                   read_views(jobs), scored)
     return 1 if failed else 0
 
 
@@ -349,8 +351,10 @@ def _timing(jobs: List[Job], t0: float, load0: str, parallel: int, cpus: Sequenc
 
 
 def _write_results(f, summary: dict, seeds: List[int], command: str, budget: str, timing: str,
-                   latency: Optional[dict] = None, views: Optional[dict] = None) -> None:
-    """ablation.json, ablation.md (printed) and ablation.png in --out."""
+                   latency: Optional[dict] = None, views: Optional[dict] = None, scored: str = "") -> None:
+    """ablation.json, ablation.md (printed) and ablation.png in --out; `scored` labels the
+    scored split (default --split)."""
+    scored = scored or f.split
     machine = machine_description()
     notes = open(f.notes, encoding="utf-8").read() if f.notes else ""
     os.makedirs(f.out, exist_ok=True)
@@ -359,17 +363,17 @@ def _write_results(f, summary: dict, seeds: List[int], command: str, budget: str
         json.dump({**result, **({"latency": latency} if latency else {}), **(views or {})}, out, indent=2)
         out.write("\n")
     md = os.path.join(f.out, "ablation.md")
-    write_markdown(md, summary, seeds, command, machine, budget, timing, f.split, notes, labels=LABELS,
+    write_markdown(md, summary, seeds, command, machine, budget, timing, scored, notes, labels=LABELS,
                    latency=latency)
     if summary:
         try:
             write_plot(os.path.join(f.out, "ablation.png"), summary,
-                       f"nDCG@10 on {f.split}/, mean +- std over seeds {seeds}")
+                       f"nDCG@10 on {scored}/, mean +- std over seeds {seeds}")
         except ImportError as e:  # matplotlib (requirements.txt) missing: the table and JSON stand
             print(f"[ablate] no ablation.png: {e}", file=sys.stderr)
     if views:
         with open(md, "a", encoding="utf-8") as out:
-            out.write("\n".join(view_lines(views, f.split)) + "\n")
+            out.write("\n".join(view_lines(views, scored)) + "\n")
     print(open(md, encoding="utf-8").read())
 
 

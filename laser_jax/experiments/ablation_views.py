@@ -1,6 +1,7 @@
 """What an ablation reports beside the scores (issue 21): the pretrained LM's reasoning
 accuracy on the scored split, the thoughts figure of the first seed's LaSER model, and the
-latency table (its job is planned by ablate.latency_job).
+latency table (its job is planned by ablate.latency_job); and which directory every scored job
+reads (`scored_split`: the runs' `data.eval_dir` when the command narrows it).
 
 Both are jobs of the ablation's plan (laser_jax.experiments.jobs), run by the project's own
 commands after what they read:
@@ -17,9 +18,20 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from laser_jax.experiments.jobs import Job
+
+
+def scored_split(data: dict, split: str, base: dict) -> Tuple[dict, str]:
+    """(the task's paths with `split` pointing where the training runs evaluate, its label):
+    `--set=data.eval_dir=DIR` narrows every scored job (derived evaluations, LM reasoning,
+    thoughts, latency) to DIR, labelled relative to the task, e.g. "eval/steps3"."""
+    narrowed = base.get("data.eval_dir")
+    if not narrowed:
+        return data, split
+    path = os.path.abspath(str(narrowed))
+    return {**data, split: path}, os.path.relpath(path, os.path.dirname(data[split]))
 
 
 def lm_reasoning_job(lm: str, lm_tag: Optional[dict], after: Sequence[str], data: dict, split: str) -> Job:
