@@ -33,7 +33,7 @@ from laser_jax.data.tasks.arithmetic_chains import Chain, World, make_world, nea
 from laser_jax.data.tasks.arithmetic_docs import build_corpus
 from laser_jax.data.tasks.arithmetic_text import instruction, render_query, render_reasoning
 from laser_jax.data.tasks.layout import TaskData
-from laser_jax.data.tasks.sampling import random_negatives, train_chains
+from laser_jax.data.tasks.sampling import held_out_chains, random_negatives, train_chains
 
 NAME = "arithmetic"
 VERSION = 2  # 2: dev/ split (its chains are also held out of training)
@@ -71,18 +71,6 @@ class Options:
 def _chain_row(chain: Chain, world: World) -> dict:
     return {"start": chain.start, "ops": [[op.kind, op.k] for op in chain.ops],
             "states": states(chain, world)}
-
-
-def _held_out_chains(opts: Options, seed: int, world: World):
-    """(eval chains, dev chains, their rngs) by length; dev is drawn after (and apart from)
-    eval, so eval/ is the same with or without dev/."""
-    rng_eval = random.Random(f"{seed}/eval")
-    lengths = range(opts.min_steps, opts.max_steps + 1)
-    eval_chains = {n: sample_chains(rng_eval, opts.n_eval_per_domain, n, world) for n in lengths}
-    rng_dev = random.Random(f"{seed}/dev")
-    dev_chains = {n: sample_chains(rng_dev, opts.n_dev_per_domain, n, world, exclude=set(eval_chains[n]))
-                  for n in lengths} if opts.n_dev_per_domain else {}
-    return eval_chains, dev_chains, rng_eval, rng_dev
 
 
 def _train_records(opts: Options, world: World, chains: List[Chain], rng: random.Random, by_number, instr: str):
@@ -128,7 +116,8 @@ def build(opts: Options, seed: int) -> TaskData:
     corpus = build_corpus(opts.size, opts.wrap, opts.docs_per_number, random.Random(f"{seed}/docs"))
     by_number = [[d for d in corpus if d.number == n] for n in range(opts.size)]
     instr = instruction(world)
-    eval_chains, dev_chains, rng_eval, rng_dev = _held_out_chains(opts, seed, world)
+    eval_chains, dev_chains, rng_eval, rng_dev = held_out_chains(
+        seed, range(opts.min_steps, opts.max_steps + 1), opts.n_eval_per_domain, opts.n_dev_per_domain, world, sample_chains)
     rng_train = random.Random(f"{seed}/train")
     chains = train_chains(rng_train, opts.n_train, range(opts.train_min_steps, opts.max_steps + 1), world,
                           sample_chains, (eval_chains, dev_chains))

@@ -49,7 +49,7 @@ from laser_jax.data import bpe
 import laser_jax.data.tasks.hops_text as text
 from laser_jax.data.tasks.hops_world import Chain, World, facts_used, make_world, near_misses, sample_chains, states
 from laser_jax.data.tasks.layout import SEGMENT_SEP, TaskData
-from laser_jax.data.tasks.sampling import random_negatives, train_chains
+from laser_jax.data.tasks.sampling import held_out_chains, random_negatives, train_chains
 
 NAME = "hops"
 VERSION = 1
@@ -155,16 +155,6 @@ def _query(chain: Chain, world: World, opts: Options, rng: random.Random) -> str
     return text.render_query(chain, world, rng, paraphrase=opts.paraphrase, style=opts.query_style, facts=facts)
 
 
-def _held_out_chains(opts: Options, seed: int, world: World):
-    rng_eval = random.Random(f"{seed}/eval")
-    lengths = range(opts.min_hops, opts.max_hops + 1)
-    eval_chains = {n: sample_chains(rng_eval, opts.n_eval_per_domain, n, world) for n in lengths}
-    rng_dev = random.Random(f"{seed}/dev")
-    dev_chains = {n: sample_chains(rng_dev, opts.n_dev_per_domain, n, world, exclude=set(eval_chains[n]))
-                  for n in lengths} if opts.n_dev_per_domain else {}
-    return eval_chains, dev_chains, rng_eval, rng_dev
-
-
 def _train_records(opts: Options, world: World, chains: List[Chain], rng: random.Random, by_entity, instr: str):
     train, train_meta = [], []
     for chain in chains:
@@ -223,7 +213,8 @@ def build(opts: Options, seed: int) -> TaskData:
     corpus = text.passages(world, opts.docs_per_entity, random.Random(f"{seed}/docs"))
     by_entity = [[d for d in corpus if d["entity"] == name] for name in world.names]
     instr = text.instruction(opts.facts)
-    eval_chains, dev_chains, rng_eval, rng_dev = _held_out_chains(opts, seed, world)
+    eval_chains, dev_chains, rng_eval, rng_dev = held_out_chains(
+        seed, range(opts.min_hops, opts.max_hops + 1), opts.n_eval_per_domain, opts.n_dev_per_domain, world, sample_chains)
     rng_train = random.Random(f"{seed}/train")
     chains = train_chains(rng_train, opts.n_train, range(opts.train_min_hops, opts.max_hops + 1), world,
                           sample_chains, (eval_chains, dev_chains))

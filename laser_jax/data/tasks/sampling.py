@@ -31,3 +31,15 @@ def random_negatives(rng: random.Random, end: int, hard: set, n_entities: int, c
     `end` nor one of the `hard` negatives."""
     others = [x for x in range(n_entities) if x != end and x not in hard]
     return rng.sample(others, min(count, len(others)))
+
+
+def held_out_chains(seed: int, lengths: Sequence[int], n_eval: int, n_dev: int, world, sample_chains: Callable):
+    """(eval chains, dev chains, their rngs) by length: `n_eval` (`n_dev`) chains per length
+    from rngs seeded "<seed>/eval" ("<seed>/dev"); dev is drawn after and apart from eval, so
+    eval/ is the same with or without dev/ (no dev chains when n_dev is 0)."""
+    rng_eval = random.Random(f"{seed}/eval")
+    eval_chains = {n: sample_chains(rng_eval, n_eval, n, world) for n in lengths}
+    rng_dev = random.Random(f"{seed}/dev")
+    dev_chains = {n: sample_chains(rng_dev, n_dev, n, world, exclude=set(eval_chains[n]))
+                  for n in lengths} if n_dev else {}
+    return eval_chains, dev_chains, rng_eval, rng_dev
