@@ -47,3 +47,20 @@ def test_masks_are_a_function_of_the_key():
     c, _ = keep_mask(jax.random.key(4), 0.1, (8, 16))
     np.testing.assert_array_equal(a, b)
     assert bool(jnp.any(a != c))
+
+
+def test_masks_do_not_depend_on_how_they_are_sharded():
+    """The counters are positions, so each device hashes only its own shard and the masks are
+    those of one device (no gather of a flat counter)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    devices = np.asarray(jax.devices()[:8])
+    if devices.size < 2:
+        pytest.skip("one device")
+    mesh = Mesh(devices.reshape(2, -1), ("a", "b"))
+    shape = (3, 8, 16, 40)
+    one = keep_mask(jax.random.key(7), 0.1, shape)[0]
+    sharded = jax.jit(lambda k: keep_mask(k, 0.1, shape)[0],
+                      out_shardings=NamedSharding(mesh, P(None, "a", "b")))(jax.random.key(7))
+    assert len(sharded.sharding.device_set) == devices.size
+    np.testing.assert_array_equal(np.asarray(sharded), np.asarray(one))
