@@ -4,7 +4,7 @@
 hash per masked element. LoRA dropout masks the input of every adapter (one independent
 mask per projection, as PEFT's per-module `nn.Dropout`): on the paper's recipe millions of
 elements per step. On a CPU, where JAX lowers threefry to rolled loops, drawing them cost
-about a fifth of a LoRA train step (bench/NOTES.md, 2026-12-08). Here one threefry2x32 hash
+about a quarter of a LoRA train step (bench/NOTES.md, 2026-12-08). Here one threefry2x32 hash
 (JAX's own primitive, keyed by the dropout key, counting the mask's positions like
 `jax.random.bits` in its partitionable mode, so sharded masks need no communication) gives
 two 32-bit words, i.e. four 16-bit draws, each compared with the keep threshold. The keep
