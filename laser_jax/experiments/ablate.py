@@ -67,8 +67,8 @@ from laser_jax.experiments.jobs import REPO_ROOT, Job, child_env, cpu_slots, run
 from laser_jax.experiments.rewrite import lm_fingerprint
 from laser_jax.experiments.report import (load_average, machine_description, results_json, summarize_scores,
                                           write_markdown, write_plot)
-from laser_jax.experiments.ablation_views import (lm_reasoning_job, read_latency, read_views, scored_split, thoughts_job,
-                                                  view_lines)
+from laser_jax.experiments.ablation_views import (lm_reasoning_job, read_latency, read_views, scored_split,
+                                                  thoughts_job, view_lines)
 from laser_jax.experiments.start_lm import StartLM, config_flag_args, pretrained_lm_dir, start_lm
 
 DEFAULT_CONFIG = "configs/tiny.py"
@@ -351,10 +351,9 @@ def _timing(jobs: List[Job], t0: float, load0: str, parallel: int, cpus: Sequenc
 
 
 def _write_results(f, summary: dict, seeds: List[int], command: str, budget: str, timing: str,
-                   latency: Optional[dict] = None, views: Optional[dict] = None, scored: str = "") -> None:
+                   latency: Optional[dict], views: Optional[dict], scored: str) -> None:
     """ablation.json, ablation.md (printed) and ablation.png in --out; `scored` labels the
-    scored split (default --split)."""
-    scored = scored or f.split
+    scored split (`scored_split`)."""
     machine = machine_description()
     notes = open(f.notes, encoding="utf-8").read() if f.notes else ""
     os.makedirs(f.out, exist_ok=True)

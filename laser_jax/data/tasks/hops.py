@@ -214,7 +214,8 @@ def build(opts: Options, seed: int) -> TaskData:
     by_entity = [[d for d in corpus if d["entity"] == name] for name in world.names]
     instr = text.instruction(opts.facts)
     eval_chains, dev_chains, rng_eval, rng_dev = held_out_chains(
-        seed, range(opts.min_hops, opts.max_hops + 1), opts.n_eval_per_domain, opts.n_dev_per_domain, world, sample_chains)
+        seed, range(opts.min_hops, opts.max_hops + 1), opts.n_eval_per_domain, opts.n_dev_per_domain, world,
+        sample_chains)
     rng_train = random.Random(f"{seed}/train")
     chains = train_chains(rng_train, opts.n_train, range(opts.train_min_hops, opts.max_hops + 1), world,
                           sample_chains, (eval_chains, dev_chains))
