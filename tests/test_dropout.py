@@ -1,10 +1,12 @@
-"""LoRA dropout's keep-masks (model/dropout.py): 16 random bits per element, two per word."""
+"""LoRA dropout's keep-masks (model/dropout.py): 16 random bits per element, four per threefry hash."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from laser_jax.model.dropout import keep_mask, random_halfwords, rounded_keep
+from jax.extend.random import threefry2x32_p
+
+from laser_jax.model.dropout import keep_mask, random_halfwords, rounded_keep, threefry2x32
 
 
 def test_keep_probability_is_rounded_to_sixteen_bits_and_bad_rates_are_refused():
@@ -13,6 +15,23 @@ def test_keep_probability_is_rounded_to_sixteen_bits_and_bad_rates_are_refused()
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(ValueError, match="dropout rate"):
             rounded_keep(bad)
+
+
+def test_the_hash_is_threefry_2x32_bit_for_bit():
+    """Random123's known answers (Threefry-2x32, 20 rounds), and JAX's own primitive on random
+    keys and counters."""
+    u = jnp.uint32
+    assert [int(w) for w in threefry2x32(u(0), u(0), u(0), u(0))] == [0x6B200159, 0x99BA4EFE]
+    ones = u(0xFFFFFFFF)
+    assert [int(w) for w in threefry2x32(ones, ones, ones, ones)] == [0x1CB996FC, 0xBB002BE7]
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        k1, k2 = (u(int(k)) for k in rng.integers(0, 2 ** 32, 2))
+        x1, x2 = (jnp.asarray(x) for x in rng.integers(0, 2 ** 32, (2, 4099), dtype=np.uint32))
+        ours = jax.jit(threefry2x32)(k1, k2, x1, x2)
+        theirs = threefry2x32_p.bind(k1, k2, x1, x2)
+        for a, b in zip(ours, theirs):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])

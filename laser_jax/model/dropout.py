@@ -7,7 +7,11 @@ elements per step. On a CPU, where JAX lowers threefry to rolled loops, drawing 
 about a quarter of a LoRA train step (bench/NOTES.md, 2026-12-08). Here one threefry2x32 hash
 (JAX's own primitive, keyed by the dropout key, counting the mask's positions like
 `jax.random.bits` in its partitionable mode, so sharded masks need no communication) gives
-two 32-bit words, i.e. four 16-bit draws, each compared with the keep threshold. The keep
+two 32-bit words, i.e. four 16-bit draws, each compared with the keep threshold. The hash
+is written out here as elementwise integer ops (`threefry2x32`, Random123's Threefry-2x32,
+20 rounds; bit-equal to JAX's primitive, tests/test_dropout.py): JAX lowers its primitive on
+a CPU as a rolled loop whose 5 iterations each read and write the whole counter arrays,
+while the unrolled ops fuse into one pass with the comparison. The keep
 probability is rounded to a multiple of 1/65536 (within 7.7e-6 of the one asked for) and
 `keep_mask` returns the rounded value, so inverted-dropout scaling by it keeps every
 expectation exact. Keys of other PRNG implementations draw 16-bit words with
@@ -20,10 +24,33 @@ from typing import Tuple
 
 import jax
 import jax.numpy as jnp
-from jax.extend.random import threefry2x32_p
 
 LEVELS = 1 << 16  # a mask element reads 16 random bits
 PER_HASH = 4  # 16-bit draws per threefry2x32 hash (two 32-bit outputs)
+
+
+# Threefry-2x32 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011):
+# the rotation constants of its two alternating four-round groups and the key-schedule parity.
+ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+KEY_PARITY = 0x1BD11BDA
+
+
+def _rotate_left(x: jax.Array, bits: int) -> jax.Array:
+    return (x << jnp.uint32(bits)) | (x >> jnp.uint32(32 - bits))
+
+
+def threefry2x32(key1: jax.Array, key2: jax.Array, x1: jax.Array, x2: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 with 20 rounds of the uint32 counter pair (x1, x2) under the key (key1,
+    key2), elementwise: the same bits as `jax.extend.random.threefry2x32_p`, as plain ops."""
+    ks = (key1, key2, key1 ^ key2 ^ jnp.uint32(KEY_PARITY))
+    x1, x2 = x1 + ks[0], x2 + ks[1]
+    for group in range(5):
+        for r in ROTATIONS[group % 2]:
+            x1 = x1 + x2
+            x2 = _rotate_left(x2, r) ^ x1
+        x1 = x1 + ks[(group + 1) % 3]
+        x2 = x2 + ks[(group + 2) % 3] + jnp.uint32(group + 1)
+    return x1, x2
 
 
 def rounded_keep(rate: float) -> float:
@@ -59,7 +86,7 @@ def random_halfwords(key: jax.Array, shape: Tuple[int, ...]) -> jax.Array:
     if math.prod(words_shape) > 2 ** 32:
         raise ValueError(f"a dropout mask of shape {shape} has more than 2**34 elements")
     k1, k2 = jax.random.key_data(key)
-    w1, w2 = threefry2x32_p.bind(k1, k2, jnp.zeros(words_shape, jnp.uint32), _position_counts(words_shape))
+    w1, w2 = threefry2x32(k1, k2, jnp.zeros(words_shape, jnp.uint32), _position_counts(words_shape))
     halves = [w1 & 0xFFFF, w1 >> 16, w2 & 0xFFFF, w2 >> 16]
     return jnp.concatenate(halves, axis=-1)[..., :last]
 
