@@ -4,17 +4,16 @@
 hash per masked element. LoRA dropout masks the input of every adapter (one independent
 mask per projection, as PEFT's per-module `nn.Dropout`): on the paper's recipe millions of
 elements per step. On a CPU, where JAX lowers threefry to rolled loops, drawing them cost
-about a quarter of a LoRA train step (bench/NOTES.md, 2026-12-08). Here one threefry2x32 hash
-(JAX's own primitive, keyed by the dropout key, counting the mask's positions like
-`jax.random.bits` in its partitionable mode, so sharded masks need no communication) gives
-two 32-bit words, i.e. four 16-bit draws, each compared with the keep threshold. The hash
-is written out here as elementwise integer ops (`threefry2x32`, Random123's Threefry-2x32,
-20 rounds; bit-equal to JAX's primitive, tests/test_dropout.py): JAX lowers its primitive on
-a CPU as a rolled loop whose 5 iterations each read and write the whole counter arrays,
-while the unrolled ops fuse into one pass with the comparison. The keep
-probability is rounded to a multiple of 1/65536 (within 7.7e-6 of the one asked for) and
-`keep_mask` returns the rounded value, so inverted-dropout scaling by it keeps every
-expectation exact. Keys of other PRNG implementations draw 16-bit words with
+about a quarter of a LoRA train step (bench/NOTES.md, 2026-12-08). Here one Threefry-2x32
+hash (keyed by the dropout key, counting the mask's positions like `jax.random.bits` in its
+partitionable mode, so sharded masks need no communication) gives two 32-bit words, i.e.
+four 16-bit draws, each compared with the keep threshold. The hash is written out as
+elementwise integer ops (`threefry2x32`: Random123's 20 rounds, bit-equal to JAX's own
+primitive, tests/test_dropout.py), because JAX lowers its primitive on a CPU as a rolled
+loop whose 5 iterations each read and write the whole counter arrays, while the written-out
+ops fuse into one pass. The keep probability is rounded to a multiple of 1/65536 (within
+7.7e-6 of the one asked for) and `keep_mask` returns the rounded value, so inverted-dropout
+scaling by it keeps every expectation exact. Keys of other PRNG implementations draw 16-bit words with
 `jax.random.bits` (one hash per element).
 """
 from __future__ import annotations
