@@ -3,12 +3,13 @@
 
 On a machine shared with other jobs, two runs minutes apart are not comparable. Here both
 implementations are built once (ours compiled, the baseline's model made by its own
-`build_model`), then every round times each workload for both, back to back, alternating
-which goes first: ours through `bench_laser`'s compiled programs, the baseline through its
-own model, batch and functions in its `bench_train` / `bench_encode` order.
-Reported: the median over rounds of each wall time (and of the process CPU time, less
-sensitive to other jobs), and of each round's ratios (K=3 over K=1 and
-LoRA over full fine-tuning are measured within one round, so load drift cancels).
+`build_model`), then every round times each pair of workloads whose ratio is reported
+(LoRA and full fine-tuning; K=1 and K=3 at one batch) for both implementations, back to
+back, alternating which goes first: ours through `bench_laser`'s compiled programs, the
+baseline through its own model, batch and functions in its `bench_train` / `bench_encode`
+order. The two workloads of a pair are timed call by call in A B B A order, so drift within
+a round falls on both alike. Reported: the median over rounds of each wall time (and of the
+process CPU time, less sensitive to other jobs), and of each round's ratios.
 
 Workloads, on one architecture (`--arch`; the baseline gets the same one through
 `laser_jax.model.config.to_hf_config`): the train step with LoRA and with full fine-tuning
@@ -46,13 +47,16 @@ def parse_args(argv=None):
     p.add_argument("--machine", default="", help="how the machine is named in summary.json (default: "
                    "platform and core count)")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--samples", type=int, default=3, help="timed calls per workload per round (their median)")
+    p.add_argument("--samples", type=int, default=3, help="timed calls per workload per round (their median; "
+                   "the two workloads of a pair interleaved A B B A)")
     p.add_argument("--only", default="all", choices=["all", "train", "encode"])
     p.add_argument("--cpus", type=int, default=0, help="pin the process to its first N allowed cores before "
                    "JAX and torch start (both then size their thread pools to N; torch gets N threads). "
                    "Default: every allowed core")
     args, rest = p.parse_known_args(argv)
     bench = bench_laser.parse_args(DEFAULTS + rest)  # later flags win
+    if sorted(bench.enc_K.split(",")) != ["1", "3"]:
+        p.error(f"--enc-K {bench.enc_K}: the side-by-side times K=1 against K=3 (pass 1,3 or leave it out)")
     return args, bench
 
 
@@ -66,18 +70,25 @@ def baseline_arch(baseline, bench) -> None:
     baseline.ARCHS[bench.arch] = (hf["model_type"], {k: hf[k] for k in keys})
 
 
-def _measure(fn, samples: int, sync=None) -> tuple:
-    """(median wall ms, median process CPU ms) of `samples` calls of fn; `sync(result)` waits
-    for the result (JAX's asynchronous dispatch)."""
-    wall, cpu = [], []
-    for _ in range(samples):
-        t, c = time.perf_counter(), time.process_time()
-        out = fn()
-        if sync is not None:
-            sync(out)
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
+def _call(fn, sync=None) -> tuple:
+    """(wall ms, process CPU ms) of one call of fn; `sync(result)` waits for the result
+    (JAX's asynchronous dispatch)."""
+    t, c = time.perf_counter(), time.process_time()
+    out = fn()
+    if sync is not None:
+        sync(out)
+    return 1e3 * (time.perf_counter() - t), 1e3 * (time.process_time() - c)
+
+
+def measure_pair(fa, fb, samples: int, sync=None) -> tuple:
+    """((wall, cpu) of fa, (wall, cpu) of fb): medians of `samples` calls each, the calls
+    interleaved A B B A A B ..., so a change of machine speed within the pair's window
+    weighs on both."""
+    got = ([], [])
+    for i in range(2 * samples):
+        which = (i + 1) // 2 % 2  # 0 1 1 0 0 1 1 0 ...
+        got[which].append(_call((fa, fb)[which], sync))
+    return tuple((statistics.median(w for w, _ in g), statistics.median(c for _, c in g)) for g in got)
 
 
 class Ours:
@@ -97,11 +108,12 @@ class Ours:
                     _, model, variables = bench_laser.encode_model(bench)
                 program = bench_laser.encode_program(bench, model, variables, w.batch, w.k)
             self.programs[w.name], self.compile_s[w.name] = program.run, program.compile_s
-            _measure(program.run, 2, self.sync)  # warm-up
+            for _ in range(2):  # warm-up
+                _call(program.run, self.sync)
             print(f"[ours] {w.name}: compiled in {program.compile_s:.1f} s", flush=True)
 
-    def time(self, w) -> tuple:
-        return _measure(self.programs[w.name], self.samples, self.sync)
+    def time_pair(self, wa, wb) -> tuple:
+        return measure_pair(self.programs[wa.name], self.programs[wb.name], self.samples, self.sync)
 
 
 class Baseline:
@@ -161,11 +173,11 @@ class Baseline:
         step()  # warm-up (optimizer state)
         return step
 
-    def time(self, w) -> tuple:
+    def _callable(self, w):
         if w.kind == "train":
             if w.name not in self.steps:
                 self.steps[w.name] = self._train_step(w.full)
-            return _measure(self.steps[w.name], self.samples)
+            return self.steps[w.name]
         if w.name not in self.inputs:
             ids = self.m.rand_ids(self.gen, (w.batch, self.a.enc_len), self.vocab, (), "cpu")
             self.inputs[w.name] = (ids, self.torch.ones_like(ids))
@@ -175,7 +187,10 @@ class Baseline:
             with self.torch.inference_mode():
                 return self.R.latent_encode(self.encoder, ids, mask, w.k)
 
-        return _measure(encode, self.samples)
+        return encode
+
+    def time_pair(self, wa, wb) -> tuple:
+        return measure_pair(self._callable(wa), self._callable(wb), self.samples)
 
 
 def workloads(args, bench) -> list:
@@ -188,18 +203,27 @@ def workloads(args, bench) -> list:
     return out
 
 
+def pairs(work) -> list:
+    """The workloads in the pairs whose ratios are reported: (LoRA, full), (K=1, K=3) per batch."""
+    by_name = {w.name: w for w in work}
+    names = [("train_lora", "train_full")] + [(f"encode_b{b}_k1", f"encode_b{b}_k3")
+                                              for b in sorted({w.batch for w in work if w.kind == "encode"})]
+    return [(by_name[a], by_name[b]) for a, b in names if a in by_name and b in by_name]
+
+
 def run_rounds(args, work, impls: dict) -> dict:
-    """{impl: {workload: [ms per round]}}, each round timing every workload for every
-    implementation back to back, the order of the implementations alternating by round."""
+    """{impl: {workload: [ms per round]}} (wall, then process CPU), each round timing every
+    pair for every implementation back to back, the order of the implementations
+    alternating by round."""
     times = {name: {w.name: [] for w in work} for name in impls}
     cpu = {name: {w.name: [] for w in work} for name in impls}
     order = list(impls)
     for r in range(args.rounds):
-        for w in work:
+        for wa, wb in pairs(work):
             for name in (order if r % 2 == 0 else order[::-1]):
-                wall_ms, cpu_ms = impls[name].time(w)
-                times[name][w.name].append(wall_ms)
-                cpu[name][w.name].append(cpu_ms)
+                for w, (wall_ms, cpu_ms) in zip((wa, wb), impls[name].time_pair(wa, wb)):
+                    times[name][w.name].append(wall_ms)
+                    cpu[name][w.name].append(cpu_ms)
         print(f"[round {r + 1}/{args.rounds}] " + " ".join(
             f"{w.name}: {times['ours'][w.name][-1]:.1f}/{times['baseline'][w.name][-1]:.1f}" for w in work)
             + " (wall ms, ours/baseline)", flush=True)

@@ -179,6 +179,28 @@ def test_side_by_side_summary_has_the_issue_shape_and_per_round_ratios():
     assert summary["shapes"]["arch"] == "cpu-4x256" and summary["machine"] == args.machine
 
 
+def test_side_by_side_times_a_pair_call_by_call_in_abba_order_and_refuses_unpaired_k():
+    import types
+
+    import side_by_side
+
+    calls, clock = [], iter(range(100))
+    fake = types.SimpleNamespace(perf_counter=lambda: 0.001 * next(clock) ** 2, process_time=lambda: 0.0)
+    real, side_by_side.time = side_by_side.time, fake
+    try:
+        a, b = side_by_side.measure_pair(lambda: calls.append("a"), lambda: calls.append("b"), 3)
+    finally:
+        side_by_side.time = real
+    assert "".join(calls) == "abbaab"
+    # call j spans clock ticks 2j, 2j + 1: 4j + 1 ms; a's calls 1, 13, 17, b's 5, 9, 21
+    assert a[0] == pytest.approx(13) and b[0] == pytest.approx(9)
+    work = side_by_side.workloads(types.SimpleNamespace(only="all"), side_by_side.parse_args(["B.py", "OUT"])[1])
+    assert [(x.name, y.name) for x, y in side_by_side.pairs(work)] == [
+        ("train_lora", "train_full"), ("encode_b8_k1", "encode_b8_k3"), ("encode_b64_k1", "encode_b64_k3")]
+    with pytest.raises(SystemExit):
+        side_by_side.parse_args(["B.py", "OUT", "--enc-K", "1,2,3"])
+
+
 def test_hlo_account_multiplies_loop_bodies_by_their_trip_count():
     import jax
     import jax.numpy as jnp
