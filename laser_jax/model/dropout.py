@@ -13,8 +13,8 @@ primitive, tests/test_dropout.py), because JAX lowers its primitive on a CPU as 
 loop whose 5 iterations each read and write the whole counter arrays, while the written-out
 ops fuse into one pass. The keep probability is rounded to a multiple of 1/65536 (within
 7.7e-6 of the one asked for) and `keep_mask` returns the rounded value, so inverted-dropout
-scaling by it keeps every expectation exact. Keys of other PRNG implementations draw 16-bit words with
-`jax.random.bits` (one hash per element).
+scaling by it keeps every expectation exact. Keys of other PRNG implementations draw 16-bit
+words with `jax.random.bits` (one hash per element).
 """
 from __future__ import annotations
 
