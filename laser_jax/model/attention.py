@@ -203,8 +203,10 @@ def prefix_tail_attention(q_BTNH, prefix_k_BPKH, prefix_v_BPKH, tail_k_BSKH, tai
     block. On a CPU this is 1.6x (4 layers x 256, batch 64) to 4.5x (Qwen3-0.6B's heads)
     faster than the elementwise multiply-and-sum it replaces (bench/NOTES.md, 2026-12-08).
     Scores and the softmax are float32 (products of the cache's dtype, accumulated in
-    float32); only the [B, T, N, P + S] scores are concatenated, so one softmax normalises
-    over both parts.
+    float32); the mixing product takes the probabilities in the cache's dtype (as the
+    prefill's attention does) and accumulates in float32, so a bfloat16 cache is read as it
+    is stored, never converted to a float32 copy. Only the [B, T, N, P + S] scores are
+    concatenated, so one softmax normalises over both parts.
     """
     B, T, N, H = q_BTNH.shape
     P, K = prefix_k_BPKH.shape[1], prefix_k_BPKH.shape[2]
@@ -224,8 +226,8 @@ def prefix_tail_attention(q_BTNH, prefix_k_BPKH, prefix_v_BPKH, tail_k_BSKH, tai
 
     def mix(p_BTNS, v_BSKH):
         S = v_BSKH.shape[1]
-        return jnp.einsum("bms,bsx->bmx", p_BTNS.reshape(B, T * N, S),
-                          v_BSKH.astype(jnp.float32).reshape(B, S, K * H))
+        return jnp.einsum("bms,bsx->bmx", p_BTNS.reshape(B, T * N, S).astype(v_BSKH.dtype),
+                          v_BSKH.reshape(B, S, K * H), preferred_element_type=jnp.float32)
 
     out_BTNKH = (mix(p_BTNX[..., :P], prefix_v_BPKH) + mix(p_BTNX[..., P:], tail_v_BSKH)).reshape(B, T, N, K, H)
     out_BTNH = jnp.sum(jnp.where(own_kv_NK[:, :, None], out_BTNKH, 0.0), axis=3)
