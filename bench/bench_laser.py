@@ -366,7 +366,22 @@ def bench_encode(args, sink) -> list:
     return rows
 
 
-def environment() -> dict:
+def recorded_path(path: str) -> str:
+    """How a result JSON names an input file: as given when it lies inside this repository;
+    else by its file name, marked as the caller's (a path outside the clone means nothing to
+    whoever reads the JSON)."""
+    if os.path.commonpath([ROOT, os.path.abspath(path)]) == ROOT:
+        return path
+    return f"{os.path.basename(path)} (supplied by the caller; not in this repository)"
+
+
+def recorded_command(outside=()) -> str:
+    """This process's command line, each path of `outside` in it as `recorded_path` names it."""
+    return " ".join(recorded_path(a) if a in outside else a for a in sys.argv)
+
+
+def environment(outside=()) -> dict:
+    """Device, versions, host and the command line (`recorded_command(outside)`)."""
     import jax
 
     import flax
@@ -374,7 +389,8 @@ def environment() -> dict:
 
     return {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
             "num_devices": jax.device_count(), "jax": jax.__version__, "flax": flax.__version__,
-            "optax": optax.__version__, "python": platform.python_version(), "command": " ".join(sys.argv),
+            "optax": optax.__version__, "python": platform.python_version(),
+            "command": recorded_command(outside),
             "host_cpu": cpu_model(), "host_cores": os.cpu_count(),
             "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None}
 

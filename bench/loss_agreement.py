@@ -40,7 +40,8 @@ import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # share the GPU with torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_laser import add_batch_shape_args, load_baseline, write_json  # noqa: E402 (also puts the repo root on sys.path)
+from bench_laser import (add_batch_shape_args, load_baseline, recorded_command, recorded_path,  # noqa: E402
+                         write_json)  # (also puts the repo root on sys.path)
 
 LOSSES = ("loss", "loss_cl_latent", "loss_cl_explicit", "loss_kl_out", "loss_kl_mid")
 JAX_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -198,8 +199,9 @@ def main(argv=None) -> dict:
     checks = verdicts(results, a.bf16_rtol)
     ok = all(r["ok"] for rows in checks.values() for r in rows.values())
     report = {"env": {**jax_out["env"], "torch_device": device, "torch": torch.__version__,
-                      "command": " ".join(sys.argv)},
-              "args": vars(a), "results": results, "checks": checks, "all_ok": ok}
+                      "command": recorded_command((a.baseline,))},
+              "args": {**vars(a), "baseline": recorded_path(a.baseline)}, "results": results, "checks": checks,
+              "all_ok": ok}
     for dtype, rows in checks.items():
         r = results[dtype]
         print(f"[{dtype}] jax attention={r['jax_attention_impl']}  (torch {r['torch_seconds']:.0f} s, "

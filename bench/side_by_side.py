@@ -291,11 +291,12 @@ def main(argv=None):
     import peft
     import transformers
 
-    env = {**bench_laser.environment(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "peft": peft.__version__, "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-           "cores_used": sorted(os.sched_getaffinity(0)),
-           "load_average_at_end": os.getloadavg()}
-    full = {"env": env, "args": vars(args), "bench_args": vars(bench), "rounds_s": time.time() - t0,
+    env = {**bench_laser.environment((args.baseline,)), "torch": torch.__version__,
+           "transformers": transformers.__version__, "peft": peft.__version__,
+           "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+           "cores_used": sorted(os.sched_getaffinity(0)), "load_average_at_end": os.getloadavg()}
+    recorded_args = {**vars(args), "baseline": bench_laser.recorded_path(args.baseline)}
+    full = {"env": env, "args": recorded_args, "bench_args": vars(bench), "rounds_s": time.time() - t0,
             "compile_s": impls["ours"].compile_s, "times_ms": times, "median_ms": medians, "ratios": rat,
             "process_cpu_ms": cpu, "median_process_cpu_ms": {i: {w: statistics.median(v) for w, v in t.items()}
                                                              for i, t in cpu.items()},

@@ -201,6 +201,19 @@ def test_side_by_side_times_a_pair_call_by_call_in_abba_order_and_refuses_unpair
         side_by_side.parse_args(["B.py", "OUT", "--enc-K", "1,2,3"])
 
 
+def test_results_name_a_file_outside_the_repository_by_its_name_only(tmp_path, monkeypatch):
+    import bench_laser
+
+    outside = str(tmp_path / "elsewhere" / "torch_baseline.py")
+    assert bench_laser.recorded_path(outside) == "torch_baseline.py (supplied by the caller; not in this repository)"
+    inside = os.path.join(bench_laser.ROOT, "bench", "side_by_side.py")
+    assert bench_laser.recorded_path(inside) == inside
+    monkeypatch.setattr(sys, "argv", ["bench/side_by_side.py", outside, "OUT", "--rounds", "3"])
+    command = bench_laser.recorded_command((outside,))
+    assert str(tmp_path) not in command and command.startswith("bench/side_by_side.py torch_baseline.py (")
+    assert command.endswith(" OUT --rounds 3")
+
+
 def test_hlo_account_multiplies_loop_bodies_by_their_trip_count():
     import jax
     import jax.numpy as jnp
