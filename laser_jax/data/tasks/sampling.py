@@ -1,6 +1,7 @@
-"""What every generated task samples the same way: the training chains by length, and each
-training query's random negatives. Each task brings its own chain sampler and world; the
-random draws happen in the order the tasks always made them, so generated data is unchanged."""
+"""What every generated task samples the same way: the held-out (eval/ and dev/) chains, the
+training chains by length, and each training query's random negatives. Each task brings its
+own chain sampler and world; the random draws happen in the order the tasks always made them,
+so generated data is unchanged."""
 from __future__ import annotations
 
 import random
