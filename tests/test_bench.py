@@ -214,6 +214,19 @@ def test_results_name_a_file_outside_the_repository_by_its_name_only(tmp_path, m
     assert command.endswith(" OUT --rounds 3")
 
 
+def test_soft_step_cost_splits_the_view_into_prefill_fixed_cost_and_steps():
+    import soft_step_cost
+
+    # P = 100, F = 10, S = 5: t(K) = 100 + 10 + 5 (K - 1) for K >= 2
+    got = soft_step_cost.decompose({1: 100, 2: 115, 3: 120, 4: 125}, match_ratio=1.12)
+    assert got["prefill_ms"] == 100 and got["soft_step_ms"] == 5 and got["fixed_ms"] == 10
+    assert got["k3_over_k1"] == pytest.approx(1.2) and got["fixed_plus_two_steps_ms"] == 20
+    assert got["budget_ms"] == pytest.approx(12)  # K3/K1 <= 1.12 needs F + 2 S <= 12 ms
+    assert "budget_ms" not in soft_step_cost.decompose({"1": 1, "2": 2, "3": 3, "4": 4})
+    with pytest.raises(ValueError, match=r"missing K = \[4\]"):
+        soft_step_cost.decompose({1: 1, 2: 2, 3: 3})
+
+
 def test_hlo_account_multiplies_loop_bodies_by_their_trip_count():
     import jax
     import jax.numpy as jnp
