@@ -24,7 +24,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_laser  # noqa: E402 (also puts the repository root on sys.path)
@@ -50,18 +49,13 @@ def decompose(median_ms: dict, match_ratio: float = 0.0) -> dict:
     return out
 
 
-def time_rounds(programs: dict, rounds: int, samples: int, sync) -> dict:
-    """{name: [per-round median ms]}: every program timed each round, the order reversed
-    every other round."""
+def time_rounds(programs: dict, rounds: int, samples: int) -> dict:
+    """{name: [per-round median ms]}: every program timed each round (the median of
+    `samples` calls, `bench_laser._median_time`), the order reversed every other round."""
     times = {name: [] for name in programs}
     for r in range(rounds):
         for name in (list(programs) if r % 2 == 0 else list(programs)[::-1]):
-            got = []
-            for _ in range(samples):
-                t0 = time.perf_counter()
-                sync(programs[name]())
-                got.append(1e3 * (time.perf_counter() - t0))
-            times[name].append(statistics.median(got))
+            times[name].append(1e3 * bench_laser._median_time(programs[name], 0, samples)[0])
     return times
 
 
@@ -88,7 +82,7 @@ def vocab_products(cfg, batch: int, rounds: int, samples: int) -> dict:
         programs.update({"torch_logits": lambda: th @ tt.T, "torch_p_at_E": lambda: tp @ tt})
     for f in programs.values():
         jax.block_until_ready(f())
-    times = time_rounds(programs, rounds, samples, jax.block_until_ready)
+    times = time_rounds(programs, rounds, samples)
     return {name: statistics.median(v) for name, v in times.items()}
 
 
@@ -114,7 +108,7 @@ def main(argv=None) -> dict:
         programs[k] = bench_laser.encode_program(bench, model, variables, args.batch, k).run
         jax.block_until_ready(programs[k]())
         print(f"K={k}: compiled", flush=True)
-    times = time_rounds(programs, args.rounds, args.samples, jax.block_until_ready)
+    times = time_rounds(programs, args.rounds, args.samples)
     medians = {k: statistics.median(v) for k, v in times.items()}
     row = {"command": bench_laser.recorded_command(()), "arch": bench.arch, "dtype": bench.dtype,
            "batch": args.batch, "enc_len": bench.enc_len, "unroll_soft_steps": bench.unroll_soft_steps,
